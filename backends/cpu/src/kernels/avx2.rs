@@ -1,0 +1,845 @@
+//! AVX2 (+FMA, F16C) kernels: 32 values per step, `vpmaddubsw` + `vpmaddwd` integer dot
+//! products of unsigned weight bytes (at most 63, so no i16 saturation) with signed
+//! activation bytes; `Q8_0`/`MXFP4` use the signed form (`|w| * sign(x, w)`).
+//!
+//! Every function here is `unsafe` and compiled with the AVX2 target features; callers must
+//! check [`super::SimdLevel::Avx2`] is available and pass the documented lengths.
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::matmul::W8Tile;
+use super::quantize::{ActMode, ActRow};
+use core::arch::x86_64::*;
+use kiln_sdk::quant::GgmlType;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn h1(p: *const u8) -> f32 {
+    let a = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(a as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn loadu256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn loadu128(p: *const u8) -> __m128i {
+    _mm_loadu_si128(p as *const __m128i)
+}
+
+/// Sum of 4 adjacent `u * x` byte products per i32 lane (`u` at most 127 per pair sum).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot4(u: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+}
+
+/// Same for signed weights `w` (any i8) against `x` in -127..=127.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot4_signed(w: __m256i, x: __m256i) -> __m256i {
+    dot4(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization
+// ---------------------------------------------------------------------------------------------
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn quantize_block(src: *const f32, bl: usize, qs: *mut i8, xsum: *mut f32) -> f32 {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = _mm256_setzero_ps();
+    for i in (0..bl).step_by(8) {
+        m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(src.add(i)), abs_mask));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let (d, id) = if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    };
+    let idv = _mm256_set1_ps(id);
+    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+    let q32 = |p: *const f32| {
+        let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(_mm256_loadu_ps(p), idv),
+        );
+        _mm256_max_epi32(_mm256_min_epi32(_mm256_cvttps_epi32(v), hi), lo)
+    };
+    for i in (0..bl).step_by(16) {
+        let a = q32(src.add(i));
+        let b = q32(src.add(i + 8));
+        let p16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+        let p8 = _mm_packs_epi16(
+            _mm256_castsi256_si128(p16),
+            _mm256_extracti128_si256::<1>(p16),
+        );
+        _mm_storeu_si128(qs.add(i) as *mut __m128i, p8);
+        *xsum.add(i / 16) = d * hsum_i32(_mm256_add_epi32(a, b)) as f32;
+    }
+    d
+}
+
+/// See [`super::quantize::quantize_row`]; lengths are checked by the caller.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn quantize_row(
+    mode: ActMode,
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    xsum: &mut [f32],
+) {
+    let k = x.len();
+    let kp = qs.len();
+    let bl = mode.len();
+    let mut tmp = [0f32; 256];
+    let mut start = 0;
+    while start < kp {
+        let src = if start + bl <= k {
+            x.as_ptr().add(start)
+        } else {
+            tmp[..bl].fill(0.0);
+            if start < k {
+                tmp[..k - start].copy_from_slice(&x[start..]);
+            }
+            tmp.as_ptr()
+        };
+        let dd = quantize_block(
+            src,
+            bl,
+            qs.as_mut_ptr().add(start),
+            xsum.as_mut_ptr().add(start / 16),
+        );
+        d[start / 32..(start + bl) / 32].fill(dd);
+        start += bl;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float helpers
+// ---------------------------------------------------------------------------------------------
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_f16x8(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_bf16x8(p: *const u16) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+        _mm_loadu_si128(p as *const __m128i),
+    )))
+}
+
+/// Generic 4-accumulator dot product of 8-wide loads; scalar tail.
+macro_rules! dot8 {
+    ($a:expr, $b:expr, $n:expr, $load:ident, $scalar:expr) => {{
+        let (a, b, n) = ($a, $b, $n);
+        let (mut s0, mut s1, mut s2, mut s3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut i = 0;
+        while i + 32 <= n {
+            s0 = _mm256_fmadd_ps($load(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+            s1 = _mm256_fmadd_ps($load(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), s1);
+            s2 = _mm256_fmadd_ps($load(a.add(i + 16)), _mm256_loadu_ps(b.add(i + 16)), s2);
+            s3 = _mm256_fmadd_ps($load(a.add(i + 24)), _mm256_loadu_ps(b.add(i + 24)), s3);
+            i += 32;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps($load(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+        while i < n {
+            s += $scalar(*a.add(i)) * *b.add(i);
+            i += 1;
+        }
+        s
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_f32x8(p: *const f32) -> __m256 {
+    _mm256_loadu_ps(p)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_f32_ptr(a: *const f32, b: *const f32, n: usize) -> f32 {
+    dot8!(a, b, n, load_f32x8, |v: f32| v)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
+    dot8!(a, b, n, load_f16x8, kiln_sdk::quant::f16_to_f32)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
+    dot8!(a, b, n, load_bf16x8, |v: u16| f32::from_bits(
+        (v as u32) << 16
+    ))
+}
+
+/// `sum(a * b)`, equal lengths.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_ptr(a.as_ptr(), b.as_ptr(), a.len().min(b.len()))
+}
+
+/// `sum(f16(a) * b)`, equal lengths.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_f16_f32(a: &[u16], b: &[f32]) -> f32 {
+    dot_f16_ptr(a.as_ptr(), b.as_ptr(), a.len().min(b.len()))
+}
+
+/// `acc += alpha * f16(v)`, equal lengths.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn axpy_f16(acc: &mut [f32], alpha: f32, v: &[u16]) {
+    let n = acc.len().min(v.len());
+    let (o, p) = (acc.as_mut_ptr(), v.as_ptr());
+    let al = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(
+            o.add(i),
+            _mm256_fmadd_ps(al, load_f16x8(p.add(i)), _mm256_loadu_ps(o.add(i))),
+        );
+        i += 8;
+    }
+    while i < n {
+        *o.add(i) += alpha * kiln_sdk::quant::f16_to_f32(*p.add(i));
+        i += 1;
+    }
+}
+
+/// f32 to f16 bits, round to nearest even, equal lengths.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.add(i)));
+        _mm_storeu_si128(o.add(i) as *mut __m128i, h);
+        i += 8;
+    }
+    while i < n {
+        *o.add(i) = kiln_sdk::quant::f32_to_f16(*s.add(i));
+        i += 1;
+    }
+}
+
+/// f16 bits to f32, equal lengths.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(o.add(i), load_f16x8(s.add(i)));
+        i += 8;
+    }
+    while i < n {
+        *o.add(i) = kiln_sdk::quant::f16_to_f32(*s.add(i));
+        i += 1;
+    }
+}
+
+/// Converts a float weight row (F32/F16/BF16 bytes) to f32.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / ty.type_size());
+    let o = dst.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = match ty {
+            GgmlType::F16 => load_f16x8((src.as_ptr() as *const u16).add(i)),
+            GgmlType::BF16 => load_bf16x8((src.as_ptr() as *const u16).add(i)),
+            _ => _mm256_loadu_ps((src.as_ptr() as *const f32).add(i)),
+        };
+        _mm256_storeu_ps(o.add(i), v);
+        i += 8;
+    }
+    if i < n {
+        super::scalar::float_row_to_f32(ty, &src[i * ty.type_size()..], &mut dst[i..n]);
+    }
+}
+
+/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / ty.type_size());
+    match ty {
+        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
+        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
+        _ => {
+            // Rows may be unaligned for f32: copy through a buffer in chunks.
+            if (row.as_ptr() as usize).is_multiple_of(4) {
+                dot_f32_ptr(row.as_ptr() as *const f32, x.as_ptr(), n)
+            } else {
+                super::scalar::dot_float_row(ty, row, x)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block decoders: one 32-value block -> (bytes, ws, mw); k-quant super-blocks -> 8 steps.
+// ---------------------------------------------------------------------------------------------
+
+/// 16 bytes of nibbles: low nibbles then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn nib(q: *const u8) -> __m256i {
+    let y = loadu128(q);
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(y), y),
+        _mm256_set1_epi8(0x0F),
+    )
+}
+
+/// Byte `j` is 0x10 if bit `j` of the little-endian u32 at `p` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn qh_bytes(p: *const u8) -> __m256i {
+    let qh = u32::from_le((p as *const u32).read_unaligned());
+    let v = _mm256_set1_epi32(qh as i32);
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let b = _mm256_shuffle_epi8(v, shuf);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let m = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    _mm256_and_si256(m, _mm256_set1_epi8(0x10))
+}
+
+type Legacy = (__m256i, f32, f32);
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn blk_q4_0(p: *const u8) -> Legacy {
+    let d = h1(p);
+    (nib(p.add(2)), d, -8.0 * d)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn blk_q4_1(p: *const u8) -> Legacy {
+    (nib(p.add(4)), h1(p), h1(p.add(2)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn blk_q5_0(p: *const u8) -> Legacy {
+    let d = h1(p);
+    (
+        _mm256_or_si256(nib(p.add(6)), qh_bytes(p.add(2))),
+        d,
+        -16.0 * d,
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn blk_q5_1(p: *const u8) -> Legacy {
+    (
+        _mm256_or_si256(nib(p.add(8)), qh_bytes(p.add(4))),
+        h1(p),
+        h1(p.add(2)),
+    )
+}
+
+macro_rules! legacy_kernels {
+    ($dot:ident, $unpack:ident, $blk:ident, $ts:expr) => {
+        /// Dot product of one weight row (whole blocks) with a quantized activation row.
+        #[target_feature(enable = "avx2,fma,f16c,bmi2")]
+        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
+            let nblk = row.len() / $ts;
+            let p = row.as_ptr();
+            let mut acc = _mm256_setzero_ps();
+            let mut corr = 0f32;
+            for b in 0..nblk {
+                let (z, ws, mw) = $blk(p.add(b * $ts));
+                let t = dot4(z, loadu256(a.qs.as_ptr().add(32 * b) as *const u8));
+                acc = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(t),
+                    _mm256_set1_ps(ws * *a.d.get_unchecked(b)),
+                    acc,
+                );
+                corr += mw * (*a.xsum.get_unchecked(2 * b) + *a.xsum.get_unchecked(2 * b + 1));
+            }
+            hsum(acc) + corr
+        }
+
+        /// Unpacks one weight row to `u` (`kp`), `wl` (`kp / 4`), `mw` (`kp / 16`); padding
+        /// is zeroed.
+        #[target_feature(enable = "avx2,fma,f16c,bmi2")]
+        pub(super) unsafe fn $unpack(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+            let nblk = row.len() / $ts;
+            let p = row.as_ptr();
+            for b in 0..nblk {
+                let (z, ws, m) = $blk(p.add(b * $ts));
+                _mm256_storeu_si256(u.as_mut_ptr().add(32 * b) as *mut __m256i, z);
+                _mm256_storeu_ps(wl.as_mut_ptr().add(8 * b), _mm256_set1_ps(ws));
+                mw[2 * b] = m;
+                mw[2 * b + 1] = m;
+            }
+            zero_tail(u, wl, mw, 32 * nblk);
+        }
+    };
+}
+
+fn zero_tail(u: &mut [u8], wl: &mut [f32], mw: &mut [f32], from: usize) {
+    let (nu, nw, nm) = (u.len(), wl.len(), mw.len());
+    u[from.min(nu)..].fill(0);
+    wl[(from / 4).min(nw)..].fill(0.0);
+    mw[(from / 16).min(nm)..].fill(0.0);
+}
+
+legacy_kernels!(dot_q4_0, unpack_q4_0, blk_q4_0, 18);
+legacy_kernels!(dot_q4_1, unpack_q4_1, blk_q4_1, 20);
+legacy_kernels!(dot_q5_0, unpack_q5_0, blk_q5_0, 22);
+legacy_kernels!(dot_q5_1, unpack_q5_1, blk_q5_1, 24);
+
+/// `Q8_0` dot product (signed form, no offsets).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nblk = row.len() / 34;
+    let p = row.as_ptr();
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..nblk {
+        let q = p.add(34 * b);
+        let t = dot4_signed(
+            loadu256(q.add(2)),
+            loadu256(a.qs.as_ptr().add(32 * b) as *const u8),
+        );
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(t),
+            _mm256_set1_ps(h1(q) * *a.d.get_unchecked(b)),
+            acc,
+        );
+    }
+    hsum(acc)
+}
+
+/// `Q8_0` unpacker (bytes are the signed values plus 128, like the scalar one).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q8_0(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nblk = row.len() / 34;
+    let p = row.as_ptr();
+    for b in 0..nblk {
+        let q = p.add(34 * b);
+        let d = h1(q);
+        let z = _mm256_xor_si256(loadu256(q.add(2)), _mm256_set1_epi8(-128));
+        _mm256_storeu_si256(u.as_mut_ptr().add(32 * b) as *mut __m256i, z);
+        _mm256_storeu_ps(wl.as_mut_ptr().add(8 * b), _mm256_set1_ps(d));
+        mw[2 * b] = -128.0 * d;
+        mw[2 * b + 1] = -128.0 * d;
+    }
+    zero_tail(u, wl, mw, 32 * nblk);
+}
+
+/// `d * sc` and `-(dmin * m)` of the 8 sub-blocks of a `Q4_K` super-block at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn q4k_factors(p: *const u8) -> (__m256, __m256) {
+    let d = h1(p);
+    let dmin = h1(p.add(2));
+    let s = p.add(4);
+    let a = u32::from_le((s as *const u32).read_unaligned());
+    let b = u32::from_le((s.add(4) as *const u32).read_unaligned());
+    let c = u32::from_le((s.add(8) as *const u32).read_unaligned());
+    let sc =
+        (a & 0x3F3F_3F3F) as u64 | (((c & 0x0F0F_0F0F) | ((a >> 2) & 0x3030_3030)) as u64) << 32;
+    let mn = (b & 0x3F3F_3F3F) as u64
+        | ((((c >> 4) & 0x0F0F_0F0F) | ((b >> 2) & 0x3030_3030)) as u64) << 32;
+    let scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+    let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)));
+    (
+        _mm256_mul_ps(scf, _mm256_set1_ps(d)),
+        _mm256_xor_ps(
+            _mm256_mul_ps(mnf, _mm256_set1_ps(dmin)),
+            _mm256_set1_ps(-0.0),
+        ),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn lane(v: __m256, i: i32) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i))
+}
+
+/// Per-16 offsets from 8 per-32 ones: `([m0,m0,..,m3,m3], [m4,m4,..,m7,m7])`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn pairs(m: __m256) -> (__m256, __m256) {
+    (
+        _mm256_permutevar8x32_ps(m, _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0)),
+        _mm256_permutevar8x32_ps(m, _mm256_set_epi32(7, 7, 6, 6, 5, 5, 4, 4)),
+    )
+}
+
+/// `Q4_K` dot product.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nsb = row.len() / 144;
+    let m0f = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut corr = _mm256_setzero_ps();
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(144 * sb);
+        let (ws, mw) = q4k_factors(p);
+        let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
+        let mut s = _mm256_setzero_ps();
+        for j in 0..4 {
+            let y = loadu256(p.add(16 + 32 * j));
+            let lo = _mm256_and_si256(y, m0f);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f);
+            let tl = dot4(lo, loadu256(xq.add(64 * j)));
+            let th = dot4(hi, loadu256(xq.add(64 * j + 32)));
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tl), lane(ws, 2 * j as i32), s);
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(th), lane(ws, 2 * j as i32 + 1), s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(*a.d.get_unchecked(8 * sb)), acc);
+        let (m0, m1) = pairs(mw);
+        let xs = a.xsum.as_ptr().add(16 * sb);
+        corr = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr);
+        corr = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr);
+    }
+    hsum(_mm256_add_ps(acc, corr))
+}
+
+/// `Q4_K` unpacker.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q4_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nsb = row.len() / 144;
+    let m0f = _mm256_set1_epi8(0x0F);
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(144 * sb);
+        let (ws, m) = q4k_factors(p);
+        for j in 0..4 {
+            let y = loadu256(p.add(16 + 32 * j));
+            let o = u.as_mut_ptr().add(256 * sb + 64 * j);
+            _mm256_storeu_si256(o as *mut __m256i, _mm256_and_si256(y, m0f));
+            _mm256_storeu_si256(
+                o.add(32) as *mut __m256i,
+                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
+            );
+            let w = wl.as_mut_ptr().add(64 * sb + 16 * j);
+            _mm256_storeu_ps(w, lane(ws, 2 * j as i32));
+            _mm256_storeu_ps(w.add(8), lane(ws, 2 * j as i32 + 1));
+        }
+        let (m0, m1) = pairs(m);
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb), m0);
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), m1);
+    }
+    zero_tail(u, wl, mw, 256 * nsb);
+}
+
+/// The 8 steps of a `Q6_K` super-block at `p`: bytes and the two per-16 scale indices.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn q6k_steps(p: *const u8) -> [__m256i; 8] {
+    let m0f = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut z = [_mm256_setzero_si256(); 8];
+    for n in 0..2 {
+        let ql0 = loadu256(p.add(64 * n));
+        let ql1 = loadu256(p.add(64 * n + 32));
+        let qh = loadu256(p.add(128 + 32 * n));
+        z[4 * n] = _mm256_or_si256(
+            _mm256_and_si256(ql0, m0f),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+        );
+        z[4 * n + 1] = _mm256_or_si256(
+            _mm256_and_si256(ql1, m0f),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+        );
+        z[4 * n + 2] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m0f),
+            _mm256_and_si256(qh, m30),
+        );
+        z[4 * n + 3] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m0f),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+        );
+    }
+    z
+}
+
+/// `d * sc` for the 16 groups of a `Q6_K` super-block: `(groups 0..8, groups 8..16)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn q6k_scales(p: *const u8) -> (__m256, __m256) {
+    let d = _mm256_set1_ps(h1(p.add(208)));
+    let sc = loadu128(p.add(192));
+    (
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d),
+        _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc))),
+            d,
+        ),
+    )
+}
+
+/// Lane scales of step `s` (0..4) within an 8-group half: `[ws[2s] x4, ws[2s+1] x4]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn quarter_pair(v: __m256, s: i32) -> __m256 {
+    let (a, b) = (2 * s, 2 * s + 1);
+    _mm256_permutevar8x32_ps(v, _mm256_set_epi32(b, b, b, b, a, a, a, a))
+}
+
+/// `Q6_K` dot product.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_q6_k(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nsb = row.len() / 210;
+    let m32 = _mm256_set1_ps(-32.0);
+    let mut acc = _mm256_setzero_ps();
+    let mut corr = _mm256_setzero_ps();
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(210 * sb);
+        let z = q6k_steps(p);
+        let (w0, w1) = q6k_scales(p);
+        let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
+        let mut s = _mm256_setzero_ps();
+        for (j, zj) in z.iter().enumerate() {
+            let t = dot4(*zj, loadu256(xq.add(32 * j)));
+            let w = if j < 4 { w0 } else { w1 };
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), quarter_pair(w, (j % 4) as i32), s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(*a.d.get_unchecked(8 * sb)), acc);
+        let xs = a.xsum.as_ptr().add(16 * sb);
+        corr = _mm256_fmadd_ps(_mm256_mul_ps(w0, m32), _mm256_loadu_ps(xs), corr);
+        corr = _mm256_fmadd_ps(_mm256_mul_ps(w1, m32), _mm256_loadu_ps(xs.add(8)), corr);
+    }
+    hsum(_mm256_add_ps(acc, corr))
+}
+
+/// `Q6_K` unpacker.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q6_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nsb = row.len() / 210;
+    let m32 = _mm256_set1_ps(-32.0);
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(210 * sb);
+        let z = q6k_steps(p);
+        let (w0, w1) = q6k_scales(p);
+        for (j, zj) in z.iter().enumerate() {
+            _mm256_storeu_si256(u.as_mut_ptr().add(256 * sb + 32 * j) as *mut __m256i, *zj);
+            let w = if j < 4 { w0 } else { w1 };
+            _mm256_storeu_ps(
+                wl.as_mut_ptr().add(64 * sb + 8 * j),
+                quarter_pair(w, (j % 4) as i32),
+            );
+        }
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb), _mm256_mul_ps(w0, m32));
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), _mm256_mul_ps(w1, m32));
+    }
+    zero_tail(u, wl, mw, 256 * nsb);
+}
+
+/// Quantized-row dot product for `ty`, `None` where the scalar kernel is used instead.
+pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
+    Some(match ty {
+        GgmlType::Q4_0 => dot_q4_0,
+        GgmlType::Q4_1 => dot_q4_1,
+        GgmlType::Q5_0 => dot_q5_0,
+        GgmlType::Q5_1 => dot_q5_1,
+        GgmlType::Q8_0 => dot_q8_0,
+        GgmlType::Q4_K => dot_q4_k,
+        GgmlType::Q6_K => dot_q6_k,
+        _ => return None,
+    })
+}
+
+/// Row unpacker for `ty`, `None` where the scalar unpacker is used instead.
+pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
+    Some(match ty {
+        GgmlType::Q4_0 => unpack_q4_0,
+        GgmlType::Q4_1 => unpack_q4_1,
+        GgmlType::Q5_0 => unpack_q5_0,
+        GgmlType::Q5_1 => unpack_q5_1,
+        GgmlType::Q8_0 => unpack_q8_0,
+        GgmlType::Q4_K => unpack_q4_k,
+        GgmlType::Q6_K => unpack_q6_k,
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM micro-kernels
+// ---------------------------------------------------------------------------------------------
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn micro_q8<const R: usize, const C: usize>(
+    w: &W8Tile<'_>,
+    r0: usize,
+    a: [ActRow<'_>; C],
+    kp: usize,
+) -> [[f32; C]; R] {
+    let signed = w.signed();
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut wq = [core::ptr::null::<u8>(); R];
+    let mut wsc = [core::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let (u, wl, _) = w.row(r0 + r);
+        wq[r] = u.as_ptr();
+        wsc[r] = wl.as_ptr();
+    }
+    for s in 0..kp / 32 {
+        for r in 0..R {
+            let mut wv = loadu256(wq[r].add(32 * s));
+            if signed {
+                wv = _mm256_xor_si256(wv, _mm256_set1_epi8(-128));
+            }
+            let wlv = _mm256_loadu_ps(wsc[r].add(8 * s));
+            for c in 0..C {
+                let xv = loadu256(a[c].qs.as_ptr().add(32 * s) as *const u8);
+                let t = if signed {
+                    dot4_signed(wv, xv)
+                } else {
+                    dot4(wv, xv)
+                };
+                let sc = _mm256_mul_ps(wlv, _mm256_broadcast_ss(a[c].d.get_unchecked(s)));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, acc[r][c]);
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        let (_, _, mw) = w.row(r0 + r);
+        for c in 0..C {
+            let mut v = hsum(acc[r][c]);
+            if !signed {
+                v += mw.iter().zip(a[c].xsum).map(|(m, x)| m * x).sum::<f32>();
+            }
+            out[r][c] = v;
+        }
+    }
+    out
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn micro_f32<const R: usize, const C: usize>(
+    w: [&[f32]; R],
+    x: [&[f32]; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut i = 0;
+    while i + 8 <= k {
+        for r in 0..R {
+            let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
+            for c in 0..C {
+                acc[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[c].as_ptr().add(i)), acc[r][c]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let tail: f32 = (i..k).map(|j| w[r][j] * x[c][j]).sum();
+            out[r][c] = hsum(acc[r][c]) + tail;
+        }
+    }
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) micro-kernel (as 2-row halves) for rows `r0..` of `w`
+/// and activation rows `a[..cc]`.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_q8_dyn(
+    rr: usize,
+    cc: usize,
+    w: &W8Tile<'_>,
+    r0: usize,
+    a: &[ActRow<'_>; 4],
+    kp: usize,
+) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    let mut r = 0;
+    while r < rr {
+        let h = (rr - r).min(2);
+        macro_rules! go {
+            ($r:literal, $c:literal) => {{
+                let res = micro_q8::<$r, $c>(w, r0 + r, core::array::from_fn(|j| a[j]), kp);
+                for i in 0..$r {
+                    out[r + i][..$c].copy_from_slice(&res[i]);
+                }
+            }};
+        }
+        super::matmul::micro_match!(go, h, cc);
+        r += h;
+    }
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel (as 2-row halves) over `k` values.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_f32_dyn(
+    rr: usize,
+    cc: usize,
+    w: &[&[f32]; 4],
+    x: &[&[f32]; 4],
+    k: usize,
+) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    let mut r = 0;
+    while r < rr {
+        let h = (rr - r).min(2);
+        macro_rules! go {
+            ($r:literal, $c:literal) => {{
+                let res = micro_f32::<$r, $c>(
+                    core::array::from_fn(|j| w[r + j]),
+                    core::array::from_fn(|j| x[j]),
+                    k,
+                );
+                for i in 0..$r {
+                    out[r + i][..$c].copy_from_slice(&res[i]);
+                }
+            }};
+        }
+        super::matmul::micro_match!(go, h, cc);
+        r += h;
+    }
+    out
+}

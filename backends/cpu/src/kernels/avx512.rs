@@ -1,0 +1,877 @@
+//! AVX-512 (F/BW/VL/DQ + VNNI) kernels: 64 values per step, `vpdpbusd` integer dot
+//! products of unsigned weight bytes with signed activation bytes.
+//!
+//! Every function here is `unsafe` and compiled with the AVX-512 target features; callers must
+//! check [`super::SimdLevel::Avx512`] is available and pass the documented lengths.
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::quantize::{ActMode, ActRow};
+use core::arch::x86_64::*;
+use kiln_sdk::quant::GgmlType;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Two f16 values (at `p0`, `p1`) as `[f0, f1, 0, 0]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn h2(p0: *const u8, p1: *const u8) -> __m128 {
+    let a = (p0 as *const u16).read_unaligned() as u32;
+    let b = (p1 as *const u16).read_unaligned() as u32;
+    _mm_cvtph_ps(_mm_cvtsi32_si128((a | (b << 16)) as i32))
+}
+
+/// One f16 value at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn h1(p: *const u8) -> f32 {
+    let a = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(a as i32)))
+}
+
+/// Lanes 0..8 take index `a`, lanes 8..16 index `b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn idx_halves(a: i32, b: i32) -> __m512i {
+    _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(a), _mm512_set1_epi32(b))
+}
+
+/// Lane `l` takes index `base + l / 4`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn idx_quarters(base: i32) -> __m512i {
+    _mm512_add_epi32(
+        _mm512_set1_epi32(base),
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn hsum128(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn loadu512(p: *const u8) -> __m512i {
+    _mm512_loadu_si512(p as *const _)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn loadu256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn loadu128(p: *const u8) -> __m128i {
+    _mm_loadu_si128(p as *const __m128i)
+}
+
+/// Mask of the first `n` (<= 16) lanes.
+#[inline]
+fn mask16(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization
+// ---------------------------------------------------------------------------------------------
+
+/// Quantizes one block of `bl` values at `src` (all readable) into `qs`/`xsum`; returns `d`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn quantize_block(src: *const f32, bl: usize, qs: *mut i8, xsum: *mut f32) -> f32 {
+    let mut m = _mm512_setzero_ps();
+    for i in (0..bl).step_by(16) {
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(src.add(i))));
+    }
+    let amax = _mm512_reduce_max_ps(m);
+    let (d, id) = if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    };
+    let idv = _mm512_set1_ps(id);
+    for i in (0..bl).step_by(16) {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(src.add(i)), idv);
+        let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let q = _mm512_max_epi32(
+            _mm512_min_epi32(q, _mm512_set1_epi32(127)),
+            _mm512_set1_epi32(-127),
+        );
+        _mm_storeu_si128(qs.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
+        *xsum.add(i / 16) = d * _mm512_reduce_add_epi32(q) as f32;
+    }
+    d
+}
+
+/// See [`super::quantize::quantize_row`]; lengths are checked by the caller.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn quantize_row(
+    mode: ActMode,
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    xsum: &mut [f32],
+) {
+    let k = x.len();
+    let kp = qs.len();
+    let bl = mode.len();
+    let mut tmp = [0f32; 256];
+    let mut start = 0;
+    while start < kp {
+        let src = if start + bl <= k {
+            x.as_ptr().add(start)
+        } else {
+            tmp[..bl].fill(0.0);
+            if start < k {
+                tmp[..k - start].copy_from_slice(&x[start..]);
+            }
+            tmp.as_ptr()
+        };
+        let dd = quantize_block(
+            src,
+            bl,
+            qs.as_mut_ptr().add(start),
+            xsum.as_mut_ptr().add(start / 16),
+        );
+        d[start / 32..(start + bl) / 32].fill(dd);
+        start += bl;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float helpers
+// ---------------------------------------------------------------------------------------------
+
+/// `sum(a * b)`, equal lengths.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_ptr(a.as_ptr() as *const u8, b.as_ptr(), a.len().min(b.len()))
+}
+
+/// `sum(a * b)` with `a` read unaligned from bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn dot_f32_ptr(a: *const u8, b: *const f32, n: usize) -> f32 {
+    let a = a as *const f32;
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+    );
+    let mut i = 0;
+    while i + 64 <= n {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), s0);
+        s1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(i + 16)),
+            _mm512_loadu_ps(b.add(i + 16)),
+            s1,
+        );
+        s2 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(i + 32)),
+            _mm512_loadu_ps(b.add(i + 32)),
+            s2,
+        );
+        s3 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(i + 48)),
+            _mm512_loadu_ps(b.add(i + 48)),
+            s3,
+        );
+        i += 64;
+    }
+    while i < n {
+        let m = mask16(n - i);
+        s0 = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m, a.add(i)),
+            _mm512_maskz_loadu_ps(m, b.add(i)),
+            s0,
+        );
+        i += 16;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn load_f16x16(p: *const u16, m: __mmask16) -> __m512 {
+    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn load_bf16x16(p: *const u16, m: __mmask16) -> __m512 {
+    let h = _mm256_maskz_loadu_epi16(m, p as *const i16);
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
+/// `sum(f16(a) * b)` with `a` read unaligned from bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+    );
+    let mut i = 0;
+    while i + 64 <= n {
+        s0 = _mm512_fmadd_ps(load_f16x16(a.add(i), 0xFFFF), _mm512_loadu_ps(b.add(i)), s0);
+        s1 = _mm512_fmadd_ps(
+            load_f16x16(a.add(i + 16), 0xFFFF),
+            _mm512_loadu_ps(b.add(i + 16)),
+            s1,
+        );
+        s2 = _mm512_fmadd_ps(
+            load_f16x16(a.add(i + 32), 0xFFFF),
+            _mm512_loadu_ps(b.add(i + 32)),
+            s2,
+        );
+        s3 = _mm512_fmadd_ps(
+            load_f16x16(a.add(i + 48), 0xFFFF),
+            _mm512_loadu_ps(b.add(i + 48)),
+            s3,
+        );
+        i += 64;
+    }
+    while i < n {
+        let m = mask16(n - i);
+        s0 = _mm512_fmadd_ps(
+            load_f16x16(a.add(i), m),
+            _mm512_maskz_loadu_ps(m, b.add(i)),
+            s0,
+        );
+        i += 16;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))
+}
+
+/// `sum(bf16(a) * b)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i + 32 <= n {
+        s0 = _mm512_fmadd_ps(
+            load_bf16x16(a.add(i), 0xFFFF),
+            _mm512_loadu_ps(b.add(i)),
+            s0,
+        );
+        s1 = _mm512_fmadd_ps(
+            load_bf16x16(a.add(i + 16), 0xFFFF),
+            _mm512_loadu_ps(b.add(i + 16)),
+            s1,
+        );
+        i += 32;
+    }
+    while i < n {
+        let m = mask16(n - i);
+        s0 = _mm512_fmadd_ps(
+            load_bf16x16(a.add(i), m),
+            _mm512_maskz_loadu_ps(m, b.add(i)),
+            s0,
+        );
+        i += 16;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+}
+
+/// `sum(f16(a) * b)`, equal lengths.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_f16_f32(a: &[u16], b: &[f32]) -> f32 {
+    dot_f16_ptr(a.as_ptr(), b.as_ptr(), a.len().min(b.len()))
+}
+
+/// `acc += alpha * f16(v)`, equal lengths.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn axpy_f16(acc: &mut [f32], alpha: f32, v: &[u16]) {
+    let n = acc.len().min(v.len());
+    let (o, v) = (acc.as_mut_ptr(), v.as_ptr());
+    let al = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i < n {
+        let m = mask16(n - i);
+        let r = _mm512_fmadd_ps(
+            al,
+            load_f16x16(v.add(i), m),
+            _mm512_maskz_loadu_ps(m, o.add(i)),
+        );
+        _mm512_mask_storeu_ps(o.add(i), m, r);
+        i += 16;
+    }
+}
+
+/// f32 to f16 bits, round to nearest even, equal lengths.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let m = mask16(n - i);
+        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_maskz_loadu_ps(m, s.add(i)));
+        _mm256_mask_storeu_epi16(o.add(i) as *mut i16, m, h);
+        i += 16;
+    }
+}
+
+/// Converts a float weight row (F32/F16/BF16 bytes, `n` values) to f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / ty.type_size());
+    let o = dst.as_mut_ptr();
+    let mut i = 0;
+    while i < n {
+        let m = mask16(n - i);
+        let v = match ty {
+            GgmlType::F16 => load_f16x16((src.as_ptr() as *const u16).add(i), m),
+            GgmlType::BF16 => load_bf16x16((src.as_ptr() as *const u16).add(i), m),
+            _ => _mm512_maskz_loadu_ps(m, (src.as_ptr() as *const f32).add(i)),
+        };
+        _mm512_mask_storeu_ps(o.add(i), m, v);
+        i += 16;
+    }
+}
+
+/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x` (`x.len()` values).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / ty.type_size());
+    match ty {
+        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
+        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
+        _ => dot_f32_ptr(row.as_ptr(), x.as_ptr(), n),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block decoders. Legacy types: one step = two 32-value blocks, giving the 64 weight bytes,
+// `[ws0, ws1, _, _]` and `[mw0, mw1, _, _]` (per block). K-quants: one super-block = four
+// steps, giving 4 x 64 bytes, the per-lane scales of each step and the 16 per-16 offsets.
+// ---------------------------------------------------------------------------------------------
+
+/// 32 nibbles of each of two blocks (16 bytes at `q0`, `q1`) in value order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn nib2(q0: *const u8, q1: *const u8) -> __m512i {
+    let a = _mm512_broadcast_i32x4(loadu128(q0));
+    let z = _mm512_mask_broadcast_i32x4(a, 0xFF00, loadu128(q1));
+    const F: i64 = 0x0004_0004_0004_0004;
+    let sh = _mm512_srlv_epi16(z, _mm512_set_epi64(F, F, 0, 0, F, F, 0, 0));
+    _mm512_and_si512(sh, _mm512_set1_epi8(0x0F))
+}
+
+/// Bit `j` of the little-endian u32 at `p0` (then `p1`) as a 64-lane mask.
+#[inline]
+fn qh2(p0: *const u8, p1: *const u8) -> u64 {
+    // SAFETY: callers pass pointers to the 4 `qh` bytes inside a block.
+    let (a, b) = unsafe {
+        (
+            (p0 as *const u32).read_unaligned(),
+            (p1 as *const u32).read_unaligned(),
+        )
+    };
+    u32::from_le(a) as u64 | (u32::from_le(b) as u64) << 32
+}
+
+type Legacy = (__m512i, __m128, __m128);
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q4_0(p0: *const u8, p1: *const u8) -> Legacy {
+    let s = h2(p0, p1);
+    (
+        nib2(p0.add(2), p1.add(2)),
+        s,
+        _mm_mul_ps(s, _mm_set1_ps(-8.0)),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q4_1(p0: *const u8, p1: *const u8) -> Legacy {
+    (
+        nib2(p0.add(4), p1.add(4)),
+        h2(p0, p1),
+        h2(p0.add(2), p1.add(2)),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q5_0(p0: *const u8, p1: *const u8) -> Legacy {
+    let s = h2(p0, p1);
+    let z = nib2(p0.add(6), p1.add(6));
+    let z = _mm512_mask_add_epi8(z, qh2(p0.add(2), p1.add(2)), z, _mm512_set1_epi8(16));
+    (z, s, _mm_mul_ps(s, _mm_set1_ps(-16.0)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q5_1(p0: *const u8, p1: *const u8) -> Legacy {
+    let z = nib2(p0.add(8), p1.add(8));
+    let z = _mm512_mask_add_epi8(z, qh2(p0.add(4), p1.add(4)), z, _mm512_set1_epi8(16));
+    (z, h2(p0, p1), h2(p0.add(2), p1.add(2)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q8_0(p0: *const u8, p1: *const u8) -> Legacy {
+    let s = h2(p0, p1);
+    let z = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(loadu256(p0.add(2))),
+        loadu256(p1.add(2)),
+    );
+    let z = _mm512_xor_si512(z, _mm512_set1_epi8(-128));
+    (z, s, _mm_mul_ps(s, _mm_set1_ps(-128.0)))
+}
+
+type KChunk = ([__m512i; 4], [__m512; 4], __m512);
+
+/// The 8 scales and 8 mins of a `Q4_K`/`Q5_K` super-block (12 bytes at `s`) as bytes.
+#[inline]
+fn k4_scales(s: *const u8) -> (u64, u64) {
+    // SAFETY: callers pass a pointer to the 12 scale bytes of a block.
+    let (a, b, c) = unsafe {
+        (
+            u32::from_le((s as *const u32).read_unaligned()),
+            u32::from_le((s.add(4) as *const u32).read_unaligned()),
+            u32::from_le((s.add(8) as *const u32).read_unaligned()),
+        )
+    };
+    let sc =
+        (a & 0x3F3F_3F3F) as u64 | (((c & 0x0F0F_0F0F) | ((a >> 2) & 0x3030_3030)) as u64) << 32;
+    let mn = (b & 0x3F3F_3F3F) as u64
+        | ((((c >> 4) & 0x0F0F_0F0F) | ((b >> 2) & 0x3030_3030)) as u64) << 32;
+    (sc, mn)
+}
+
+/// Per-step lane scales and per-16 offsets from 8 sub-block scales/mins (`Q4_K`, `Q5_K`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn k4_factors(p: *const u8) -> ([__m512; 4], __m512) {
+    let d = h1(p);
+    let dmin = h1(p.add(2));
+    let (sc, mn) = k4_scales(p.add(4));
+    let scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+    let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)));
+    let ws = _mm512_castps256_ps512(_mm256_mul_ps(scf, _mm256_set1_ps(d)));
+    let mw8 = _mm256_xor_ps(
+        _mm256_mul_ps(mnf, _mm256_set1_ps(dmin)),
+        _mm256_set1_ps(-0.0),
+    );
+    let pairs = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    let mw = _mm512_permutexvar_ps(pairs, _mm512_castps256_ps512(mw8));
+    let wl = [
+        _mm512_permutexvar_ps(idx_halves(0, 1), ws),
+        _mm512_permutexvar_ps(idx_halves(2, 3), ws),
+        _mm512_permutexvar_ps(idx_halves(4, 5), ws),
+        _mm512_permutexvar_ps(idx_halves(6, 7), ws),
+    ];
+    (wl, mw)
+}
+
+/// Low nibbles of 32 bytes then their high nibbles.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn nib_lo_hi(p: *const u8) -> __m512i {
+    let y = loadu256(p);
+    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y), _mm256_srli_epi16::<4>(y));
+    _mm512_and_si512(z, _mm512_set1_epi8(0x0F))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q4_k(p: *const u8) -> KChunk {
+    let (wl, mw) = k4_factors(p);
+    let q = p.add(16);
+    let z = [
+        nib_lo_hi(q),
+        nib_lo_hi(q.add(32)),
+        nib_lo_hi(q.add(64)),
+        nib_lo_hi(q.add(96)),
+    ];
+    (z, wl, mw)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q5_k(p: *const u8) -> KChunk {
+    let (wl, mw) = k4_factors(p);
+    let qh = loadu256(p.add(16));
+    let qh2 = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), qh);
+    let q = p.add(48);
+    let sixteen = _mm512_set1_epi8(16);
+    let mut z = [_mm512_setzero_si512(); 4];
+    for (i, zi) in z.iter_mut().enumerate() {
+        let lo = nib_lo_hi(q.add(32 * i));
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << (2 * i)) as i8)),
+            _mm256_set1_epi8((1u8 << (2 * i + 1)) as i8),
+        );
+        *zi = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh2, bits), lo, sixteen);
+    }
+    (z, wl, mw)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q6_k(p: *const u8) -> KChunk {
+    let d = h1(p.add(208));
+    let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(loadu128(p.add(192))));
+    let ws = _mm512_mul_ps(sc, _mm512_set1_ps(d));
+    let mw = _mm512_mul_ps(ws, _mm512_set1_ps(-32.0));
+    let m0f = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut z = [_mm512_setzero_si512(); 4];
+    for n in 0..2 {
+        let ql = loadu512(p.add(64 * n));
+        let qh = loadu256(p.add(128 + 32 * n));
+        let qhz = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
+        z[2 * n] = _mm512_or_si512(
+            _mm512_and_si512(ql, m0f),
+            _mm512_and_si512(_mm512_slli_epi16::<4>(qhz), m30),
+        );
+        z[2 * n + 1] = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m0f),
+            _mm512_and_si512(qhz, m30),
+        );
+    }
+    let wl = [
+        _mm512_permutexvar_ps(idx_quarters(0), ws),
+        _mm512_permutexvar_ps(idx_quarters(4), ws),
+        _mm512_permutexvar_ps(idx_quarters(8), ws),
+        _mm512_permutexvar_ps(idx_quarters(12), ws),
+    ];
+    (z, wl, mw)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels: dot product with one activation row, and unpacking to the byte form.
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! legacy_kernels {
+    ($dot:ident, $unpack:ident, $chunk:ident, $ts:expr) => {
+        /// Dot product of one weight row (whole blocks) with a quantized activation row.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
+        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
+            let nblk = row.len() / $ts;
+            let p = row.as_ptr();
+            let idx01 = idx_halves(0, 1);
+            let mut acc = _mm512_setzero_ps();
+            let mut corr = _mm_setzero_ps();
+            for s in 0..nblk.div_ceil(2) {
+                let b0 = 2 * s;
+                let b1 = if b0 + 1 < nblk { b0 + 1 } else { b0 };
+                let (z, sw, mw) = $chunk(p.add(b0 * $ts), p.add(b1 * $ts));
+                let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
+                let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
+                let sc = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(_mm_mul_ps(sw, xd)));
+                let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, xq);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, acc);
+                let m4 = _mm_permute_ps::<0b01_01_00_00>(mw);
+                corr = _mm_fmadd_ps(m4, _mm_loadu_ps(a.xsum.as_ptr().add(4 * s)), corr);
+            }
+            _mm512_reduce_add_ps(acc) + hsum128(corr)
+        }
+
+        /// Unpacks one weight row to bytes `u` (`kp`), lane scales `wl` (`kp / 4`) and
+        /// per-16 offsets `mw` (`kp / 16`); padding is zeroed.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
+        pub(super) unsafe fn $unpack(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+            let nblk = row.len() / $ts;
+            let p = row.as_ptr();
+            let idx01 = idx_halves(0, 1);
+            let nsteps = nblk.div_ceil(2);
+            for s in 0..nsteps {
+                let b0 = 2 * s;
+                let tail = b0 + 1 >= nblk;
+                let b1 = if tail { b0 } else { b0 + 1 };
+                let (mut z, sw, m2) = $chunk(p.add(b0 * $ts), p.add(b1 * $ts));
+                let mut w = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(sw));
+                let mut m4 = _mm_permute_ps::<0b01_01_00_00>(m2);
+                if tail {
+                    z = _mm512_maskz_mov_epi8(0xFFFF_FFFF, z);
+                    w = _mm512_maskz_mov_ps(0x00FF, w);
+                    m4 = _mm_blend_ps::<0b1100>(m4, _mm_setzero_ps());
+                }
+                _mm512_storeu_si512(u.as_mut_ptr().add(64 * s) as *mut _, z);
+                _mm512_storeu_ps(wl.as_mut_ptr().add(16 * s), w);
+                _mm_storeu_ps(mw.as_mut_ptr().add(4 * s), m4);
+            }
+            zero_tail(u, wl, mw, 64 * nsteps);
+        }
+    };
+}
+
+macro_rules! k_kernels {
+    ($dot:ident, $unpack:ident, $chunk:ident, $ts:expr) => {
+        /// Dot product of one weight row (whole super-blocks) with a quantized activation row.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
+        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
+            let nsb = row.len() / $ts;
+            let p = row.as_ptr();
+            let zero = _mm512_setzero_si512();
+            let mut acc = _mm512_setzero_ps();
+            let mut corr = _mm512_setzero_ps();
+            for sb in 0..nsb {
+                let (z, wl, mw) = $chunk(p.add(sb * $ts));
+                let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
+                let t0 = _mm512_dpbusd_epi32(zero, z[0], loadu512(xq));
+                let t1 = _mm512_dpbusd_epi32(zero, z[1], loadu512(xq.add(64)));
+                let t2 = _mm512_dpbusd_epi32(zero, z[2], loadu512(xq.add(128)));
+                let t3 = _mm512_dpbusd_epi32(zero, z[3], loadu512(xq.add(192)));
+                let s01 = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(t1),
+                    wl[1],
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(t0), wl[0]),
+                );
+                let s23 = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(t3),
+                    wl[3],
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(t2), wl[2]),
+                );
+                acc = _mm512_fmadd_ps(
+                    _mm512_add_ps(s01, s23),
+                    _mm512_set1_ps(*a.d.get_unchecked(8 * sb)),
+                    acc,
+                );
+                corr = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.xsum.as_ptr().add(16 * sb)), corr);
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc, corr))
+        }
+
+        /// Unpacks one weight row to bytes `u` (`kp`), lane scales `wl` (`kp / 4`) and
+        /// per-16 offsets `mw` (`kp / 16`); padding is zeroed.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
+        pub(super) unsafe fn $unpack(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+            let nsb = row.len() / $ts;
+            let p = row.as_ptr();
+            for sb in 0..nsb {
+                let (z, w, m) = $chunk(p.add(sb * $ts));
+                for j in 0..4 {
+                    _mm512_storeu_si512(u.as_mut_ptr().add(256 * sb + 64 * j) as *mut _, z[j]);
+                    _mm512_storeu_ps(wl.as_mut_ptr().add(64 * sb + 16 * j), w[j]);
+                }
+                _mm512_storeu_ps(mw.as_mut_ptr().add(16 * sb), m);
+            }
+            zero_tail(u, wl, mw, 256 * nsb);
+        }
+    };
+}
+
+/// Zeroes the unpacked buffers from value `from` on.
+fn zero_tail(u: &mut [u8], wl: &mut [f32], mw: &mut [f32], from: usize) {
+    let (nu, nw, nm) = (u.len(), wl.len(), mw.len());
+    u[from.min(nu)..].fill(0);
+    wl[(from / 4).min(nw)..].fill(0.0);
+    mw[(from / 16).min(nm)..].fill(0.0);
+}
+
+legacy_kernels!(dot_q4_0, unpack_q4_0, chunk_q4_0, 18);
+legacy_kernels!(dot_q4_1, unpack_q4_1, chunk_q4_1, 20);
+legacy_kernels!(dot_q5_0, unpack_q5_0, chunk_q5_0, 22);
+legacy_kernels!(dot_q5_1, unpack_q5_1, chunk_q5_1, 24);
+legacy_kernels!(dot_q8_0, unpack_q8_0, chunk_q8_0, 34);
+k_kernels!(dot_q4_k, unpack_q4_k, chunk_q4_k, 144);
+k_kernels!(dot_q5_k, unpack_q5_k, chunk_q5_k, 176);
+k_kernels!(dot_q6_k, unpack_q6_k, chunk_q6_k, 210);
+
+/// Quantized-row dot product for `ty`, `None` where the scalar kernel is used instead.
+pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
+    Some(match ty {
+        GgmlType::Q4_0 => dot_q4_0,
+        GgmlType::Q4_1 => dot_q4_1,
+        GgmlType::Q5_0 => dot_q5_0,
+        GgmlType::Q5_1 => dot_q5_1,
+        GgmlType::Q8_0 => dot_q8_0,
+        GgmlType::Q4_K => dot_q4_k,
+        GgmlType::Q5_K => dot_q5_k,
+        GgmlType::Q6_K => dot_q6_k,
+        _ => return None,
+    })
+}
+
+/// Row unpacker for `ty`, `None` where the scalar unpacker is used instead.
+pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
+    Some(match ty {
+        GgmlType::Q4_0 => unpack_q4_0,
+        GgmlType::Q4_1 => unpack_q4_1,
+        GgmlType::Q5_0 => unpack_q5_0,
+        GgmlType::Q5_1 => unpack_q5_1,
+        GgmlType::Q8_0 => unpack_q8_0,
+        GgmlType::Q4_K => unpack_q4_k,
+        GgmlType::Q5_K => unpack_q5_k,
+        GgmlType::Q6_K => unpack_q6_k,
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM micro-kernels
+// ---------------------------------------------------------------------------------------------
+
+/// `R` unpacked weight rows times `C` quantized activation rows over `kp` values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn micro_q8<const R: usize, const C: usize>(
+    w: &super::matmul::W8Tile<'_>,
+    r0: usize,
+    a: [ActRow<'_>; C],
+    kp: usize,
+) -> [[f32; C]; R] {
+    let idx01 = idx_halves(0, 1);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut wq = [core::ptr::null::<u8>(); R];
+    let mut wsc = [core::ptr::null::<f32>(); R];
+    let mut wmw = [core::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let (u, wl, mw) = w.row(r0 + r);
+        wq[r] = u.as_ptr();
+        wsc[r] = wl.as_ptr();
+        wmw[r] = mw.as_ptr();
+    }
+    for s in 0..kp / 64 {
+        let mut xv = [zero; C];
+        let mut xl = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            xv[c] = loadu512(a[c].qs.as_ptr().add(64 * s) as *const u8);
+            let xd = _mm_castpd_ps(_mm_load_sd(a[c].d.as_ptr().add(2 * s) as *const f64));
+            xl[c] = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(xd));
+        }
+        for r in 0..R {
+            let wv = loadu512(wq[r].add(64 * s));
+            let wlv = _mm512_loadu_ps(wsc[r].add(16 * s));
+            for c in 0..C {
+                let t = _mm512_dpbusd_epi32(zero, wv, xv[c]);
+                acc[r][c] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(wlv, xl[c]), acc[r][c]);
+            }
+        }
+    }
+    let ng = kp / 16;
+    let mut i = 0;
+    while i < ng {
+        let m = mask16(ng - i);
+        for r in 0..R {
+            let mv = _mm512_maskz_loadu_ps(m, wmw[r].add(i));
+            for c in 0..C {
+                acc[r][c] = _mm512_fmadd_ps(
+                    mv,
+                    _mm512_maskz_loadu_ps(m, a[c].xsum.as_ptr().add(i)),
+                    acc[r][c],
+                );
+            }
+        }
+        i += 16;
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    out
+}
+
+/// `R` f32 weight rows times `C` f32 activation rows over `k` values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn micro_f32<const R: usize, const C: usize>(
+    w: [&[f32]; R],
+    x: [&[f32]; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut i = 0;
+    while i < k {
+        let m = mask16(k - i);
+        let mut xv = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            xv[c] = _mm512_maskz_loadu_ps(m, x[c].as_ptr().add(i));
+        }
+        for r in 0..R {
+            let wv = _mm512_maskz_loadu_ps(m, w[r].as_ptr().add(i));
+            for c in 0..C {
+                acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+            }
+        }
+        i += 16;
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) micro-kernel for rows `r0..` of `w` and activation rows
+/// `a[..cc]`; results land in `[..rr][..cc]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_q8_dyn(
+    rr: usize,
+    cc: usize,
+    w: &super::matmul::W8Tile<'_>,
+    r0: usize,
+    a: &[ActRow<'_>; 4],
+    kp: usize,
+) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    macro_rules! go {
+        ($r:literal, $c:literal) => {{
+            let res = micro_q8::<$r, $c>(w, r0, core::array::from_fn(|j| a[j]), kp);
+            for i in 0..$r {
+                out[i][..$c].copy_from_slice(&res[i]);
+            }
+        }};
+    }
+    super::matmul::micro_match!(go, rr, cc);
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel over `k` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_f32_dyn(
+    rr: usize,
+    cc: usize,
+    w: &[&[f32]; 4],
+    x: &[&[f32]; 4],
+    k: usize,
+) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    macro_rules! go {
+        ($r:literal, $c:literal) => {{
+            let res = micro_f32::<$r, $c>(
+                core::array::from_fn(|j| w[j]),
+                core::array::from_fn(|j| x[j]),
+                k,
+            );
+            for i in 0..$r {
+                out[i][..$c].copy_from_slice(&res[i]);
+            }
+        }};
+    }
+    super::matmul::micro_match!(go, rr, cc);
+    out
+}

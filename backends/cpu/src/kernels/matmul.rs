@@ -1,0 +1,572 @@
+//! The matmul driver: argument checks, activation quantization, row chunking across the
+//! pool's threads, and the choice between the one-row dot kernels and the tiled GEMM.
+
+use super::quantize::{padded, ActBuf, ActMode, ActRow, Line};
+use super::{scalar, SimdLevel, ThreadPool};
+use kiln_sdk::quant::GgmlType;
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A weight matrix in place: `rows` output features, each a row of `cols` input features
+/// stored as consecutive blocks of `ty` (ggml's layout; `cols` is the tensor's `dims[0]`).
+#[derive(Clone, Copy, Debug)]
+pub struct WeightMatrix<'a> {
+    /// Element type of the stored blocks.
+    pub ty: GgmlType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features per row (a multiple of the type's block size).
+    pub cols: usize,
+    /// `rows * cols / block_size * type_size` bytes, row after row.
+    pub data: &'a [u8],
+}
+
+/// Why a matmul was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    /// The weight type has no kernel (see [`supports`]).
+    Unsupported(GgmlType),
+    /// A dimension or slice length does not fit; the message says which.
+    Shape(String),
+    /// The requested SIMD level cannot run on this CPU.
+    LevelUnavailable(SimdLevel),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::Unsupported(t) => write!(f, "no CPU matmul kernel for {t} weights"),
+            KernelError::Shape(m) => write!(f, "matmul shape mismatch: {m}"),
+            KernelError::LevelUnavailable(l) => {
+                write!(f, "SIMD level {} is not available on this CPU", l.name())
+            }
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Whether [`matmul`] handles weights of type `ty`.
+pub fn supports(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::MXFP4
+    )
+}
+
+/// `out[i * rows + r] = dot(W[r], x[i])` for the `n` rows of `x` (`n * cols` values,
+/// row-major), computed on `pool` at the active SIMD level ([`super::active_level`]).
+///
+/// Activations are quantized to 8 bits per 32 values (legacy types) or 256 values (k-quants)
+/// for the quantized types, so results carry that rounding (relative error around 1e-3 of
+/// `|W[r]| * |x[i]|`); float weights are multiplied in f32.
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &WeightMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_with(super::active_level(), pool, w, x, n, out)
+}
+
+/// [`matmul`] at an explicit SIMD level (errors if the CPU lacks it).
+pub fn matmul_with(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    w: &WeightMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !supports(w.ty) {
+        return Err(KernelError::Unsupported(w.ty));
+    }
+    if !level.is_available() {
+        return Err(KernelError::LevelUnavailable(level));
+    }
+    let (bs, ts) = (w.ty.block_size(), w.ty.type_size());
+    if !w.cols.is_multiple_of(bs) {
+        return Err(KernelError::Shape(format!(
+            "{} columns is not a whole number of {} blocks",
+            w.cols, w.ty
+        )));
+    }
+    let row_bytes = w.cols / bs * ts;
+    let shape = |what: &str, want: Option<usize>, got: usize| match want {
+        Some(v) if v == got => Ok(()),
+        _ => Err(KernelError::Shape(format!(
+            "{what} has {got} elements, {want:?} expected"
+        ))),
+    };
+    shape(
+        "weight data (bytes)",
+        w.rows.checked_mul(row_bytes),
+        w.data.len(),
+    )?;
+    shape("input", n.checked_mul(w.cols), x.len())?;
+    shape("output", n.checked_mul(w.rows), out.len())?;
+    if n == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let out = OutPtr {
+        p: out.as_mut_ptr(),
+        rows: w.rows,
+    };
+    match w.ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            float_matmul(level, pool, w, row_bytes, x, n, out)
+        }
+        _ => quant_matmul(level, pool, w, row_bytes, x, n, out),
+    }
+    Ok(())
+}
+
+/// Quantized-row dot product: `(row bytes, activation row) -> f32`.
+pub(crate) type DotFn = unsafe fn(&[u8], ActRow<'_>) -> f32;
+/// Row unpacker: `(row bytes, u, wl, mw)`, see [`W8Tile`].
+pub(crate) type UnpackFn = unsafe fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
+/// `rr x cc` quantized micro-kernel, see `micro_q8_dyn` in the SIMD modules.
+type MicroQ8Fn =
+    unsafe fn(usize, usize, &W8Tile<'_>, usize, &[ActRow<'_>; 4], usize) -> [[f32; 4]; 4];
+/// `rr x cc` f32 micro-kernel.
+type MicroF32Fn = unsafe fn(usize, usize, &[&[f32]; 4], &[&[f32]; 4], usize) -> [[f32; 4]; 4];
+
+/// Expands to a `match` running `$go!(R, C)` for `(rr, cc)` in `1..=4 x 1..=4`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
+macro_rules! micro_match {
+    ($go:ident, $rr:expr, $cc:expr) => {
+        match ($rr, $cc) {
+            (1, 1) => $go!(1, 1),
+            (1, 2) => $go!(1, 2),
+            (1, 3) => $go!(1, 3),
+            (1, 4) => $go!(1, 4),
+            (2, 1) => $go!(2, 1),
+            (2, 2) => $go!(2, 2),
+            (2, 3) => $go!(2, 3),
+            (2, 4) => $go!(2, 4),
+            (3, 1) => $go!(3, 1),
+            (3, 2) => $go!(3, 2),
+            (3, 3) => $go!(3, 3),
+            (3, 4) => $go!(3, 4),
+            (4, 1) => $go!(4, 1),
+            (4, 2) => $go!(4, 2),
+            (4, 3) => $go!(4, 3),
+            (4, 4) => $go!(4, 4),
+            _ => {}
+        }
+    };
+}
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
+pub(crate) use micro_match;
+
+/// Unpacked weight rows: per row `kp` bytes `u`, `kp / 4` lane scales `wl` (one per 4
+/// values, as the SIMD integer dot products produce one i32 per 4 bytes) and `kp / 16`
+/// offsets `mw`, so that value `i` is `wl[i / 4] * u[i] + mw[i / 16]`.
+pub(crate) struct W8Tile<'a> {
+    u: &'a [u8],
+    wl: &'a [f32],
+    mw: &'a [f32],
+    kp: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    signed: bool,
+}
+
+impl W8Tile<'_> {
+    /// Whether the bytes are signed values plus 128 (`Q8_0`, `MXFP4`) rather than small
+    /// unsigned values (at most 63).
+    #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn signed(&self) -> bool {
+        self.signed
+    }
+
+    /// `(u, wl, mw)` of row `r`.
+    #[inline]
+    pub(crate) fn row(&self, r: usize) -> (&[u8], &[f32], &[f32]) {
+        let kp = self.kp;
+        (
+            &self.u[r * kp..(r + 1) * kp],
+            &self.wl[r * kp / 4..(r + 1) * kp / 4],
+            &self.mw[r * kp / 16..(r + 1) * kp / 16],
+        )
+    }
+}
+
+/// Scalar-unpacks a row and expands the per-16 scales to per-4 lane scales (for types that
+/// have no SIMD unpacker).
+pub(crate) fn unpack_scalar_expanded(
+    ty: GgmlType,
+    row: &[u8],
+    u: &mut [u8],
+    wl: &mut [f32],
+    mw: &mut [f32],
+) {
+    let ng = mw.len();
+    scalar::unpack_row(ty, row, u, &mut wl[..ng], mw);
+    for g in (0..ng).rev() {
+        let v = wl[g];
+        wl[4 * g..4 * g + 4].fill(v);
+    }
+}
+
+/// The output matrix, written from several threads at disjoint `(i, r)` positions.
+#[derive(Clone, Copy)]
+struct OutPtr {
+    p: *mut f32,
+    rows: usize,
+}
+// SAFETY: every thread writes only the rows of the chunks it claimed, inside one `run`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `(i, r)` must be in bounds and written by no other thread concurrently.
+    #[inline]
+    unsafe fn write(&self, i: usize, r: usize, v: f32) {
+        // SAFETY: see above.
+        unsafe { *self.p.add(i * self.rows + r) = v }
+    }
+}
+
+/// Per-thread reusable buffers.
+#[derive(Default)]
+struct Scratch {
+    u: Vec<Line>,
+    wl: Vec<f32>,
+    mw: Vec<f32>,
+    f: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static ACTS: RefCell<ActBuf> = RefCell::new(ActBuf::default());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+fn with_acts<R>(f: impl FnOnce(&mut ActBuf) -> R) -> R {
+    ACTS.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut ActBuf::default()),
+    })
+}
+
+fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+    if v.len() < n {
+        v.resize(n, fill);
+    }
+}
+
+/// Rows per work item for the one-row path.
+fn dot_chunk(rows: usize, nt: usize) -> usize {
+    (rows / (nt * 8)).clamp(16, 1024).next_multiple_of(16)
+}
+
+/// Rows per work item for the GEMM path (a multiple of the 4-row micro-kernel).
+fn gemm_chunk(rows: usize, nt: usize) -> usize {
+    (rows / (nt * 4)).clamp(4, 32).next_multiple_of(4)
+}
+
+/// Calls `f(r0, r1)` for chunks of `chunk` rows claimed dynamically by the pool's threads.
+fn for_chunks(pool: &ThreadPool, rows: usize, chunk: usize, f: impl Fn(usize, usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    pool.run(|_, _| loop {
+        let r0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
+        if r0 >= rows {
+            break;
+        }
+        f(r0, (r0 + chunk).min(rows));
+    });
+}
+
+enum RowDot {
+    Simd(DotFn),
+    Scalar(GgmlType),
+}
+
+impl RowDot {
+    fn new(level: SimdLevel, ty: GgmlType) -> Self {
+        let simd = match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => super::avx512::dot_fn(ty),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => super::avx2::dot_fn(ty),
+            _ => None,
+        };
+        simd.map_or(RowDot::Scalar(ty), RowDot::Simd)
+    }
+
+    /// # Safety
+    /// The level this was made for must be available; `row` is whole blocks and `a` has the
+    /// matching padded length.
+    #[inline]
+    unsafe fn call(&self, row: &[u8], a: ActRow<'_>) -> f32 {
+        match self {
+            // SAFETY: see above.
+            RowDot::Simd(f) => unsafe { f(row, a) },
+            RowDot::Scalar(ty) => scalar::dot_row(*ty, row, a),
+        }
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn unpack_fn(level: SimdLevel, ty: GgmlType) -> Option<UnpackFn> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => super::avx512::unpack_fn(ty),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => super::avx2::unpack_fn(ty),
+        _ => None,
+    }
+}
+
+fn micro_q8(level: SimdLevel) -> Option<MicroQ8Fn> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => Some(super::avx512::micro_q8_dyn),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => Some(super::avx2::micro_q8_dyn),
+        _ => None,
+    }
+}
+
+fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => Some(super::avx512::micro_f32_dyn),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => Some(super::avx2::micro_f32_dyn),
+        _ => None,
+    }
+}
+
+fn is_k_quant(ty: GgmlType) -> bool {
+    ty.block_size() == kiln_sdk::quant::QK_K
+}
+
+fn quant_matmul(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    w: &WeightMatrix<'_>,
+    row_bytes: usize,
+    x: &[f32],
+    n: usize,
+    out: OutPtr,
+) {
+    let mode = if is_k_quant(w.ty) {
+        ActMode::B256
+    } else {
+        ActMode::B32
+    };
+    let (rows, cols) = (w.rows, w.cols);
+    let kp = padded(cols);
+    let nt = pool.n_threads();
+    with_acts(|acts| {
+        acts.reset(n, kp);
+        let ptrs = acts.ptrs();
+        let quant = |i: usize| {
+            // SAFETY: `i < n` rows were reserved above; each row is written by one thread.
+            unsafe { ptrs.quantize_row(level, mode, i, &x[i * cols..(i + 1) * cols]) }
+        };
+        if n >= 4 && nt > 1 {
+            pool.run(|t, nt| (t..n).step_by(nt).for_each(quant));
+        } else {
+            (0..n).for_each(quant);
+        }
+        let acts: &ActBuf = acts;
+        if n == 1 {
+            let dot = RowDot::new(level, w.ty);
+            let a = acts.row(0);
+            for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
+                for r in r0..r1 {
+                    // SAFETY: level checked by `matmul_with`; row and acts sizes match.
+                    let v = unsafe { dot.call(&w.data[r * row_bytes..(r + 1) * row_bytes], a) };
+                    // SAFETY: row `r` belongs to this chunk only.
+                    unsafe { out.write(0, r, v) };
+                }
+            });
+            return;
+        }
+        let unpack = unpack_fn(level, w.ty);
+        let micro = micro_q8(level);
+        let chunk = gemm_chunk(rows, nt);
+        for_chunks(pool, rows, chunk, |r0, r1| {
+            with_scratch(|s| {
+                let nr = r1 - r0;
+                grow(&mut s.u, chunk * kp / 64, Line([0; 64]));
+                grow(&mut s.wl, chunk * kp / 4, 0.0);
+                grow(&mut s.mw, chunk * kp / 16, 0.0);
+                let ub: &mut [u8] = bytemuck::cast_slice_mut(&mut s.u[..]);
+                for (j, r) in (r0..r1).enumerate() {
+                    let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
+                    let u = &mut ub[j * kp..(j + 1) * kp];
+                    let wl = &mut s.wl[j * kp / 4..(j + 1) * kp / 4];
+                    let mw = &mut s.mw[j * kp / 16..(j + 1) * kp / 16];
+                    match (micro, unpack) {
+                        // SAFETY: level checked by `matmul_with`; buffer sizes as documented.
+                        (Some(_), Some(f)) => unsafe { f(row, u, wl, mw) },
+                        (Some(_), None) => unpack_scalar_expanded(w.ty, row, u, wl, mw),
+                        (None, _) => scalar::unpack_row(w.ty, row, u, &mut wl[..kp / 16], mw),
+                    }
+                }
+                let signed = matches!(w.ty, GgmlType::Q8_0 | GgmlType::MXFP4);
+                let tile = W8Tile {
+                    u: ub,
+                    wl: &s.wl,
+                    mw: &s.mw,
+                    kp,
+                    signed,
+                };
+                match micro {
+                    Some(micro) => {
+                        for r in (0..nr).step_by(4) {
+                            let rr = (nr - r).min(4);
+                            for c in (0..n).step_by(4) {
+                                let cc = (n - c).min(4);
+                                let a: [ActRow<'_>; 4] =
+                                    std::array::from_fn(|j| acts.row((c + j).min(n - 1)));
+                                // SAFETY: level checked; `rr`, `cc` in 1..=4; rows in the tile.
+                                let res = unsafe { micro(rr, cc, &tile, r, &a, kp) };
+                                for (i, rv) in res.iter().enumerate().take(rr) {
+                                    for (j, &v) in rv.iter().enumerate().take(cc) {
+                                        // SAFETY: rows `r0..r1` belong to this chunk only.
+                                        unsafe { out.write(c + j, r0 + r + i, v) };
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        for j in 0..nr {
+                            let (u, wl, mw) = tile.row(j);
+                            for i in 0..n {
+                                let v = scalar::dot_unpacked(u, &wl[..kp / 16], mw, acts.row(i));
+                                // SAFETY: rows `r0..r1` belong to this chunk only.
+                                unsafe { out.write(i, r0 + j, v) };
+                            }
+                        }
+                    }
+                }
+            })
+        });
+    })
+}
+
+fn float_dot(level: SimdLevel, ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level checked by `matmul_with`.
+        SimdLevel::Avx512 => unsafe { super::avx512::dot_float_row(ty, row, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level checked by `matmul_with`.
+        SimdLevel::Avx2 => unsafe { super::avx2::dot_float_row(ty, row, x) },
+        _ => scalar::dot_float_row(ty, row, x),
+    }
+}
+
+fn float_to_f32(level: SimdLevel, ty: GgmlType, row: &[u8], dst: &mut [f32]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level checked by `matmul_with`.
+        SimdLevel::Avx512 => unsafe { super::avx512::float_row_to_f32(ty, row, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level checked by `matmul_with`.
+        SimdLevel::Avx2 => unsafe { super::avx2::float_row_to_f32(ty, row, dst) },
+        _ => scalar::float_row_to_f32(ty, row, dst),
+    }
+}
+
+fn float_matmul(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    w: &WeightMatrix<'_>,
+    row_bytes: usize,
+    x: &[f32],
+    n: usize,
+    out: OutPtr,
+) {
+    let (rows, k) = (w.rows, w.cols);
+    let nt = pool.n_threads();
+    let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
+    if n == 1 {
+        for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
+            for r in r0..r1 {
+                // SAFETY: row `r` belongs to this chunk only.
+                unsafe { out.write(0, r, float_dot(level, w.ty, row(r), x)) };
+            }
+        });
+        return;
+    }
+    let micro = micro_f32(level);
+    let chunk = gemm_chunk(rows, nt);
+    for_chunks(pool, rows, chunk, |r0, r1| {
+        with_scratch(|s| {
+            let nr = r1 - r0;
+            grow(&mut s.f, chunk * k, 0.0);
+            for (j, r) in (r0..r1).enumerate() {
+                float_to_f32(level, w.ty, row(r), &mut s.f[j * k..(j + 1) * k]);
+            }
+            let f = &s.f;
+            let wrow = |j: usize| &f[j * k..(j + 1) * k];
+            let xrow = |i: usize| &x[i * k..(i + 1) * k];
+            for r in (0..nr).step_by(4) {
+                let rr = (nr - r).min(4);
+                for c in (0..n).step_by(4) {
+                    let cc = (n - c).min(4);
+                    let res = match micro {
+                        Some(micro) => {
+                            let wr: [&[f32]; 4] = std::array::from_fn(|i| wrow(r + i.min(rr - 1)));
+                            let xr: [&[f32]; 4] = std::array::from_fn(|j| xrow(c + j.min(cc - 1)));
+                            // SAFETY: level checked; `rr`, `cc` in 1..=4; all rows hold `k` values.
+                            unsafe { micro(rr, cc, &wr, &xr, k) }
+                        }
+                        None => {
+                            let mut res = [[0f32; 4]; 4];
+                            for (i, rv) in res.iter_mut().enumerate().take(rr) {
+                                for (j, v) in rv.iter_mut().enumerate().take(cc) {
+                                    *v = wrow(r + i)
+                                        .iter()
+                                        .zip(xrow(c + j))
+                                        .map(|(a, b)| a * b)
+                                        .sum();
+                                }
+                            }
+                            res
+                        }
+                    };
+                    for (i, rv) in res.iter().enumerate().take(rr) {
+                        for (j, &v) in rv.iter().enumerate().take(cc) {
+                            // SAFETY: rows `r0..r1` belong to this chunk only.
+                            unsafe { out.write(c + j, r0 + r + i, v) };
+                        }
+                    }
+                }
+            }
+        })
+    });
+}

@@ -1,0 +1,194 @@
+//! Activation quantization: f32 rows to signed 8-bit values with a scale per 32 values
+//! ([`ActMode::B32`], used with the legacy block types) or per 256 values
+//! ([`ActMode::B256`], used with the k-quants), plus the scaled sum of every 16 values.
+//!
+//! A row of `k` values is padded with zeros to `kp` (a multiple of 64). Per block the scale is
+//! `d = max|x| / 127` and `q = round_half_even(x * (127 / max|x|))`; every SIMD level uses these
+//! exact operations, so they produce identical bytes.
+
+use super::SimdLevel;
+
+/// Granularity of the activation scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActMode {
+    /// One scale per 32 values.
+    B32,
+    /// One scale per 256 values (the row length must be a multiple of 256).
+    B256,
+}
+
+impl ActMode {
+    pub(crate) const fn len(self) -> usize {
+        match self {
+            ActMode::B32 => 32,
+            ActMode::B256 => 256,
+        }
+    }
+}
+
+/// `k` rounded up to the padded row length used by all quantized buffers.
+pub(crate) const fn padded(k: usize) -> usize {
+    k.div_ceil(64) * 64
+}
+
+/// A 64-byte aligned chunk of bytes (so SIMD rows start on cache lines).
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub [u8; 64]);
+
+/// Reusable storage for `n` quantized activation rows of padded length `kp`.
+#[derive(Default)]
+pub(crate) struct ActBuf {
+    qs: Vec<Line>,
+    d: Vec<f32>,
+    xsum: Vec<f32>,
+    kp: usize,
+}
+
+/// One quantized activation row: `qs` (`kp` values), `d` (one scale per 32 values; in
+/// [`ActMode::B256`] the 8 entries of a super-block are equal) and `xsum` (`d * sum(q)` per 16
+/// values).
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub xsum: &'a [f32],
+}
+
+/// Raw mutable views of one row, for filling rows in parallel.
+#[derive(Clone, Copy)]
+pub(crate) struct ActPtrs {
+    qs: *mut i8,
+    d: *mut f32,
+    xsum: *mut f32,
+    kp: usize,
+}
+// SAFETY: used to write disjoint rows from pool threads while the buffer is exclusively
+// borrowed by the matmul that created the pointers.
+unsafe impl Send for ActPtrs {}
+unsafe impl Sync for ActPtrs {}
+
+impl ActBuf {
+    /// Makes room for `n` rows of padded length `kp` (a multiple of 64), reusing capacity.
+    pub(crate) fn reset(&mut self, n: usize, kp: usize) {
+        debug_assert_eq!(kp % 64, 0);
+        self.kp = kp;
+        let lines = n * kp / 64;
+        if self.qs.len() < lines {
+            self.qs.resize(lines, Line([0; 64]));
+        }
+        if self.d.len() < n * kp / 32 {
+            self.d.resize(n * kp / 32, 0.0);
+        }
+        if self.xsum.len() < n * kp / 16 {
+            self.xsum.resize(n * kp / 16, 0.0);
+        }
+    }
+
+    pub(crate) fn ptrs(&mut self) -> ActPtrs {
+        ActPtrs {
+            qs: self.qs.as_mut_ptr() as *mut i8,
+            d: self.d.as_mut_ptr(),
+            xsum: self.xsum.as_mut_ptr(),
+            kp: self.kp,
+        }
+    }
+
+    /// Row `i` (must be `< n`).
+    pub(crate) fn row(&self, i: usize) -> ActRow<'_> {
+        let kp = self.kp;
+        let qs: &[u8] = bytemuck::cast_slice(&self.qs[i * kp / 64..(i + 1) * kp / 64]);
+        ActRow {
+            qs: bytemuck::cast_slice(qs),
+            d: &self.d[i * kp / 32..(i + 1) * kp / 32],
+            xsum: &self.xsum[i * kp / 16..(i + 1) * kp / 16],
+        }
+    }
+}
+
+impl ActPtrs {
+    /// Quantizes `x` (one row, `x.len() <= kp`) into row `i`.
+    ///
+    /// # Safety
+    /// Row `i` must be in bounds of the buffer the pointers came from, not written by anyone
+    /// else meanwhile, and `level` must be available on this CPU.
+    pub(crate) unsafe fn quantize_row(&self, level: SimdLevel, mode: ActMode, i: usize, x: &[f32]) {
+        let kp = self.kp;
+        // SAFETY: the caller guarantees row `i` is in bounds and exclusively ours.
+        let (qs, d, xsum) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.qs.add(i * kp), kp),
+                std::slice::from_raw_parts_mut(self.d.add(i * kp / 32), kp / 32),
+                std::slice::from_raw_parts_mut(self.xsum.add(i * kp / 16), kp / 16),
+            )
+        };
+        quantize_row(level, mode, x, qs, d, xsum);
+    }
+}
+
+/// Quantizes `x` into `qs` (`kp` values, zero padded), `d` and `xsum` with the given level.
+pub(crate) fn quantize_row(
+    level: SimdLevel,
+    mode: ActMode,
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    xsum: &mut [f32],
+) {
+    let kp = qs.len();
+    assert!(x.len() <= kp && d.len() == kp / 32 && xsum.len() == kp / 16 && kp.is_multiple_of(64));
+    assert!(mode == ActMode::B32 || x.len().is_multiple_of(256));
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if SimdLevel::Avx512.is_available() => {
+            // SAFETY: feature checked above; lengths asserted.
+            unsafe { super::avx512::quantize_row(mode, x, qs, d, xsum) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 | SimdLevel::Avx512 if SimdLevel::Avx2.is_available() => {
+            // SAFETY: feature checked above; lengths asserted.
+            unsafe { super::avx2::quantize_row(mode, x, qs, d, xsum) }
+        }
+        _ => quantize_row_scalar(mode, x, qs, d, xsum),
+    }
+}
+
+/// Portable reference quantizer (see the module docs for the exact arithmetic).
+pub(crate) fn quantize_row_scalar(
+    mode: ActMode,
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    xsum: &mut [f32],
+) {
+    let k = x.len();
+    let kp = qs.len();
+    let bl = mode.len();
+    let mut start = 0;
+    while start < kp {
+        let end = (start + bl).min(kp);
+        let valid = if start < k {
+            &x[start..end.min(k)]
+        } else {
+            &[][..]
+        };
+        let amax = valid.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (dd, id) = if amax > 0.0 {
+            (amax / 127.0, 127.0 / amax)
+        } else {
+            (0.0, 0.0)
+        };
+        for (i, q) in qs[start..end].iter_mut().enumerate() {
+            *q = match valid.get(i) {
+                Some(&v) => ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8,
+                None => 0,
+            };
+        }
+        d[start / 32..end / 32].fill(dd);
+        start = end;
+    }
+    for (g, s) in xsum.iter_mut().enumerate() {
+        let sum: i32 = qs[g * 16..g * 16 + 16].iter().map(|&q| q as i32).sum();
+        *s = d[g / 2] * sum as f32;
+    }
+}

@@ -1,0 +1,311 @@
+//! Portable kernels: every quantized block type decoded to the common form
+//! `w = ws * u + mw` (unsigned byte `u` per value, `ws`/`mw` per 16 values), dot products
+//! against quantized activations, and the float-weight dot products.
+//!
+//! These are the fallback on CPUs without AVX2 and the reference the SIMD levels are tested
+//! against; the SIMD unpackers must produce exactly the same `u`, `ws` and `mw`.
+
+use super::quantize::ActRow;
+use kiln_sdk::quant::blocks::{
+    BlockMxfp4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0,
+};
+use kiln_sdk::quant::{f16_to_f32, GgmlType, QK_K};
+
+/// The doubled E2M1 code points of MXFP4 (`code -> 2 * value`).
+pub(crate) const MXFP4_DOUBLED: [i8; 16] =
+    [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half of the E8M0 scale `e`: `2^(e - 128)`, exact (subnormal for `e < 2`).
+#[inline]
+pub(crate) fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// The 6-bit scale and min of sub-block `j` of a `Q4_K`/`Q5_K` super-block.
+#[inline]
+pub(crate) fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The 16 signed 6-bit scales of a `Q3_K` super-block (already minus 32).
+#[inline]
+pub(crate) fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        let lo = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
+        let hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+        *o = (lo | (hi << 4)) as i8 - 32;
+    }
+    out
+}
+
+/// Decodes one block of `ty` (`b` is exactly its bytes) to `u` (one byte per value) and
+/// per-16 `ws`/`mw`, so that value `i` is `ws[i / 16] * u[i] + mw[i / 16]`.
+///
+/// The offsets are chosen so that `u` fits the SIMD kernels: at most 63 for every type but
+/// `Q8_0` and `MXFP4`, whose `u` is the signed value plus 128 (and `mw = -128 * ws`).
+pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32], mw: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 => {
+            let blk: BlockQ4_0 = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            for (j, &q) in blk.qs.iter().enumerate() {
+                u[j] = q & 0x0F;
+                u[j + 16] = q >> 4;
+            }
+            ws[..2].fill(d);
+            mw[..2].fill(-8.0 * d);
+        }
+        GgmlType::Q4_1 => {
+            let blk: BlockQ4_1 = bytemuck::pod_read_unaligned(b);
+            for (j, &q) in blk.qs.iter().enumerate() {
+                u[j] = q & 0x0F;
+                u[j + 16] = q >> 4;
+            }
+            ws[..2].fill(f16_to_f32(blk.d));
+            mw[..2].fill(f16_to_f32(blk.m));
+        }
+        GgmlType::Q5_0 => {
+            let blk: BlockQ5_0 = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            let qh = u32::from_le_bytes(blk.qh);
+            for (j, &q) in blk.qs.iter().enumerate() {
+                u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+                u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            }
+            ws[..2].fill(d);
+            mw[..2].fill(-16.0 * d);
+        }
+        GgmlType::Q5_1 => {
+            let blk: BlockQ5_1 = bytemuck::pod_read_unaligned(b);
+            let qh = u32::from_le_bytes(blk.qh);
+            for (j, &q) in blk.qs.iter().enumerate() {
+                u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+                u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            }
+            ws[..2].fill(f16_to_f32(blk.d));
+            mw[..2].fill(f16_to_f32(blk.m));
+        }
+        GgmlType::Q8_0 => {
+            let blk: BlockQ8_0 = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            for (o, &q) in u.iter_mut().zip(&blk.qs) {
+                *o = (q as u8) ^ 0x80;
+            }
+            ws[..2].fill(d);
+            mw[..2].fill(-128.0 * d);
+        }
+        GgmlType::MXFP4 => {
+            let blk: BlockMxfp4 = bytemuck::pod_read_unaligned(b);
+            let d = e8m0_half(blk.e);
+            for (j, &q) in blk.qs.iter().enumerate() {
+                u[j] = (MXFP4_DOUBLED[(q & 0x0F) as usize] as u8) ^ 0x80;
+                u[j + 16] = (MXFP4_DOUBLED[(q >> 4) as usize] as u8) ^ 0x80;
+            }
+            ws[..2].fill(d);
+            mw[..2].fill(-128.0 * d);
+        }
+        GgmlType::Q2_K => {
+            let blk: BlockQ2K = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            let dmin = f16_to_f32(blk.dmin);
+            for (g, &sc) in blk.scales.iter().enumerate() {
+                ws[g] = d * (sc & 0x0F) as f32;
+                mw[g] = -(dmin * (sc >> 4) as f32);
+            }
+            for (e, o) in u[..QK_K].iter_mut().enumerate() {
+                let (n, s, m) = (e / 128, (e % 128) / 32, e % 32);
+                *o = (blk.qs[32 * n + m] >> (2 * s)) & 3;
+            }
+        }
+        GgmlType::Q3_K => {
+            let blk: BlockQ3K = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            for (g, &sc) in q3k_scales(&blk.scales).iter().enumerate() {
+                ws[g] = d * sc as f32;
+                mw[g] = -4.0 * ws[g];
+            }
+            for (e, o) in u[..QK_K].iter_mut().enumerate() {
+                let (n, s, m) = (e / 128, (e % 128) / 32, e % 32);
+                let lo = (blk.qs[32 * n + m] >> (2 * s)) & 3;
+                let hb = (blk.hmask[m] >> (4 * n + s)) & 1;
+                *o = lo | (hb << 2);
+            }
+        }
+        GgmlType::Q4_K => {
+            let blk: BlockQ4K = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            let dmin = f16_to_f32(blk.dmin);
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &blk.scales);
+                ws[2 * j..2 * j + 2].fill(d * sc as f32);
+                mw[2 * j..2 * j + 2].fill(-(dmin * m as f32));
+            }
+            for (e, o) in u[..QK_K].iter_mut().enumerate() {
+                let (i, t) = (e / 64, e % 64);
+                *o = if t < 32 {
+                    blk.qs[32 * i + t] & 0x0F
+                } else {
+                    blk.qs[32 * i + t - 32] >> 4
+                };
+            }
+        }
+        GgmlType::Q5_K => {
+            let blk: BlockQ5K = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            let dmin = f16_to_f32(blk.dmin);
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &blk.scales);
+                ws[2 * j..2 * j + 2].fill(d * sc as f32);
+                mw[2 * j..2 * j + 2].fill(-(dmin * m as f32));
+            }
+            for (e, o) in u[..QK_K].iter_mut().enumerate() {
+                let (i, t) = (e / 64, e % 64);
+                let (lo, hb) = if t < 32 {
+                    (blk.qs[32 * i + t] & 0x0F, (blk.qh[t] >> (2 * i)) & 1)
+                } else {
+                    (
+                        blk.qs[32 * i + t - 32] >> 4,
+                        (blk.qh[t - 32] >> (2 * i + 1)) & 1,
+                    )
+                };
+                *o = lo | (hb << 4);
+            }
+        }
+        GgmlType::Q6_K => {
+            let blk: BlockQ6K = bytemuck::pod_read_unaligned(b);
+            let d = f16_to_f32(blk.d);
+            for (g, &sc) in blk.scales.iter().enumerate() {
+                ws[g] = d * sc as f32;
+                mw[g] = -32.0 * ws[g];
+            }
+            for (e, o) in u[..QK_K].iter_mut().enumerate() {
+                let (n, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                let ql = &blk.ql[64 * n..];
+                let qh = blk.qh[32 * n + l];
+                let lo = match s {
+                    0 => ql[l] & 0x0F,
+                    1 => ql[l + 32] & 0x0F,
+                    2 => ql[l] >> 4,
+                    _ => ql[l + 32] >> 4,
+                };
+                *o = lo | (((qh >> (2 * s)) & 3) << 4);
+            }
+        }
+        _ => {
+            // Callers only pass quantized types (checked by `matmul`); leave zeros.
+            u.fill(0);
+            ws.fill(0.0);
+            mw.fill(0.0);
+        }
+    }
+}
+
+/// Decodes a whole row of `nblk` blocks of `ty` into `u` (`kp` bytes), `ws` and `mw`
+/// (`kp / 16` each); the padding past the row is zeroed.
+pub(crate) fn unpack_row(ty: GgmlType, row: &[u8], u: &mut [u8], ws: &mut [f32], mw: &mut [f32]) {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let nblk = row.len() / ts;
+    for b in 0..nblk {
+        let (e0, g0) = (b * bs, b * bs / 16);
+        unpack_block(
+            ty,
+            &row[b * ts..(b + 1) * ts],
+            &mut u[e0..e0 + bs],
+            &mut ws[g0..g0 + bs / 16],
+            &mut mw[g0..g0 + bs / 16],
+        );
+    }
+    u[nblk * bs..].fill(0);
+    ws[nblk * bs / 16..].fill(0.0);
+    mw[nblk * bs / 16..].fill(0.0);
+}
+
+/// Dot product of an unpacked row with one quantized activation row (same padded length).
+pub(crate) fn dot_unpacked(u: &[u8], ws: &[f32], mw: &[f32], a: ActRow<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (g, (&w_s, &w_m)) in ws.iter().zip(mw).enumerate() {
+        let e0 = g * 16;
+        let isum: i32 = u[e0..e0 + 16]
+            .iter()
+            .zip(&a.qs[e0..e0 + 16])
+            .map(|(&w, &x)| w as i32 * x as i32)
+            .sum();
+        acc += w_s * a.d[g / 2] * isum as f32 + w_m * a.xsum[g];
+    }
+    acc
+}
+
+/// Dot product of one quantized weight row (whole blocks of `ty`) with an activation row.
+pub(crate) fn dot_row(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let mut u = [0u8; QK_K];
+    let mut ws = [0f32; QK_K / 16];
+    let mut mw = [0f32; QK_K / 16];
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(ts).enumerate() {
+        let (e0, g0) = (b * bs, b * bs / 16);
+        unpack_block(
+            ty,
+            blk,
+            &mut u[..bs],
+            &mut ws[..bs / 16],
+            &mut mw[..bs / 16],
+        );
+        let sub = ActRow {
+            qs: &a.qs[e0..e0 + bs],
+            d: &a.d[e0 / 32..(e0 + bs).div_ceil(32)],
+            xsum: &a.xsum[g0..g0 + bs / 16],
+        };
+        acc += dot_unpacked(&u[..bs], &ws[..bs / 16], &mw[..bs / 16], sub);
+    }
+    acc
+}
+
+/// Converts `n` float weights of type `ty` (F32/F16/BF16 bytes) to f32.
+pub(crate) fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        _ => dst.fill(0.0),
+    }
+}
+
+/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
+pub(crate) fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let mut buf = [0f32; 64];
+    let mut acc = 0f32;
+    let es = ty.type_size();
+    for (c, xs) in row.chunks(64 * es).zip(x.chunks(64)) {
+        let m = xs.len();
+        float_row_to_f32(ty, c, &mut buf[..m]);
+        acc += buf[..m].iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+    }
+    acc
+}

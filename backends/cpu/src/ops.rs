@@ -1,0 +1,416 @@
+//! [`CpuOps`]: the SDK's model operations on the CPU — f32 activations, weights viewed in
+//! place in the mapped file, an f16 KV cache, threaded matmul and attention.
+
+use crate::kernels::{self, ThreadPool, WeightMatrix};
+use kiln_sdk::backend::{BackendError, ErrorKind, Result};
+use kiln_sdk::gguf::TensorInfo;
+use kiln_sdk::model::{Activation, Attention, KvShape, Ops, Rope, RopeStyle, RowPos};
+use kiln_sdk::quant::{dequantize_row, GgmlType};
+
+/// A weight: 2-D matrices stay in the mapped file; vectors (norms, biases) are converted to f32.
+pub struct CpuWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &'static [u8],
+    vector: Option<Vec<f32>>,
+}
+
+/// A row-major f32 activation.
+pub struct CpuAct {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+struct KvLayer {
+    shape: KvShape,
+    k: Vec<u16>,
+    v: Vec<u16>,
+}
+
+/// The f16 KV cache: per layer, `[seq][pos][head * dim]` for keys and for values.
+pub struct CpuKv {
+    layers: Vec<KvLayer>,
+    n_ctx: usize,
+    n_seq: usize,
+}
+
+/// CPU implementation of [`Ops`].
+pub struct CpuOps {
+    pool: ThreadPool,
+}
+
+/// A raw pointer that may be shared across the pool's threads (each writes disjoint ranges).
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: used only to write disjoint, in-bounds ranges from pool threads within one `run`.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `x` rounded to the nearest f16 value (ties to even), as an f32.
+#[inline]
+fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+#[inline]
+fn f16_bits_to_f32(b: u16) -> f32 {
+    half::f16::from_bits(b).to_f32()
+}
+
+/// GELU (tanh form) of every f16 value, stored as f16: llama.cpp evaluates GELU through such a
+/// table, and matching it keeps Gemma's greedy output identical to llama.cpp's.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+        (0..=u16::MAX)
+            .map(|b| {
+                let x = f16_bits_to_f32(b);
+                let y = 0.5 * x * (1.0 + (C * x * (1.0 + 0.044_715 * x * x)).tanh());
+                half::f16::from_f32(y).to_bits()
+            })
+            .collect()
+    })
+}
+
+fn shape_err(what: &str) -> BackendError {
+    BackendError::internal(format!("shape mismatch in {what}"))
+}
+
+fn alloc_zeroed_u16(n: usize) -> Result<Vec<u16>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        BackendError::new(ErrorKind::OutOfMemory, format!("cannot allocate {} MiB for the KV cache", (n * 2) >> 20))
+    })?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+impl CpuOps {
+    /// Ops running on `n_threads` threads (0 = all cores).
+    pub fn new(n_threads: usize) -> Self {
+        let n = if n_threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            n_threads
+        };
+        CpuOps { pool: ThreadPool::new(n) }
+    }
+
+    /// Threads in use.
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    fn vector<'a>(&self, w: &'a CpuWeight, len: usize, what: &str) -> Result<&'a [f32]> {
+        match &w.vector {
+            Some(v) if v.len() == len || (len == 0 && !v.is_empty()) => Ok(v),
+            _ => Err(shape_err(what)),
+        }
+    }
+}
+
+impl Ops for CpuOps {
+    type Weight = CpuWeight;
+    type Act = CpuAct;
+    type Kv = CpuKv;
+
+    fn weight(&self, t: &TensorInfo<'static>) -> Result<CpuWeight> {
+        let cols = t.dims.first().copied().unwrap_or(1) as usize;
+        let rows = t.dims.iter().skip(1).product::<u64>() as usize;
+        if t.dims.len() == 1 {
+            let mut v = vec![0f32; cols];
+            dequantize_row(t.ty, t.data, &mut v).map_err(|e| BackendError::invalid(e.to_string()))?;
+            return Ok(CpuWeight { ty: GgmlType::F32, rows: 1, cols, data: &[], vector: Some(v) });
+        }
+        if !kernels::supports(t.ty) {
+            return Err(BackendError::unsupported(format!("the CPU backend has no kernel for {}", t.ty)));
+        }
+        Ok(CpuWeight { ty: t.ty, rows, cols, data: t.data, vector: None })
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> u64 {
+        w.data.len() as u64 + w.vector.as_ref().map_or(0, |v| v.len() as u64 * 4)
+    }
+
+    fn act(&self, rows: usize, cols: usize) -> CpuAct {
+        CpuAct { rows, cols, data: vec![0.0; rows * cols] }
+    }
+
+    fn act_shape(&self, x: &CpuAct) -> (usize, usize) {
+        (x.rows, x.cols)
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[i32], out: &mut CpuAct) -> Result<()> {
+        if out.rows != ids.len() || out.cols != table.cols || table.vector.is_some() {
+            return Err(shape_err("embed"));
+        }
+        let row_bytes = table.ty.bytes_for(table.cols as u64).ok_or_else(|| shape_err("embed"))? as usize;
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= table.rows {
+                return Err(BackendError::invalid(format!("token id {id} out of 0..{}", table.rows)));
+            }
+            let src = &table.data[id * row_bytes..(id + 1) * row_bytes];
+            dequantize_row(table.ty, src, &mut out.data[i * out.cols..(i + 1) * out.cols])
+                .map_err(|e| BackendError::internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32, out: &mut CpuAct) -> Result<()> {
+        let w = self.vector(w, 0, "rms_norm")?;
+        let g = w.len();
+        if !x.cols.is_multiple_of(g) || out.rows != x.rows || out.cols != x.cols {
+            return Err(shape_err("rms_norm"));
+        }
+        for (src, dst) in x.data.chunks_exact(g).zip(out.data.chunks_exact_mut(g)) {
+            let ss: f64 = src.iter().map(|&v| (v * v) as f64).sum();
+            let scale = 1.0 / ((ss / g as f64) as f32 + eps).sqrt();
+            for ((d, &s), &wv) in dst.iter_mut().zip(src).zip(w) {
+                *d = s * scale * wv;
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) -> Result<()> {
+        if w.vector.is_some() || x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
+            return Err(shape_err("matmul"));
+        }
+        let m = WeightMatrix { ty: w.ty, rows: w.rows, cols: w.cols, data: w.data };
+        kernels::matmul(&self.pool, &m, &x.data, x.rows, &mut out.data)
+            .map_err(|e| BackendError::internal(e.to_string()))
+    }
+
+    fn add_bias(&self, x: &mut CpuAct, b: &CpuWeight) -> Result<()> {
+        let b = self.vector(b, x.cols, "add_bias")?;
+        for row in x.data.chunks_exact_mut(x.cols) {
+            row.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
+        if x.data.len() != y.data.len() {
+            return Err(shape_err("add"));
+        }
+        x.data.iter_mut().zip(&y.data).for_each(|(a, &b)| *a += b);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CpuAct, s: f32) -> Result<()> {
+        x.data.iter_mut().for_each(|a| *a *= s);
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut CpuAct, positions: &[i32], head_dim: usize, rope: &Rope) -> Result<()> {
+        if positions.len() != x.rows || head_dim == 0 || !x.cols.is_multiple_of(head_dim) || rope.n_rot > head_dim {
+            return Err(shape_err("rope"));
+        }
+        let half = rope.n_rot / 2;
+        let theta_scale = rope.base.powf(-2.0 / rope.n_rot as f32);
+        let mut cs = vec![(0f32, 0f32); half];
+        for (row, &pos) in x.data.chunks_exact_mut(x.cols).zip(positions) {
+            let mut theta = pos as f32;
+            for c in cs.iter_mut() {
+                let t = theta * rope.freq_scale;
+                *c = (t.cos(), t.sin());
+                theta *= theta_scale;
+            }
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, &(cos, sin)) in cs.iter().enumerate() {
+                    let (a, b) = match rope.style {
+                        RopeStyle::Normal => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn glu(&self, gate: &mut CpuAct, up: &CpuAct, act: Activation) -> Result<()> {
+        if gate.data.len() != up.data.len() {
+            return Err(shape_err("glu"));
+        }
+        match act {
+            Activation::Silu => gate.data.iter_mut().zip(&up.data).for_each(|(g, &u)| {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }),
+            Activation::GeluTanh => {
+                let table = gelu_table();
+                gate.data.iter_mut().zip(&up.data).for_each(|(g, &u)| {
+                    let x = *g;
+                    *g = if x <= -10.0 {
+                        0.0
+                    } else if x >= 10.0 {
+                        x * u
+                    } else {
+                        f16_bits_to_f32(table[half::f16::from_f32(x).to_bits() as usize]) * u
+                    };
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize], out: &mut CpuAct) -> Result<()> {
+        if out.rows != rows.len() || out.cols != x.cols {
+            return Err(shape_err("gather_rows"));
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if r >= x.rows {
+                return Err(shape_err("gather_rows"));
+            }
+            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        Ok(())
+    }
+
+    fn kv_alloc(&self, layers: &[KvShape], n_ctx: usize, n_seq: usize) -> Result<CpuKv> {
+        let mut out = Vec::with_capacity(layers.len());
+        for &shape in layers {
+            let per = n_ctx.checked_mul(n_seq).ok_or_else(|| shape_err("kv_alloc"))?;
+            let k = alloc_zeroed_u16(per * shape.n_head_kv * shape.head_dim_k)?;
+            let v = alloc_zeroed_u16(per * shape.n_head_kv * shape.head_dim_v)?;
+            out.push(KvLayer { shape, k, v });
+        }
+        Ok(CpuKv { layers: out, n_ctx, n_seq })
+    }
+
+    fn kv_bytes(&self, kv: &CpuKv) -> u64 {
+        kv.layers.iter().map(|l| (l.k.len() + l.v.len()) as u64 * 2).sum()
+    }
+
+    fn kv_copy(&self, kv: &mut CpuKv, src: usize, dst: usize, n: usize) -> Result<()> {
+        if src >= kv.n_seq || dst >= kv.n_seq || n > kv.n_ctx {
+            return Err(shape_err("kv_copy"));
+        }
+        let n_ctx = kv.n_ctx;
+        for l in &mut kv.layers {
+            for (buf, w) in [
+                (&mut l.k, l.shape.n_head_kv * l.shape.head_dim_k),
+                (&mut l.v, l.shape.n_head_kv * l.shape.head_dim_v),
+            ] {
+                let s = src * n_ctx * w;
+                buf.copy_within(s..s + n * w, dst * n_ctx * w);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        rows: &[RowPos],
+        p: &Attention,
+        out: &mut CpuAct,
+    ) -> Result<()> {
+        let n_ctx = kv.n_ctx;
+        let l = kv.layers.get_mut(layer).ok_or_else(|| shape_err("attention layer"))?;
+        let (hk, hv) = (p.head_dim_k, p.head_dim_v);
+        let (kw, vw) = (p.n_head_kv * hk, p.n_head_kv * hv);
+        if q.cols != p.n_head * hk || k.cols != kw || v.cols != vw || out.cols != p.n_head * hv
+            || rows.len() != q.rows || l.shape.n_head_kv * l.shape.head_dim_k != kw
+            || p.n_head_kv == 0 || !p.n_head.is_multiple_of(p.n_head_kv)
+        {
+            return Err(shape_err("attention"));
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if r.pos >= n_ctx || r.seq >= kv.n_seq {
+                return Err(shape_err("attention rows"));
+            }
+            let ko = (r.seq * n_ctx + r.pos) * kw;
+            kernels::f32_to_f16_slice(&k.data[i * kw..(i + 1) * kw], &mut l.k[ko..ko + kw]);
+            let vo = (r.seq * n_ctx + r.pos) * vw;
+            kernels::f32_to_f16_slice(&v.data[i * vw..(i + 1) * vw], &mut l.v[vo..vo + vw]);
+        }
+        let (kc, vc) = (&l.k[..], &l.v[..]);
+        let group = p.n_head / p.n_head_kv;
+        let n_tasks = rows.len() * p.n_head;
+        let out_ptr = SharedMut(out.data.as_mut_ptr());
+        let out_cols = out.cols;
+        self.pool.run(|t, nt| {
+            let mut qh16 = vec![0f32; hk];
+            let mut acc = vec![0f32; hv];
+            let per = n_tasks.div_ceil(nt);
+            for task in t * per..((t + 1) * per).min(n_tasks) {
+                let (i, h) = (task / p.n_head, task % p.n_head);
+                let r = rows[i];
+                let kvh = h / group;
+                let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
+                // The query meets the f16 cache in f16, as in llama.cpp.
+                qh16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
+                // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
+                // greedy decoding follows llama.cpp token for token.
+                let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for pos in lo..=r.pos {
+                    let ko = (r.seq * n_ctx + pos) * kw + kvh * hk;
+                    let mut s = kernels::dot_f16_f32(&kc[ko..ko + hk], &qh16) * p.scale;
+                    if let Some(c) = p.softcap {
+                        s = c * (s / c).tanh();
+                    }
+                    let (mut ms, mut vs) = (1f32, 1f32);
+                    if s > m {
+                        let old = m;
+                        m = s;
+                        ms = (old - m).exp();
+                        acc.iter_mut().for_each(|a| *a = round_f16(*a * ms));
+                    } else {
+                        vs = (s - m).exp();
+                    }
+                    let vo = (r.seq * n_ctx + pos) * vw + kvh * hv;
+                    for (a, &v) in acc.iter_mut().zip(&vc[vo..vo + hv]) {
+                        *a = round_f16(f16_bits_to_f32(v).mul_add(vs, *a));
+                    }
+                    sum = sum * ms + vs;
+                }
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
+                unsafe {
+                    let dst = std::slice::from_raw_parts_mut(out_ptr.get().add(i * out_cols + h * hv), hv);
+                    dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a * inv);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn read(&self, x: &CpuAct, out: &mut [f32]) -> Result<()> {
+        if out.len() != x.data.len() {
+            return Err(shape_err("read"));
+        }
+        out.copy_from_slice(&x.data);
+        Ok(())
+    }
+
+    fn top_n(&self, x: &CpuAct, n: usize, ids: &mut [i32], vals: &mut [f32], lse: &mut [f32]) -> Result<()> {
+        if ids.len() != x.rows * n || vals.len() != x.rows * n || lse.len() != x.rows {
+            return Err(shape_err("top_n"));
+        }
+        for (r, row) in x.data.chunks_exact(x.cols).enumerate() {
+            kiln_sdk::model::ops::top_n_row(row, n, &mut ids[r * n..(r + 1) * n], &mut vals[r * n..(r + 1) * n]);
+            lse[r] = kiln_sdk::model::ops::log_sum_exp(row);
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,32 @@
+//! `kiln`: the command-line front end of the Kiln inference host.
+
+mod bench;
+mod catalog;
+mod chat;
+mod cli;
+mod engine;
+mod inspect;
+mod model_file;
+mod plugins;
+mod sampling;
+mod tokenizer;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let filter = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).init();
+    if let Err(e) = cli::dispatch(args) {
+        // One readable line: the error and its causes.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,149 @@
+//! The `kiln` command line end to end: help, tokenize, inspect, malformed input, context
+//! limits, bench and the catalog — each as a user would run it.
+
+use kiln_e2e::*;
+
+const SMOL: &str = "smollm2-135m-instruct-q4_1.gguf";
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "chat", "tokenize", "inspect", "pull", "list", "bench", "backends"] {
+        let o = kiln(&[sub, "--help"], &[]);
+        let (out, _) = texts(&o);
+        assert!(o.status.success() && out.contains("Usage: kiln"), "{sub}: {out}");
+    }
+    let o = kiln(&["--help"], &[]);
+    assert!(texts(&o).0.contains("Commands:"));
+}
+
+#[test]
+fn tokenize_matches_llama_cpp() {
+    for (file, reference_file) in [
+        (SMOL, "smollm2-135m-instruct-q4_1.json"),
+        ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.json"),
+        ("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m.json"),
+    ] {
+        let Some(path) = model(file) else { continue };
+        let Some(r) = reference(reference_file) else { continue };
+        for case in r["tokenization"].as_array().unwrap().iter().take(3) {
+            let o = kiln(&["tokenize", "-m", path.to_str().unwrap(), case["text"].as_str().unwrap()], &[]);
+            let (out, err) = texts(&o);
+            assert!(o.status.success(), "{err}");
+            let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(got, case["ids"], "{file}: {}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn inspect_shows_metadata_and_tensors() {
+    let Some(path) = model(SMOL) else { return };
+    let o = kiln(&["inspect", path.to_str().unwrap()], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("general.architecture") && out.contains("\"llama\""), "{out}");
+    assert!(out.contains("272 tensors") || out.contains("tensors: 272"), "{out}");
+    assert!(out.contains("token_embd.weight") && out.contains("Q8_0"), "{out}");
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn malformed_models_are_refused_in_one_line() {
+    let garbage = tmp("garbage.gguf");
+    std::fs::write(&garbage, b"NOTAGGUF at all").unwrap();
+    let empty = tmp("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let mut cases = vec![(garbage.clone(), "magic"), (empty.clone(), "")];
+    let truncated = tmp("truncated.gguf");
+    if let Some(path) = model(SMOL) {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        cases.push((truncated.clone(), "past"));
+    }
+    for (p, want) in &cases {
+        for args in [vec!["inspect", p.to_str().unwrap()], vec!["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "1"]] {
+            let o = kiln(&args, &[]);
+            let (_, err) = texts(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        }
+    }
+    for p in [garbage, empty, truncated] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn unknown_model_name_lists_the_catalog() {
+    let o = kiln(&["run", "-m", "no-such-model", "-p", "hi"], &[]);
+    let (_, err) = texts(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("smollm2-135m-instruct-q4_1") && err.contains("gemma-3-270m-q4_k_m"), "{err}");
+}
+
+#[test]
+fn list_shows_the_catalog() {
+    let o = kiln(&["list"], &[]);
+    let (out, _) = texts(&o);
+    assert!(o.status.success());
+    for name in ["smollm2-135m-instruct-q4_1", "qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"] {
+        assert!(out.contains(name), "{out}");
+    }
+}
+
+#[test]
+fn context_overflow_is_a_clear_stop_not_a_crash() {
+    let Some(path) = model(SMOL) else { return };
+    let p = path.to_str().unwrap();
+    // A prompt longer than the context.
+    let o = kiln(&["run", "-m", p, "-p", "one two three four five six seven eight nine ten", "--ctx", "4"], &[]);
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the context holds 4"), "{err}");
+    // Generation that fills the context stops with that reason.
+    let o = kiln(&["run", "-m", p, "-p", "Once upon a time", "--ctx", "12", "--temperature", "0", "--ignore-eos"], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stop: context full"), "{err}");
+    assert!(!out.trim().is_empty());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let Some(path) = model(SMOL) else { return };
+    let p = path.to_str().unwrap();
+    let run = |seed: &str| texts(&kiln(&["run", "-m", p, "-p", "My favourite food is", "-n", "16", "--seed", seed, "--temperature", "1.0"], &[])).0;
+    assert_eq!(run("7"), run("7"));
+    let outs: std::collections::HashSet<String> = ["1", "2", "3", "4"].iter().map(|s| run(s)).collect();
+    assert!(outs.len() > 1, "different seeds gave identical text");
+}
+
+#[test]
+fn chat_mode_uses_the_template_and_stops_at_end_of_turn() {
+    let Some(path) = model(SMOL) else { return };
+    let o = kiln(&["run", "-m", path.to_str().unwrap(), "--chat", "-p", "What is the capital of France?", "--temperature", "0", "-n", "64"], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    assert!(!out.contains("<|im_end|>") && !out.contains("<|im_start|>"), "{out}");
+}
+
+#[test]
+fn bench_reports_json() {
+    let Some(path) = model(SMOL) else { return };
+    let o = kiln(&["bench", "-m", path.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "2", "--json"], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["test"], "pp16");
+    assert_eq!(rows[1]["test"], "tg4");
+    assert!(rows[1]["median_ts"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[1]["samples_ts"].as_array().unwrap().len(), 2);
+}
