@@ -125,12 +125,13 @@ fn seeded_sampling_is_reproducible() {
 
 #[test]
 fn chat_mode_uses_the_template_and_stops_at_end_of_turn() {
-    let Some(path) = model(SMOL) else { return };
+    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let o = kiln(&["run", "-m", path.to_str().unwrap(), "--chat", "-p", "What is the capital of France?", "--temperature", "0", "-n", "64"], &[]);
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");
     assert!(!out.contains("<|im_end|>") && !out.contains("<|im_start|>"), "{out}");
+    assert!(err.contains("stop: end of generation"), "{err}");
 }
 
 #[test]

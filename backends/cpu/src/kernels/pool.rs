@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_micros(300);
 
+/// Polls between `PAUSE` hints while spinning. Back-to-back `PAUSE`s make KVM guests take
+/// pause-loop exits (microseconds each), so the hint is issued only now and then; it still
+/// yields pipeline resources to an SMT sibling.
+const POLLS_PER_PAUSE: u32 = 256;
+
 /// Calls the closure behind `data` (an `F`) for one share.
 type CallFn = unsafe fn(data: *const (), idx: usize, n: usize);
 
@@ -150,10 +155,12 @@ impl ThreadPool {
         let mut spins = 0u32;
         while sh.done.load(Ordering::Acquire) != nw {
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
-                thread::yield_now();
-            } else {
-                // no pause
+            if spins.is_multiple_of(POLLS_PER_PAUSE) {
+                if start.elapsed() > SPIN {
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
         let worker_panicked = sh.panicked.swap(false, Ordering::Relaxed);
@@ -180,8 +187,11 @@ fn worker_loop(sh: &Shared, i: usize) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(128) || start.elapsed() < SPIN {
-                // no pause
+            if !spins.is_multiple_of(POLLS_PER_PAUSE) {
+                continue;
+            }
+            if start.elapsed() < SPIN {
+                std::hint::spin_loop();
                 continue;
             }
             me.sleeping.store(true, Ordering::SeqCst);
