@@ -171,7 +171,7 @@ pub fn check(lib: &BackendLib, tol: f32) -> Result<(), String> {
         bp.extend([i as i32, i as i32]);
         bs.extend([0, 1]);
     }
-    ctx.forward_logits(&bt, &bp, &bs, &vec![1; 10], &mut logits).map_err(|e| fail(format!("two-sequence batch: {e}")))?;
+    ctx.forward_logits(&bt, &bp, &bs, &[1; 10], &mut logits).map_err(|e| fail(format!("two-sequence batch: {e}")))?;
     for i in 0..5 {
         close(&logits[2 * i * VOCAB..(2 * i + 1) * VOCAB], &seq_ref[i], tol, &format!("interleaved seq 0 row {i}"))?;
     }

@@ -387,7 +387,7 @@ macro_rules! legacy_kernels {
     ($dot:ident, $unpack:ident, $blk:ident, $ts:expr) => {
         /// Dot product of one weight row (whole blocks) with a quantized activation row.
         #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
+        unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
             let nblk = row.len() / $ts;
             let p = row.as_ptr();
             let mut acc = _mm256_setzero_ps();
@@ -437,7 +437,7 @@ legacy_kernels!(dot_q5_1, unpack_q5_1, blk_q5_1, 24);
 
 /// `Q8_0` dot product (signed form, no offsets).
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
+unsafe fn dot_q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
     let nblk = row.len() / 34;
     let p = row.as_ptr();
     let mut acc = _mm256_setzero_ps();
@@ -516,7 +516,7 @@ unsafe fn pairs(m: __m256) -> (__m256, __m256) {
 
 /// `Q4_K` dot product.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
+unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
     let nsb = row.len() / 144;
     let m0f = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -627,7 +627,7 @@ unsafe fn quarter_pair(v: __m256, s: i32) -> __m256 {
 
 /// `Q6_K` dot product.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_q6_k(row: &[u8], a: ActRow<'_>) -> f32 {
+unsafe fn dot_q6_k(row: &[u8], a: ActRow<'_>) -> f32 {
     let nsb = row.len() / 210;
     let m32 = _mm256_set1_ps(-32.0);
     let mut acc = _mm256_setzero_ps();
@@ -674,16 +674,39 @@ pub(super) unsafe fn unpack_q6_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
     zero_tail(u, wl, mw, 256 * nsb);
 }
 
+/// Wraps one-row kernels into the multi-row [`super::matmul::DotFn`] form.
+macro_rules! multi_row {
+    ($($name:ident => $one:ident),* $(,)?) => {$(
+        /// Dot products of `out.len()` consecutive weight rows with an activation row.
+        #[target_feature(enable = "avx2,fma,f16c,bmi2")]
+        unsafe fn $name(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = $one(&w[r * row_bytes..(r + 1) * row_bytes], a);
+            }
+        }
+    )*};
+}
+
+multi_row!(
+    rows_q4_0 => dot_q4_0,
+    rows_q4_1 => dot_q4_1,
+    rows_q5_0 => dot_q5_0,
+    rows_q5_1 => dot_q5_1,
+    rows_q8_0 => dot_q8_0,
+    rows_q4_k => dot_q4_k,
+    rows_q6_k => dot_q6_k,
+);
+
 /// Quantized-row dot product for `ty`, `None` where the scalar kernel is used instead.
 pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
     Some(match ty {
-        GgmlType::Q4_0 => dot_q4_0,
-        GgmlType::Q4_1 => dot_q4_1,
-        GgmlType::Q5_0 => dot_q5_0,
-        GgmlType::Q5_1 => dot_q5_1,
-        GgmlType::Q8_0 => dot_q8_0,
-        GgmlType::Q4_K => dot_q4_k,
-        GgmlType::Q6_K => dot_q6_k,
+        GgmlType::Q4_0 => rows_q4_0,
+        GgmlType::Q4_1 => rows_q4_1,
+        GgmlType::Q5_0 => rows_q5_0,
+        GgmlType::Q5_1 => rows_q5_1,
+        GgmlType::Q8_0 => rows_q8_0,
+        GgmlType::Q4_K => rows_q4_k,
+        GgmlType::Q6_K => rows_q6_k,
         _ => return None,
     })
 }

@@ -50,13 +50,6 @@ unsafe fn idx_quarters(base: i32) -> __m512i {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn hsum128(v: __m128) -> f32 {
-    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 unsafe fn loadu512(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p as *const _)
 }
@@ -113,6 +106,17 @@ unsafe fn quantize_block(src: *const f32, bl: usize, qs: *mut i8, xsum: *mut f32
         *xsum.add(i / 16) = d * _mm512_reduce_add_epi32(q) as f32;
     }
     d
+}
+
+/// `off[l] = -c * sum(qs[4l..4l + 4])` (as signed bytes); `qs.len()` is a multiple of 64 and
+/// `off` holds `qs.len() / 4` lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn fill_offsets(qs: &[u8], c: u8, off: &mut [i32]) {
+    let cv = _mm512_set1_epi8(c as i8);
+    for s in 0..qs.len().min(off.len() * 4) / 64 {
+        let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cv, loadu512(qs.as_ptr().add(64 * s)));
+        _mm512_storeu_si512(off.as_mut_ptr().add(16 * s) as *mut _, _mm512_sub_epi32(_mm512_setzero_si512(), t));
+    }
 }
 
 /// See [`super::quantize::quantize_row`]; lengths are checked by the caller.
@@ -561,32 +565,7 @@ unsafe fn chunk_q6_k(p: *const u8) -> KChunk {
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! legacy_kernels {
-    ($dot:ident, $unpack:ident, $chunk:ident, $ts:expr) => {
-        /// Dot product of one weight row (whole blocks) with a quantized activation row.
-        #[target_feature(
-            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
-        )]
-        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
-            let nblk = row.len() / $ts;
-            let p = row.as_ptr();
-            let idx01 = idx_halves(0, 1);
-            let mut acc = _mm512_setzero_ps();
-            let mut corr = _mm_setzero_ps();
-            for s in 0..nblk.div_ceil(2) {
-                let b0 = 2 * s;
-                let b1 = if b0 + 1 < nblk { b0 + 1 } else { b0 };
-                let (z, sw, mw) = $chunk(p.add(b0 * $ts), p.add(b1 * $ts));
-                let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
-                let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
-                let sc = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(_mm_mul_ps(sw, xd)));
-                let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, xq);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, acc);
-                let m4 = _mm_permute_ps::<0b01_01_00_00>(mw);
-                corr = _mm_fmadd_ps(m4, _mm_loadu_ps(a.xsum.as_ptr().add(4 * s)), corr);
-            }
-            _mm512_reduce_add_ps(acc) + hsum128(corr)
-        }
-
+    ($unpack:ident, $chunk:ident, $ts:expr) => {
         /// Unpacks one weight row to bytes `u` (`kp`), lane scales `wl` (`kp / 4`) and
         /// per-16 offsets `mw` (`kp / 16`); padding is zeroed.
         #[target_feature(
@@ -620,41 +599,36 @@ macro_rules! legacy_kernels {
 
 macro_rules! k_kernels {
     ($dot:ident, $unpack:ident, $chunk:ident, $ts:expr) => {
-        /// Dot product of one weight row (whole super-blocks) with a quantized activation row.
-        #[target_feature(
-            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
-        )]
-        pub(super) unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
-            let nsb = row.len() / $ts;
-            let p = row.as_ptr();
-            let zero = _mm512_setzero_si512();
-            let mut acc = _mm512_setzero_ps();
-            let mut corr = _mm512_setzero_ps();
-            for sb in 0..nsb {
-                let (z, wl, mw) = $chunk(p.add(sb * $ts));
-                let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
-                let t0 = _mm512_dpbusd_epi32(zero, z[0], loadu512(xq));
-                let t1 = _mm512_dpbusd_epi32(zero, z[1], loadu512(xq.add(64)));
-                let t2 = _mm512_dpbusd_epi32(zero, z[2], loadu512(xq.add(128)));
-                let t3 = _mm512_dpbusd_epi32(zero, z[3], loadu512(xq.add(192)));
-                let s01 = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(t1),
-                    wl[1],
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(t0), wl[0]),
-                );
-                let s23 = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(t3),
-                    wl[3],
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(t2), wl[2]),
-                );
-                acc = _mm512_fmadd_ps(
-                    _mm512_add_ps(s01, s23),
-                    _mm512_set1_ps(*a.d.get_unchecked(8 * sb)),
-                    acc,
-                );
-                corr = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.xsum.as_ptr().add(16 * sb)), corr);
+        /// Dot products of `out.len()` (1..=4) consecutive weight rows (`row_bytes` each, whole
+        /// super-blocks) with a quantized activation row.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+        pub(super) unsafe fn $dot(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+            unsafe fn rows<const R: usize>(w: *const u8, row_bytes: usize, a: ActRow<'_>) -> [f32; R] {
+                let nsb = row_bytes / $ts;
+                let zero = _mm512_setzero_si512();
+                let mut acc = [_mm512_setzero_ps(); R];
+                for sb in 0..nsb {
+                    let xp = a.qs.as_ptr().add(256 * sb) as *const u8;
+                    let xq = [loadu512(xp), loadu512(xp.add(64)), loadu512(xp.add(128)), loadu512(xp.add(192))];
+                    let dx = _mm512_set1_ps(*a.d.get_unchecked(8 * sb));
+                    let xs = _mm512_loadu_ps(a.xsum.as_ptr().add(16 * sb));
+                    for r in 0..R {
+                        let (z, wl, mw) = $chunk(w.add(r * row_bytes + sb * $ts));
+                        let t0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[0], xq[0]));
+                        let t1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[1], xq[1]));
+                        let t2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[2], xq[2]));
+                        let t3 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[3], xq[3]));
+                        let s01 = _mm512_fmadd_ps(t1, wl[1], _mm512_mul_ps(t0, wl[0]));
+                        let s23 = _mm512_fmadd_ps(t3, wl[3], _mm512_mul_ps(t2, wl[2]));
+                        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(s01, s23), dx, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(mw, xs, acc[r]);
+                    }
+                }
+                hsums(acc)
             }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc, corr))
+            rows_dispatch!(out, |R| rows::<R>(w.as_ptr(), row_bytes, a));
         }
 
         /// Unpacks one weight row to bytes `u` (`kp`), lane scales `wl` (`kp / 4`) and
@@ -686,11 +660,214 @@ fn zero_tail(u: &mut [u8], wl: &mut [f32], mw: &mut [f32], from: usize) {
     mw[(from / 16).min(nm)..].fill(0.0);
 }
 
-legacy_kernels!(dot_q4_0, unpack_q4_0, chunk_q4_0, 18);
-legacy_kernels!(dot_q4_1, unpack_q4_1, chunk_q4_1, 20);
-legacy_kernels!(dot_q5_0, unpack_q5_0, chunk_q5_0, 22);
-legacy_kernels!(dot_q5_1, unpack_q5_1, chunk_q5_1, 24);
-legacy_kernels!(dot_q8_0, unpack_q8_0, chunk_q8_0, 34);
+legacy_kernels!(unpack_q4_0, chunk_q4_0, 18);
+legacy_kernels!(unpack_q4_1, chunk_q4_1, 20);
+legacy_kernels!(unpack_q5_0, chunk_q5_0, 22);
+legacy_kernels!(unpack_q5_1, chunk_q5_1, 24);
+legacy_kernels!(unpack_q8_0, chunk_q8_0, 34);
+
+/// The 64 weight bytes of two legacy blocks at `p0`, `p1` (value order): 4-bit (`KIND` 4),
+/// 5-bit (`KIND` 5, high bits at `QH`) or 8-bit plus 128 (`KIND` 8); nibbles/bytes at `QS`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(p0: *const u8, p1: *const u8) -> __m512i {
+    if KIND == 8 {
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(loadu256(p0.add(QS))), loadu256(p1.add(QS)));
+        return _mm512_xor_si512(z, _mm512_set1_epi8(-128));
+    }
+    let z = nib2(p0.add(QS), p1.add(QS));
+    if KIND == 5 {
+        _mm512_mask_add_epi8(z, qh2(p0.add(QH), p1.add(QH)), z, _mm512_set1_epi8(16))
+    } else {
+        z
+    }
+}
+
+/// 16 f16 values at `p + i * TS` (`i < nb`, zero beyond) as 16 floats. Packed in general
+/// registers, which leaves the vector ports to the dot products.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn f16x16_strided<const TS: usize>(p: *const u8, nb: usize) -> __m512 {
+    let rd = |i: usize| (p.add(i * TS) as *const u16).read_unaligned() as u64;
+    let v = if nb >= 16 {
+        _mm256_set_epi64x(
+            (rd(12) | rd(13) << 16 | rd(14) << 32 | rd(15) << 48) as i64,
+            (rd(8) | rd(9) << 16 | rd(10) << 32 | rd(11) << 48) as i64,
+            (rd(4) | rd(5) << 16 | rd(6) << 32 | rd(7) << 48) as i64,
+            (rd(0) | rd(1) << 16 | rd(2) << 32 | rd(3) << 48) as i64,
+        )
+    } else {
+        let mut w = [0u64; 4];
+        for i in 0..nb {
+            w[i / 4] |= rd(i) << (16 * (i % 4));
+        }
+        _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64)
+    };
+    _mm512_cvtph_ps(v)
+}
+
+/// Sums of adjacent pairs of 32 per-16 values (`x0`, `x1`): 16 per-32 values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn pair_sums(x0: __m512, x1: __m512) -> __m512 {
+    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    _mm512_add_ps(_mm512_permutex2var_ps(x0, even, x1), _mm512_permutex2var_ps(x0, odd, x1))
+}
+
+/// Horizontal sums of `R` vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn hsums<const R: usize>(v: [__m512; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(v[r]);
+    }
+    out
+}
+
+/// Decode-path dot products of `R` consecutive legacy-type rows (`row_bytes` apart; blocks of
+/// `TS` bytes, f16 scale at 0, f16 min at `M` or none when `M == 0`) with one activation row.
+///
+/// Per group of 16 blocks each row's scales are assembled and multiplied by the activation
+/// scales at once; each 64-value step then picks its two from that register. Types without a
+/// min store `u - c`; their `-c * sum(x)` term comes in through the accumulator input of
+/// `vpdpbusd` (`a.off`, which the caller checked is filled). Activation loads are shared by
+/// the rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn legacy_dot<const R: usize, const TS: usize, const KIND: u32, const QS: usize, const QH: usize, const M: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    a: ActRow<'_>,
+) -> [f32; R] {
+    let nblk = row_bytes / TS;
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut corr = [_mm512_setzero_ps(); R];
+    macro_rules! step {
+        ($b0:expr, $b1:expr, $s:expr, $sv:expr) => {{
+            let (b0, b1) = ($b0, $b1);
+            let xq = loadu512(a.qs.as_ptr().add(32 * b0) as *const u8);
+            let src = if M == 0 { loadu512(a.off.as_ptr().add(8 * b0) as *const u8) } else { zero };
+            let s2 = 2 * $s as i32;
+            let idx = idx_halves(s2, s2 + 1);
+            for r in 0..R {
+                let p = w.add(r * row_bytes);
+                let z = bytes2::<KIND, QS, QH>(p.add(b0 * TS), p.add(b1 * TS));
+                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(src, z, xq));
+                acc[r] = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(idx, $sv[r]), acc[r]);
+            }
+        }};
+    }
+    let mut g = 0;
+    while g < nblk {
+        let nb = (nblk - g).min(16);
+        let k = mask16(nb);
+        let dx = _mm512_maskz_loadu_ps(k, a.d.as_ptr().add(g));
+        let mut sv = [_mm512_setzero_ps(); R];
+        let xs = if M != 0 {
+            let n2 = 2 * nb;
+            let xp = a.xsum.as_ptr().add(2 * g);
+            let x0 = _mm512_maskz_loadu_ps(mask16(n2), xp);
+            let x1 = _mm512_maskz_loadu_ps(mask16(n2.saturating_sub(16)), xp.wrapping_add(16));
+            pair_sums(x0, x1)
+        } else {
+            _mm512_setzero_ps()
+        };
+        for r in 0..R {
+            let base = w.add(r * row_bytes + g * TS);
+            sv[r] = _mm512_mul_ps(f16x16_strided::<TS>(base, nb), dx);
+            if M != 0 {
+                corr[r] = _mm512_fmadd_ps(f16x16_strided::<TS>(base.add(M), nb), xs, corr[r]);
+            }
+        }
+        if nb == 16 {
+            step!(g, g + 1, 0, sv);
+            step!(g + 2, g + 3, 1, sv);
+            step!(g + 4, g + 5, 2, sv);
+            step!(g + 6, g + 7, 3, sv);
+            step!(g + 8, g + 9, 4, sv);
+            step!(g + 10, g + 11, 5, sv);
+            step!(g + 12, g + 13, 6, sv);
+            step!(g + 14, g + 15, 7, sv);
+        } else {
+            for s in 0..nb / 2 {
+                step!(g + 2 * s, g + 2 * s + 1, s, sv);
+            }
+            if nb % 2 == 1 {
+                // The row's last block: its pair is zero padding in the activations and its
+                // scale lane is zero.
+                step!(g + nb - 1, g + nb - 1, nb / 2, sv);
+            }
+        }
+        g += nb;
+    }
+    for r in 0..R {
+        acc[r] = _mm512_add_ps(acc[r], corr[r]);
+    }
+    hsums(acc)
+}
+
+/// Calls `$f::<R, ...>` for `R = out.len()` (1..=4) and stores the results.
+macro_rules! rows_dispatch {
+    ($out:ident, |$r:ident| $call:expr) => {
+        match $out.len() {
+            4 => {
+                const $r: usize = 4;
+                $out.copy_from_slice(&$call)
+            }
+            3 => {
+                const $r: usize = 3;
+                $out.copy_from_slice(&$call)
+            }
+            2 => {
+                const $r: usize = 2;
+                $out.copy_from_slice(&$call)
+            }
+            1 => {
+                const $r: usize = 1;
+                $out.copy_from_slice(&$call)
+            }
+            _ => {}
+        }
+    };
+}
+
+/// The `c` of types whose decode kernel takes `-c * sum(x)` offsets in the activations.
+pub(super) fn decode_offset(ty: GgmlType) -> Option<i32> {
+    match ty {
+        GgmlType::Q4_0 => Some(8),
+        GgmlType::Q5_0 => Some(16),
+        GgmlType::Q8_0 => Some(128),
+        _ => None,
+    }
+}
+
+macro_rules! legacy_dot_fn {
+    ($name:ident, $ty:expr, $ts:expr, $kind:expr, $qs:expr, $qh:expr, $m:expr) => {
+        /// Dot products of `out.len()` (1..=4) consecutive weight rows (`row_bytes` each) with
+        /// a quantized activation row.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+        pub(super) unsafe fn $name(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
+            if $m == 0 && a.off.len() * 4 < a.qs.len() {
+                // Offsets not filled in: use the portable kernel.
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = super::scalar::dot_row($ty, &w[r * row_bytes..(r + 1) * row_bytes], a);
+                }
+                return;
+            }
+            rows_dispatch!(out, |R| legacy_dot::<R, $ts, $kind, $qs, $qh, $m>(w.as_ptr(), row_bytes, a));
+        }
+    };
+}
+
+legacy_dot_fn!(dot_q4_0, GgmlType::Q4_0, 18, 4, 2, 0, 0);
+legacy_dot_fn!(dot_q4_1, GgmlType::Q4_1, 20, 4, 4, 0, 2);
+legacy_dot_fn!(dot_q5_0, GgmlType::Q5_0, 22, 5, 6, 2, 0);
+legacy_dot_fn!(dot_q5_1, GgmlType::Q5_1, 24, 5, 8, 4, 2);
+legacy_dot_fn!(dot_q8_0, GgmlType::Q8_0, 34, 8, 2, 0, 0);
+
 k_kernels!(dot_q4_k, unpack_q4_k, chunk_q4_k, 144);
 k_kernels!(dot_q5_k, unpack_q5_k, chunk_q5_k, 176);
 k_kernels!(dot_q6_k, unpack_q6_k, chunk_q6_k, 210);

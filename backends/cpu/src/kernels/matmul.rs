@@ -140,8 +140,9 @@ pub fn matmul_with(
     Ok(())
 }
 
-/// Quantized-row dot product: `(row bytes, activation row) -> f32`.
-pub(crate) type DotFn = unsafe fn(&[u8], ActRow<'_>) -> f32;
+/// Quantized-row dot products: `(rows, row bytes, activation row, out)` for `out.len()`
+/// (1..=4) consecutive rows.
+pub(crate) type DotFn = unsafe fn(&[u8], usize, ActRow<'_>, &mut [f32]);
 /// Row unpacker: `(row bytes, u, wl, mw)`, see [`W8Tile`].
 pub(crate) type UnpackFn = unsafe fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
 /// `rr x cc` quantized micro-kernel, see `micro_q8_dyn` in the SIMD modules.
@@ -321,15 +322,21 @@ impl RowDot {
         simd.map_or(RowDot::Scalar(ty), RowDot::Simd)
     }
 
+    /// Dot products of the `out.len()` (1..=4) rows in `rows` (`row_bytes` each) with `a`.
+    ///
     /// # Safety
-    /// The level this was made for must be available; `row` is whole blocks and `a` has the
+    /// The level this was made for must be available; rows are whole blocks and `a` has the
     /// matching padded length.
     #[inline]
-    unsafe fn call(&self, row: &[u8], a: ActRow<'_>) -> f32 {
+    unsafe fn call(&self, rows: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
         match self {
             // SAFETY: see above.
-            RowDot::Simd(f) => unsafe { f(row, a) },
-            RowDot::Scalar(ty) => scalar::dot_row(*ty, row, a),
+            RowDot::Simd(f) => unsafe { f(rows, row_bytes, a, out) },
+            RowDot::Scalar(ty) => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = scalar::dot_row(*ty, &rows[r * row_bytes..(r + 1) * row_bytes], a);
+                }
+            }
         }
     }
 }
@@ -398,20 +405,32 @@ fn quant_matmul(
         } else {
             (0..n).for_each(quant);
         }
-        let acts: &ActBuf = acts;
         if n == 1 {
+            #[cfg(target_arch = "x86_64")]
+            if level == SimdLevel::Avx512 {
+                if let Some(c) = super::avx512::decode_offset(w.ty) {
+                    acts.fill_offsets(level, 1, c);
+                }
+            }
+            let acts: &ActBuf = acts;
             let dot = RowDot::new(level, w.ty);
             let a = acts.row(0);
             for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
-                for r in r0..r1 {
-                    // SAFETY: level checked by `matmul_with`; row and acts sizes match.
-                    let v = unsafe { dot.call(&w.data[r * row_bytes..(r + 1) * row_bytes], a) };
-                    // SAFETY: row `r` belongs to this chunk only.
-                    unsafe { out.write(0, r, v) };
+                let mut res = [0f32; 4];
+                for r in (r0..r1).step_by(4) {
+                    let nr = (r1 - r).min(4);
+                    let w4 = &w.data[r * row_bytes..(r + nr) * row_bytes];
+                    // SAFETY: level checked by `matmul_with`; rows and acts sizes match.
+                    unsafe { dot.call(w4, row_bytes, a, &mut res[..nr]) };
+                    for (j, &v) in res[..nr].iter().enumerate() {
+                        // SAFETY: row `r + j` belongs to this chunk only.
+                        unsafe { out.write(0, r + j, v) };
+                    }
                 }
             });
             return;
         }
+        let acts: &ActBuf = acts;
         let unpack = unpack_fn(level, w.ty);
         let micro = micro_q8(level);
         let chunk = gemm_chunk(rows, nt);

@@ -42,17 +42,22 @@ pub(crate) struct ActBuf {
     qs: Vec<Line>,
     d: Vec<f32>,
     xsum: Vec<f32>,
+    off: Vec<i32>,
     kp: usize,
+    /// Rows whose `off` is filled.
+    off_rows: usize,
 }
 
 /// One quantized activation row: `qs` (`kp` values), `d` (one scale per 32 values; in
-/// [`ActMode::B256`] the 8 entries of a super-block are equal) and `xsum` (`d * sum(q)` per 16
-/// values).
+/// [`ActMode::B256`] the 8 entries of a super-block are equal), `xsum` (`d * sum(q)` per 16
+/// values) and, when [`ActBuf::fill_offsets`] was called, `off` (`-c * sum(q)` per 4 values,
+/// for weight types stored as `u - c`; empty otherwise).
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub xsum: &'a [f32],
+    pub off: &'a [i32],
 }
 
 /// Raw mutable views of one row, for filling rows in parallel.
@@ -73,6 +78,7 @@ impl ActBuf {
     pub(crate) fn reset(&mut self, n: usize, kp: usize) {
         debug_assert_eq!(kp % 64, 0);
         self.kp = kp;
+        self.off_rows = 0;
         let lines = n * kp / 64;
         if self.qs.len() < lines {
             self.qs.resize(lines, Line([0; 64]));
@@ -102,7 +108,33 @@ impl ActBuf {
             qs: bytemuck::cast_slice(qs),
             d: &self.d[i * kp / 32..(i + 1) * kp / 32],
             xsum: &self.xsum[i * kp / 16..(i + 1) * kp / 16],
+            off: if i < self.off_rows { &self.off[i * kp / 4..(i + 1) * kp / 4] } else { &[] },
         }
+    }
+
+    /// Fills `off` for rows `0..rows` with `-c * sum(q)` over each 4 values (`c` in 0..=255).
+    pub(crate) fn fill_offsets(&mut self, level: SimdLevel, rows: usize, c: i32) {
+        let kp = self.kp;
+        if self.off.len() < rows * kp / 4 {
+            self.off.resize(rows * kp / 4, 0);
+        }
+        for i in 0..rows {
+            let qs: &[u8] = bytemuck::cast_slice(&self.qs[i * kp / 64..(i + 1) * kp / 64]);
+            let off = &mut self.off[i * kp / 4..(i + 1) * kp / 4];
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 if SimdLevel::Avx512.is_available() && (0..=255).contains(&c) => {
+                    // SAFETY: feature checked; `off` holds `qs.len() / 4` lanes.
+                    unsafe { super::avx512::fill_offsets(qs, c as u8, off) }
+                }
+                _ => {
+                    for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
+                        *o = -c * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
+                    }
+                }
+            }
+        }
+        self.off_rows = rows;
     }
 }
 

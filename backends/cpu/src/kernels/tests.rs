@@ -207,7 +207,7 @@ fn quantized_types_match_reference() {
         };
         for &cols in col_options {
             for (k, &n) in [1usize, 3, 17].iter().enumerate() {
-                for &rows in &[1usize, 37] {
+                for &rows in &[1usize, 7, 38] {
                     check_case(
                         ty,
                         rows,
