@@ -148,3 +148,37 @@ fn bench_reports_json() {
     assert!(rows[1]["median_ts"].as_f64().unwrap() > 0.0);
     assert_eq!(rows[1]["samples_ts"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn interactive_chat_keeps_the_conversation() {
+    use std::io::Write;
+    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+    let mut child = std::process::Command::new(kiln_bin())
+        .args(["chat", "-m", path.to_str().unwrap(), "--temperature", "0", "-n", "48", "--ctx", "1024"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"My name is Ada. Reply with one short sentence.\nWhat is my name? Answer with just the name.\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    // The second answer needs the first turn: the cached conversation is reused.
+    let second = out.trim_end().lines().last().unwrap_or_default();
+    assert!(second.contains("Ada"), "{out}");
+}
+
+#[test]
+fn qwen_1_5b_runs() {
+    let Some(path) = model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf") else { return };
+    let o = kiln(&["run", "-m", path.to_str().unwrap(), "--chat", "-p", "What is the capital of France?", "--temperature", "0", "-n", "24", "--ctx", "512"], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Paris"), "{out}");
+}
