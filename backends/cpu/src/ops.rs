@@ -1,6 +1,7 @@
 //! [`CpuOps`]: the SDK's model operations on the CPU — f32 activations, weights viewed in
 //! place in the mapped file, an f16 KV cache, threaded matmul and attention.
 
+use crate::f16acc;
 use crate::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::backend::{BackendError, ErrorKind, Result};
 use kiln_sdk::gguf::TensorInfo;
@@ -52,12 +53,6 @@ impl<T> SharedMut<T> {
     fn get(self) -> *mut T {
         self.0
     }
-}
-
-/// `x` rounded to the nearest f16 value (ties to even), as an f32.
-#[inline]
-fn round_f16(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
 }
 
 #[inline]
@@ -357,7 +352,8 @@ impl Ops for CpuOps {
                 let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
                 let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
                 // The query meets the f16 cache in f16, as in llama.cpp.
-                qh16.iter_mut().zip(qh).for_each(|(d, &s)| *d = round_f16(s));
+                qh16.copy_from_slice(qh);
+                f16acc::round_slice(&mut qh16);
                 // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
                 // greedy decoding follows llama.cpp token for token.
                 let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
@@ -373,14 +369,12 @@ impl Ops for CpuOps {
                         let old = m;
                         m = s;
                         ms = (old - m).exp();
-                        acc.iter_mut().for_each(|a| *a = round_f16(*a * ms));
+                        f16acc::scale(&mut acc, ms);
                     } else {
                         vs = (s - m).exp();
                     }
                     let vo = (r.seq * n_ctx + pos) * vw + kvh * hv;
-                    for (a, &v) in acc.iter_mut().zip(&vc[vo..vo + hv]) {
-                        *a = round_f16(f16_bits_to_f32(v).mul_add(vs, *a));
-                    }
+                    f16acc::mad(&mut acc, &vc[vo..vo + hv], vs);
                     sum = sum * ms + vs;
                 }
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };

@@ -114,8 +114,15 @@ unsafe fn quantize_block(src: *const f32, bl: usize, qs: *mut i8, xsum: *mut f32
 pub(super) unsafe fn fill_offsets(qs: &[u8], c: u8, off: &mut [i32]) {
     let cv = _mm512_set1_epi8(c as i8);
     for s in 0..qs.len().min(off.len() * 4) / 64 {
-        let t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cv, loadu512(qs.as_ptr().add(64 * s)));
-        _mm512_storeu_si512(off.as_mut_ptr().add(16 * s) as *mut _, _mm512_sub_epi32(_mm512_setzero_si512(), t));
+        let t = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(),
+            cv,
+            loadu512(qs.as_ptr().add(64 * s)),
+        );
+        _mm512_storeu_si512(
+            off.as_mut_ptr().add(16 * s) as *mut _,
+            _mm512_sub_epi32(_mm512_setzero_si512(), t),
+        );
     }
 }
 
@@ -376,15 +383,13 @@ unsafe fn nib2(q0: *const u8, q1: *const u8) -> __m512i {
 }
 
 /// Bit `j` of the little-endian u32 at `p0` (then `p1`) as a 64-lane mask.
+///
+/// # Safety
+/// `p0` and `p1` must each point to 4 readable bytes.
 #[inline]
-fn qh2(p0: *const u8, p1: *const u8) -> u64 {
-    // SAFETY: callers pass pointers to the 4 `qh` bytes inside a block.
-    let (a, b) = unsafe {
-        (
-            (p0 as *const u32).read_unaligned(),
-            (p1 as *const u32).read_unaligned(),
-        )
-    };
+unsafe fn qh2(p0: *const u8, p1: *const u8) -> u64 {
+    let a = (p0 as *const u32).read_unaligned();
+    let b = (p1 as *const u32).read_unaligned();
     u32::from_le(a) as u64 | (u32::from_le(b) as u64) << 32
 }
 
@@ -443,16 +448,14 @@ unsafe fn chunk_q8_0(p0: *const u8, p1: *const u8) -> Legacy {
 type KChunk = ([__m512i; 4], [__m512; 4], __m512);
 
 /// The 8 scales and 8 mins of a `Q4_K`/`Q5_K` super-block (12 bytes at `s`) as bytes.
+///
+/// # Safety
+/// `s` must point to 12 readable bytes.
 #[inline]
-fn k4_scales(s: *const u8) -> (u64, u64) {
-    // SAFETY: callers pass a pointer to the 12 scale bytes of a block.
-    let (a, b, c) = unsafe {
-        (
-            u32::from_le((s as *const u32).read_unaligned()),
-            u32::from_le((s.add(4) as *const u32).read_unaligned()),
-            u32::from_le((s.add(8) as *const u32).read_unaligned()),
-        )
-    };
+unsafe fn k4_scales(s: *const u8) -> (u64, u64) {
+    let a = u32::from_le((s as *const u32).read_unaligned());
+    let b = u32::from_le((s.add(4) as *const u32).read_unaligned());
+    let c = u32::from_le((s.add(8) as *const u32).read_unaligned());
     let sc =
         (a & 0x3F3F_3F3F) as u64 | (((c & 0x0F0F_0F0F) | ((a >> 2) & 0x3030_3030)) as u64) << 32;
     let mn = (b & 0x3F3F_3F3F) as u64
@@ -560,6 +563,149 @@ unsafe fn chunk_q6_k(p: *const u8) -> KChunk {
     (z, wl, mw)
 }
 
+/// Bytes `(q >> 2s) & 3` of the 32 bytes at `q` for `s = s0` (low half) and `s0 + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn crumbs(q: *const u8, s0: u32) -> __m512i {
+    let y = loadu256(q);
+    let lo = _mm256_srl_epi16(y, _mm_cvtsi32_si128(2 * s0 as i32));
+    let hi = _mm256_srl_epi16(y, _mm_cvtsi32_si128(2 * s0 as i32 + 2));
+    _mm512_and_si512(
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi),
+        _mm512_set1_epi8(3),
+    )
+}
+
+/// Lane scales of the four 64-value steps from 16 per-16 scales.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn quarter_steps(ws: __m512) -> [__m512; 4] {
+    [
+        _mm512_permutexvar_ps(idx_quarters(0), ws),
+        _mm512_permutexvar_ps(idx_quarters(4), ws),
+        _mm512_permutexvar_ps(idx_quarters(8), ws),
+        _mm512_permutexvar_ps(idx_quarters(12), ws),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q2_k(p: *const u8) -> KChunk {
+    let d = h1(p.add(80));
+    let dmin = h1(p.add(82));
+    let sc = _mm512_cvtepu8_epi32(loadu128(p));
+    let ws = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_and_si512(sc, _mm512_set1_epi32(0x0F))),
+        _mm512_set1_ps(d),
+    );
+    let mn = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(sc)),
+        _mm512_set1_ps(dmin),
+    );
+    let mw = _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(mn),
+        _mm512_set1_epi32(i32::MIN),
+    ));
+    let q = p.add(16);
+    let z = [
+        crumbs(q, 0),
+        crumbs(q, 2),
+        crumbs(q.add(32), 0),
+        crumbs(q.add(32), 2),
+    ];
+    (z, quarter_steps(ws), mw)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_q3_k(p: *const u8) -> KChunk {
+    let d = h1(p.add(108));
+    let s = p.add(96);
+    let a = u64::from_le((s as *const u64).read_unaligned());
+    let c = u32::from_le((s.add(8) as *const u32).read_unaligned()) as u64;
+    const M4: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const M2: u64 = 0x0303_0303;
+    let ha = (c & M2) | ((c >> 2) & M2) << 32;
+    let hb = ((c >> 4) & M2) | ((c >> 6) & M2) << 32;
+    let lo = (a & M4) | (ha << 4);
+    let hi = ((a >> 4) & M4) | (hb << 4);
+    let sc = _mm512_cvtepu8_epi32(_mm_set_epi64x(hi as i64, lo as i64));
+    let sc = _mm512_sub_epi32(sc, _mm512_set1_epi32(32));
+    let ws = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(d));
+    let mw = _mm512_mul_ps(ws, _mm512_set1_ps(-4.0));
+    let hm = loadu256(p);
+    let hm2 = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hm), hm);
+    let q = p.add(32);
+    let four = _mm512_set1_epi8(4);
+    let mut z = [_mm512_setzero_si512(); 4];
+    for (j, zj) in z.iter_mut().enumerate() {
+        let (n, s0) = (j / 2, 2 * (j % 2) as u32);
+        let lo2 = crumbs(q.add(32 * n), s0);
+        let bit = 4 * n as u32 + s0;
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << bit) as i8)),
+            _mm256_set1_epi8((1u8 << (bit + 1)) as i8),
+        );
+        *zj = _mm512_mask_add_epi8(lo2, _mm512_test_epi8_mask(hm2, bits), lo2, four);
+    }
+    (z, quarter_steps(ws), mw)
+}
+
+/// Half the E8M0 scales of two MXFP4 blocks, `[s0, s1, 0, 0]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn e8m0x2(p0: *const u8, p1: *const u8) -> __m128 {
+    _mm_set_ps(
+        0.0,
+        0.0,
+        super::scalar::e8m0_half(*p1),
+        super::scalar::e8m0_half(*p0),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn chunk_mxfp4(p0: *const u8, p1: *const u8) -> Legacy {
+    let mut t = [0u8; 16];
+    for (o, &v) in t.iter_mut().zip(&super::scalar::MXFP4_DOUBLED) {
+        *o = (v as u8) ^ 0x80;
+    }
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+    let z = _mm512_shuffle_epi8(table, nib2(p0.add(1), p1.add(1)));
+    let s = e8m0x2(p0, p1);
+    (z, s, _mm_mul_ps(s, _mm_set1_ps(-128.0)))
+}
+
+/// `MXFP4` decode: per-step scales, the `-128 * sum(x)` offset from `a.off`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_mxfp4(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
+    const TS: usize = 17;
+    let nblk = row_bytes / TS;
+    if a.off.len() * 4 < a.qs.len() || a.qs.len() < 32 * (nblk + nblk % 2) {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = super::scalar::dot_row(GgmlType::MXFP4, &w[r * row_bytes..(r + 1) * row_bytes], a);
+        }
+        return;
+    }
+    let idx01 = idx_halves(0, 1);
+    for (r, o) in out.iter_mut().enumerate() {
+        let p = w.as_ptr().add(r * row_bytes);
+        let mut acc = _mm512_setzero_ps();
+        for s in 0..nblk.div_ceil(2) {
+            let b0 = 2 * s;
+            let b1 = (b0 + 1).min(nblk - 1);
+            let (z, sw, _) = chunk_mxfp4(p.add(b0 * TS), p.add(b1 * TS));
+            let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
+            let src = loadu512(a.off.as_ptr().add(16 * s) as *const u8);
+            let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(src, z, xq));
+            let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
+            let sc = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(_mm_mul_ps(sw, xd)));
+            acc = _mm512_fmadd_ps(f, sc, acc);
+        }
+        *o = _mm512_reduce_add_ps(acc);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row kernels: dot product with one activation row, and unpacking to the byte form.
 // ---------------------------------------------------------------------------------------------
@@ -599,36 +745,39 @@ macro_rules! legacy_kernels {
 
 macro_rules! k_kernels {
     ($dot:ident, $unpack:ident, $chunk:ident, $ts:expr) => {
-        /// Dot products of `out.len()` (1..=4) consecutive weight rows (`row_bytes` each, whole
-        /// super-blocks) with a quantized activation row.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+        /// Dot products of `out.len()` consecutive weight rows (`row_bytes` each, whole
+        /// super-blocks) with a quantized activation row, walked in memory order.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
         pub(super) unsafe fn $dot(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
-            #[inline]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-            unsafe fn rows<const R: usize>(w: *const u8, row_bytes: usize, a: ActRow<'_>) -> [f32; R] {
-                let nsb = row_bytes / $ts;
-                let zero = _mm512_setzero_si512();
-                let mut acc = [_mm512_setzero_ps(); R];
+            let nsb = row_bytes / $ts;
+            let zero = _mm512_setzero_si512();
+            for (r, o) in out.iter_mut().enumerate() {
+                let p = w.as_ptr().add(r * row_bytes);
+                let mut acc = _mm512_setzero_ps();
+                let mut corr = _mm512_setzero_ps();
                 for sb in 0..nsb {
-                    let xp = a.qs.as_ptr().add(256 * sb) as *const u8;
-                    let xq = [loadu512(xp), loadu512(xp.add(64)), loadu512(xp.add(128)), loadu512(xp.add(192))];
-                    let dx = _mm512_set1_ps(*a.d.get_unchecked(8 * sb));
-                    let xs = _mm512_loadu_ps(a.xsum.as_ptr().add(16 * sb));
-                    for r in 0..R {
-                        let (z, wl, mw) = $chunk(w.add(r * row_bytes + sb * $ts));
-                        let t0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[0], xq[0]));
-                        let t1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[1], xq[1]));
-                        let t2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[2], xq[2]));
-                        let t3 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[3], xq[3]));
-                        let s01 = _mm512_fmadd_ps(t1, wl[1], _mm512_mul_ps(t0, wl[0]));
-                        let s23 = _mm512_fmadd_ps(t3, wl[3], _mm512_mul_ps(t2, wl[2]));
-                        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(s01, s23), dx, acc[r]);
-                        acc[r] = _mm512_fmadd_ps(mw, xs, acc[r]);
-                    }
+                    let (z, wl, mw) = $chunk(p.add(sb * $ts));
+                    let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
+                    let t0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[0], loadu512(xq)));
+                    let t1 =
+                        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[1], loadu512(xq.add(64))));
+                    let t2 =
+                        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[2], loadu512(xq.add(128))));
+                    let t3 =
+                        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[3], loadu512(xq.add(192))));
+                    let s01 = _mm512_fmadd_ps(t1, wl[1], _mm512_mul_ps(t0, wl[0]));
+                    let s23 = _mm512_fmadd_ps(t3, wl[3], _mm512_mul_ps(t2, wl[2]));
+                    acc = _mm512_fmadd_ps(
+                        _mm512_add_ps(s01, s23),
+                        _mm512_set1_ps(*a.d.get_unchecked(8 * sb)),
+                        acc,
+                    );
+                    corr = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.xsum.as_ptr().add(16 * sb)), corr);
                 }
-                hsums(acc)
+                *o = _mm512_reduce_add_ps(_mm512_add_ps(acc, corr));
             }
-            rows_dispatch!(out, |R| rows::<R>(w.as_ptr(), row_bytes, a));
         }
 
         /// Unpacks one weight row to bytes `u` (`kp`), lane scales `wl` (`kp / 4`) and
@@ -665,14 +814,21 @@ legacy_kernels!(unpack_q4_1, chunk_q4_1, 20);
 legacy_kernels!(unpack_q5_0, chunk_q5_0, 22);
 legacy_kernels!(unpack_q5_1, chunk_q5_1, 24);
 legacy_kernels!(unpack_q8_0, chunk_q8_0, 34);
+legacy_kernels!(unpack_mxfp4, chunk_mxfp4, 17);
 
 /// The 64 weight bytes of two legacy blocks at `p0`, `p1` (value order): 4-bit (`KIND` 4),
 /// 5-bit (`KIND` 5, high bits at `QH`) or 8-bit plus 128 (`KIND` 8); nibbles/bytes at `QS`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(p0: *const u8, p1: *const u8) -> __m512i {
+unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(
+    p0: *const u8,
+    p1: *const u8,
+) -> __m512i {
     if KIND == 8 {
-        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(loadu256(p0.add(QS))), loadu256(p1.add(QS)));
+        let z = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(loadu256(p0.add(QS))),
+            loadu256(p1.add(QS)),
+        );
         return _mm512_xor_si512(z, _mm512_set1_epi8(-128));
     }
     let z = nib2(p0.add(QS), p1.add(QS));
@@ -683,181 +839,115 @@ unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(p0: *const u
     }
 }
 
-/// 16 f16 values at `p + i * TS` (`i < nb`, zero beyond) as 16 floats. Packed in general
-/// registers, which leaves the vector ports to the dot products.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn f16x16_strided<const TS: usize>(p: *const u8, nb: usize) -> __m512 {
-    let rd = |i: usize| (p.add(i * TS) as *const u16).read_unaligned() as u64;
-    let v = if nb >= 16 {
-        _mm256_set_epi64x(
-            (rd(12) | rd(13) << 16 | rd(14) << 32 | rd(15) << 48) as i64,
-            (rd(8) | rd(9) << 16 | rd(10) << 32 | rd(11) << 48) as i64,
-            (rd(4) | rd(5) << 16 | rd(6) << 32 | rd(7) << 48) as i64,
-            (rd(0) | rd(1) << 16 | rd(2) << 32 | rd(3) << 48) as i64,
-        )
-    } else {
-        let mut w = [0u64; 4];
-        for i in 0..nb {
-            w[i / 4] |= rd(i) << (16 * (i % 4));
-        }
-        _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64)
-    };
-    _mm512_cvtph_ps(v)
-}
-
-/// Sums of adjacent pairs of 32 per-16 values (`x0`, `x1`): 16 per-32 values.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn pair_sums(x0: __m512, x1: __m512) -> __m512 {
-    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    _mm512_add_ps(_mm512_permutex2var_ps(x0, even, x1), _mm512_permutex2var_ps(x0, odd, x1))
-}
-
-/// Horizontal sums of `R` vectors.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn hsums<const R: usize>(v: [__m512; R]) -> [f32; R] {
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(v[r]);
-    }
-    out
-}
-
-/// Decode-path dot products of `R` consecutive legacy-type rows (`row_bytes` apart; blocks of
-/// `TS` bytes, f16 scale at 0, f16 min at `M` or none when `M == 0`) with one activation row.
+/// Decode-path dot products of consecutive legacy-type rows (`row_bytes` apart; blocks of `TS`
+/// bytes, f16 scale at 0, f16 min at `M` or none when `M == 0`) with one activation row, one
+/// result per entry of `out`, rows walked in memory order (which keeps the hardware
+/// prefetchers streaming).
 ///
-/// Per group of 16 blocks each row's scales are assembled and multiplied by the activation
-/// scales at once; each 64-value step then picks its two from that register. Types without a
-/// min store `u - c`; their `-c * sum(x)` term comes in through the accumulator input of
-/// `vpdpbusd` (`a.off`, which the caller checked is filled). Activation loads are shared by
-/// the rows.
+/// Each 64-value step converts its two block scales in place (no per-row setup, which suits
+/// the short rows of small models). Types without a min store `u - c`; their `-c * sum(x)`
+/// term comes in through the accumulator input of `vpdpbusd` (`a.off`); types with a min add
+/// `m * d * sum(q)` from `a.xs32`. The caller checks the needed extra is filled.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn legacy_dot<const R: usize, const TS: usize, const KIND: u32, const QS: usize, const QH: usize, const M: usize>(
+unsafe fn legacy_steps<
+    const TS: usize,
+    const KIND: u32,
+    const QS: usize,
+    const QH: usize,
+    const M: usize,
+>(
     w: *const u8,
     row_bytes: usize,
     a: ActRow<'_>,
-) -> [f32; R] {
+    out: &mut [f32],
+) {
     let nblk = row_bytes / TS;
+    let nsteps = nblk / 2;
     let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut corr = [_mm512_setzero_ps(); R];
-    macro_rules! step {
-        ($b0:expr, $b1:expr, $s:expr, $sv:expr) => {{
-            let (b0, b1) = ($b0, $b1);
-            let xq = loadu512(a.qs.as_ptr().add(32 * b0) as *const u8);
-            let src = if M == 0 { loadu512(a.off.as_ptr().add(8 * b0) as *const u8) } else { zero };
-            let s2 = 2 * $s as i32;
-            let idx = idx_halves(s2, s2 + 1);
-            for r in 0..R {
-                let p = w.add(r * row_bytes);
-                let z = bytes2::<KIND, QS, QH>(p.add(b0 * TS), p.add(b1 * TS));
-                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(src, z, xq));
-                acc[r] = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(idx, $sv[r]), acc[r]);
-            }
-        }};
-    }
-    let mut g = 0;
-    while g < nblk {
-        let nb = (nblk - g).min(16);
-        let k = mask16(nb);
-        let dx = _mm512_maskz_loadu_ps(k, a.d.as_ptr().add(g));
-        let mut sv = [_mm512_setzero_ps(); R];
-        let xs = if M != 0 {
-            let n2 = 2 * nb;
-            let xp = a.xsum.as_ptr().add(2 * g);
-            let x0 = _mm512_maskz_loadu_ps(mask16(n2), xp);
-            let x1 = _mm512_maskz_loadu_ps(mask16(n2.saturating_sub(16)), xp.wrapping_add(16));
-            pair_sums(x0, x1)
-        } else {
-            _mm512_setzero_ps()
-        };
-        for r in 0..R {
-            let base = w.add(r * row_bytes + g * TS);
-            sv[r] = _mm512_mul_ps(f16x16_strided::<TS>(base, nb), dx);
-            if M != 0 {
-                corr[r] = _mm512_fmadd_ps(f16x16_strided::<TS>(base.add(M), nb), xs, corr[r]);
-            }
+    let idx01 = idx_halves(0, 1);
+    for (r, o) in out.iter_mut().enumerate() {
+        let p = w.add(r * row_bytes);
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut corr = _mm_setzero_ps();
+        macro_rules! step {
+            ($b0:expr, $b1:expr, $s:expr, $acc:ident) => {{
+                let (b0, b1, s) = ($b0, $b1, $s);
+                let (p0, p1) = (p.add(b0 * TS), p.add(b1 * TS));
+                let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
+                let src = if M == 0 {
+                    loadu512(a.off.as_ptr().add(16 * s) as *const u8)
+                } else {
+                    zero
+                };
+                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+                    src,
+                    bytes2::<KIND, QS, QH>(p0, p1),
+                    xq,
+                ));
+                let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
+                let sc = _mm512_permutexvar_ps(
+                    idx01,
+                    _mm512_castps128_ps512(_mm_mul_ps(h2(p0, p1), xd)),
+                );
+                $acc = _mm512_fmadd_ps(f, sc, $acc);
+                if M != 0 {
+                    let xs = _mm_castpd_ps(_mm_load_sd(a.xs32.as_ptr().add(2 * s) as *const f64));
+                    corr = _mm_fmadd_ps(h2(p0.add(M), p1.add(M)), xs, corr);
+                }
+            }};
         }
-        if nb == 16 {
-            step!(g, g + 1, 0, sv);
-            step!(g + 2, g + 3, 1, sv);
-            step!(g + 4, g + 5, 2, sv);
-            step!(g + 6, g + 7, 3, sv);
-            step!(g + 8, g + 9, 4, sv);
-            step!(g + 10, g + 11, 5, sv);
-            step!(g + 12, g + 13, 6, sv);
-            step!(g + 14, g + 15, 7, sv);
-        } else {
-            for s in 0..nb / 2 {
-                step!(g + 2 * s, g + 2 * s + 1, s, sv);
-            }
-            if nb % 2 == 1 {
-                // The row's last block: its pair is zero padding in the activations and its
-                // scale lane is zero.
-                step!(g + nb - 1, g + nb - 1, nb / 2, sv);
-            }
+        let mut s = 0;
+        while s + 2 <= nsteps {
+            step!(2 * s, 2 * s + 1, s, a0);
+            step!(2 * s + 2, 2 * s + 3, s + 1, a1);
+            s += 2;
         }
-        g += nb;
+        if s < nsteps {
+            step!(2 * s, 2 * s + 1, s, a0);
+        }
+        if nblk % 2 == 1 {
+            // The last block: its pair is zero padding in the activations (scale 0).
+            step!(nblk - 1, nblk - 1, nsteps, a1);
+        }
+        let c = _mm_add_ps(corr, _mm_movehdup_ps(corr));
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + _mm_cvtss_f32(c);
     }
-    for r in 0..R {
-        acc[r] = _mm512_add_ps(acc[r], corr[r]);
-    }
-    hsums(acc)
 }
 
-/// Calls `$f::<R, ...>` for `R = out.len()` (1..=4) and stores the results.
-macro_rules! rows_dispatch {
-    ($out:ident, |$r:ident| $call:expr) => {
-        match $out.len() {
-            4 => {
-                const $r: usize = 4;
-                $out.copy_from_slice(&$call)
-            }
-            3 => {
-                const $r: usize = 3;
-                $out.copy_from_slice(&$call)
-            }
-            2 => {
-                const $r: usize = 2;
-                $out.copy_from_slice(&$call)
-            }
-            1 => {
-                const $r: usize = 1;
-                $out.copy_from_slice(&$call)
-            }
-            _ => {}
-        }
-    };
-}
-
-/// The `c` of types whose decode kernel takes `-c * sum(x)` offsets in the activations.
-pub(super) fn decode_offset(ty: GgmlType) -> Option<i32> {
+/// Extras the AVX-512 decode kernel of `ty` wants: (`off` factor, `xsl`).
+pub(super) fn decode_extras(ty: GgmlType) -> (Option<i32>, bool) {
     match ty {
-        GgmlType::Q4_0 => Some(8),
-        GgmlType::Q5_0 => Some(16),
-        GgmlType::Q8_0 => Some(128),
-        _ => None,
+        GgmlType::Q4_0 => (Some(8), false),
+        GgmlType::Q5_0 => (Some(16), false),
+        GgmlType::Q8_0 | GgmlType::MXFP4 => (Some(128), false),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => (None, true),
+        _ => (None, false),
     }
 }
 
 macro_rules! legacy_dot_fn {
     ($name:ident, $ty:expr, $ts:expr, $kind:expr, $qs:expr, $qh:expr, $m:expr) => {
-        /// Dot products of `out.len()` (1..=4) consecutive weight rows (`row_bytes` each) with
-        /// a quantized activation row.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+        /// Dot products of `out.len()` consecutive weight rows (`row_bytes` each) with a
+        /// quantized activation row.
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
+        )]
         pub(super) unsafe fn $name(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
-            if $m == 0 && a.off.len() * 4 < a.qs.len() {
-                // Offsets not filled in: use the portable kernel.
+            let nblk = row_bytes / $ts;
+            let ready = if $m == 0 {
+                a.off.len() * 4 >= a.qs.len()
+            } else {
+                a.xs32.len() * 32 >= a.qs.len()
+            };
+            if !ready || a.qs.len() < 32 * (nblk + nblk % 2) {
+                // Extras not filled in (or a short activation row): use the portable kernel.
                 for (r, o) in out.iter_mut().enumerate() {
                     *o = super::scalar::dot_row($ty, &w[r * row_bytes..(r + 1) * row_bytes], a);
                 }
                 return;
             }
-            rows_dispatch!(out, |R| legacy_dot::<R, $ts, $kind, $qs, $qh, $m>(w.as_ptr(), row_bytes, a));
+            legacy_steps::<$ts, $kind, $qs, $qh, $m>(w.as_ptr(), row_bytes, a, out);
         }
     };
 }
@@ -871,6 +961,8 @@ legacy_dot_fn!(dot_q8_0, GgmlType::Q8_0, 34, 8, 2, 0, 0);
 k_kernels!(dot_q4_k, unpack_q4_k, chunk_q4_k, 144);
 k_kernels!(dot_q5_k, unpack_q5_k, chunk_q5_k, 176);
 k_kernels!(dot_q6_k, unpack_q6_k, chunk_q6_k, 210);
+k_kernels!(dot_q2_k, unpack_q2_k, chunk_q2_k, 84);
+k_kernels!(dot_q3_k, unpack_q3_k, chunk_q3_k, 110);
 
 /// Quantized-row dot product for `ty`, `None` where the scalar kernel is used instead.
 pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
@@ -883,6 +975,9 @@ pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
         GgmlType::Q4_K => dot_q4_k,
         GgmlType::Q5_K => dot_q5_k,
         GgmlType::Q6_K => dot_q6_k,
+        GgmlType::Q2_K => dot_q2_k,
+        GgmlType::Q3_K => dot_q3_k,
+        GgmlType::MXFP4 => dot_mxfp4,
         _ => return None,
     })
 }
@@ -898,6 +993,9 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
         GgmlType::Q4_K => unpack_q4_k,
         GgmlType::Q5_K => unpack_q5_k,
         GgmlType::Q6_K => unpack_q6_k,
+        GgmlType::Q2_K => unpack_q2_k,
+        GgmlType::Q3_K => unpack_q3_k,
+        GgmlType::MXFP4 => unpack_mxfp4,
         _ => return None,
     })
 }

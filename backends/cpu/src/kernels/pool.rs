@@ -3,19 +3,26 @@
 //! A dispatch publishes a type-erased pointer to the caller's closure and bumps a generation
 //! counter. Idle workers spin on that counter for a short while (so the hundreds of small
 //! operations of one decoded token each start within about a microsecond), then park until
-//! they are unparked. The caller runs share 0 itself and waits until every worker has
-//! finished, so the closure may borrow from the caller's stack.
+//! they are unparked. Each worker's share is claimed by compare-and-swap on its slot: the
+//! worker claims it when it wakes, but once the caller has run share 0 it claims and runs
+//! every share no worker has started (a worker descheduled by a busy OS then costs nothing).
+//! `run` returns when every share has run, so the closure may borrow from the caller's
+//! stack.
 
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_micros(300);
+
+/// How long the caller spins for workers to finish before parking (a worker that takes
+/// longer has usually been preempted, and may need the caller's core to continue).
+const CALLER_SPIN: Duration = Duration::from_micros(30);
 
 /// Polls between `PAUSE` hints while spinning. Back-to-back `PAUSE`s make KVM guests take
 /// pause-loop exits (microseconds each), so the hint is issued only now and then; it still
@@ -35,6 +42,9 @@ unsafe fn call_closure<F: Fn(usize, usize) + Sync>(data: *const (), idx: usize, 
 struct Worker {
     /// Set while the worker is (about to be) parked, so the dispatcher knows to unpark it.
     sleeping: AtomicBool,
+    /// The generation whose share was last claimed (by the worker or by the caller). Before a
+    /// dispatch of generation `g` it holds `g - 1`; exactly one party moves it to `g`.
+    claimed: AtomicUsize,
 }
 
 struct Shared {
@@ -43,18 +53,25 @@ struct Shared {
     /// The current job: closure pointer and its trampoline (as `usize`).
     job_data: AtomicUsize,
     job_call: AtomicUsize,
-    /// Workers that have finished the current job.
+    /// Shares of the current job finished by workers.
     done: AtomicUsize,
     /// A worker's share panicked during the current job.
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Set while the caller of `run` is (about to be) parked waiting for `done`.
+    caller_parked: AtomicBool,
+    /// The parked caller, to unpark.
+    caller: Mutex<Option<Thread>>,
     workers: Vec<Worker>,
 }
 
 /// A fixed set of persistent threads for fork-join parallel loops.
 ///
 /// `n_threads` counts the calling thread: a pool of 2 has one worker. [`ThreadPool::run`]
-/// calls the closure once per thread with `(idx, n)` and returns when all calls are done.
+/// calls the closure once for every share `idx` in `0..n` and returns when all calls are done.
+/// Share 0 runs on the caller; share `i` normally on worker `i`, but the caller runs it itself
+/// if that worker has not started it by the time share 0 is done (so a worker the OS has not
+/// scheduled never stalls the caller). Split work by `idx`, not by thread identity.
 ///
 /// Panics: if the closure panics on any thread, `run` still waits for every other share to
 /// finish (nothing borrowed can dangle), then re-raises the caller's panic or raises a new
@@ -87,9 +104,12 @@ impl ThreadPool {
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            caller_parked: AtomicBool::new(false),
+            caller: Mutex::new(None),
             workers: (0..want)
                 .map(|_| Worker {
                     sleeping: AtomicBool::new(false),
+                    claimed: AtomicUsize::new(0),
                 })
                 .collect(),
         });
@@ -143,25 +163,48 @@ impl ThreadPool {
             .store(&f as *const F as usize, Ordering::Relaxed);
         sh.job_call
             .store(call_closure::<F> as CallFn as usize, Ordering::Relaxed);
-        sh.generation.fetch_add(1, Ordering::SeqCst);
+        let gen = sh.generation.fetch_add(1, Ordering::SeqCst) + 1;
         for (w, t) in sh.workers.iter().zip(&self.threads) {
             if w.sleeping.load(Ordering::SeqCst) {
                 t.unpark();
             }
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0, n)));
-        // Wait for every worker, even if our share panicked: they borrow `f`.
-        let start = Instant::now();
-        let mut spins = 0u32;
-        while sh.done.load(Ordering::Acquire) != nw {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(POLLS_PER_PAUSE) {
-                if start.elapsed() > SPIN {
-                    thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
+        let mut mine = catch_unwind(AssertUnwindSafe(|| f(0, n)));
+        // Run the shares no worker has started yet.
+        let mut stolen = 0;
+        for (i, w) in sh.workers.iter().enumerate() {
+            if w.claimed
+                .compare_exchange(gen - 1, gen, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                stolen += 1;
+                let r = catch_unwind(AssertUnwindSafe(|| f(i + 1, n)));
+                if mine.is_ok() {
+                    mine = r;
                 }
             }
+        }
+        // Wait for the shares workers started: they borrow `f`.
+        let want = nw - stolen;
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while sh.done.load(Ordering::Acquire) != want {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(POLLS_PER_PAUSE) {
+                continue;
+            }
+            if start.elapsed() < CALLER_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Park until the last worker finishes (it unparks us).
+            *sh.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+            sh.caller_parked.store(true, Ordering::SeqCst);
+            while sh.done.load(Ordering::SeqCst) != want {
+                thread::park_timeout(Duration::from_millis(1));
+            }
+            sh.caller_parked.store(false, Ordering::SeqCst);
+            break;
         }
         let worker_panicked = sh.panicked.swap(false, Ordering::Relaxed);
         self.busy.store(false, Ordering::Release);
@@ -204,19 +247,33 @@ fn worker_loop(sh: &Shared, i: usize) {
         if sh.shutdown.load(Ordering::Acquire) {
             return;
         }
+        // Claim our share of this generation, unless the caller already ran it.
+        if me
+            .claimed
+            .compare_exchange(gen - 1, gen, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
         let data = sh.job_data.load(Ordering::Relaxed) as *const ();
         let call = sh.job_call.load(Ordering::Relaxed);
         // SAFETY: `call` was stored from a `CallFn` by `run` before the generation bump
         // that we observed with Acquire ordering.
         let call: CallFn = unsafe { std::mem::transmute::<usize, CallFn>(call) };
         let n = sh.workers.len() + 1;
-        // SAFETY: `run` keeps the closure alive until `done` reaches the worker count.
+        // SAFETY: we claimed this generation's share, so `run` keeps the closure alive until
+        // our `done` increment.
         let r: Result<(), Box<dyn Any + Send>> =
             catch_unwind(AssertUnwindSafe(|| unsafe { call(data, i + 1, n) }));
         if r.is_err() {
             sh.panicked.store(true, Ordering::Relaxed);
         }
-        sh.done.fetch_add(1, Ordering::Release);
+        sh.done.fetch_add(1, Ordering::SeqCst);
+        if sh.caller_parked.load(Ordering::SeqCst) {
+            if let Some(t) = sh.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                t.unpark();
+            }
+        }
     }
 }
 

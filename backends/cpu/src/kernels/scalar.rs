@@ -270,6 +270,7 @@ pub(crate) fn dot_row(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
             d: &a.d[e0 / 32..(e0 + bs).div_ceil(32)],
             xsum: &a.xsum[g0..g0 + bs / 16],
             off: &[],
+            xs32: &[],
         };
         acc += dot_unpacked(&u[..bs], &ws[..bs / 16], &mw[..bs / 16], sub);
     }
