@@ -7,7 +7,7 @@
 //! matmuls of one token (decode; output layer included) or of 64 prompt tokens (output layer
 //! excluded, as only the last prompt token needs logits).
 //!
-//! `cargo run --release -p kiln-backend-cpu --example matmul_bench [-- --quick]`
+//! `cargo run --release -p kiln-backend-cpu --example matmul_bench [-- --quick] [--filter TEXT]`
 
 use kiln_backend_cpu::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::quant::{f32_to_f16, GgmlType};
@@ -212,7 +212,13 @@ fn time(
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let filter = args
+        .iter()
+        .position(|a| a == "--filter")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let budget = Duration::from_millis(if quick { 150 } else { 600 });
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     println!(
@@ -227,6 +233,17 @@ fn main() {
     // (model, n, threads) -> seconds for the model's matmuls
     let mut totals: Vec<(&str, usize, usize, f64)> = Vec::new();
     for s in SHAPES {
+        let label = format!(
+            "{} {} {} {}->{}",
+            s.model,
+            s.name,
+            s.ty.name(),
+            s.cols,
+            s.rows
+        );
+        if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            continue;
+        }
         let mbytes = s.rows * s.cols / s.ty.block_size() * s.ty.type_size();
         let copies = (256usize << 20).div_ceil(mbytes).clamp(1, 4096);
         let data = random_weights(s, copies, &mut rng);

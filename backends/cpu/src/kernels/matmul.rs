@@ -293,15 +293,37 @@ fn gemm_chunk(rows: usize, nt: usize) -> usize {
     (rows / (nt * 4)).clamp(4, 32).next_multiple_of(4)
 }
 
-/// Calls `f(r0, r1)` for chunks of `chunk` rows claimed dynamically by the pool's threads.
+/// Calls `f(r0, r1)` for chunks of `chunk` rows, across the pool's threads.
+///
+/// The chunks are split into one contiguous range per share; each share walks its own range
+/// in order (one sequential stream, which the hardware prefetchers follow) and then helps with
+/// the others' remaining chunks, so a slow or preempted thread does not hold up the rest.
 fn for_chunks(pool: &ThreadPool, rows: usize, chunk: usize, f: impl Fn(usize, usize) + Sync) {
-    let next = AtomicUsize::new(0);
-    pool.run(|_, _| loop {
-        let r0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
-        if r0 >= rows {
-            break;
+    let nchunks = rows.div_ceil(chunk);
+    let nt = pool.n_threads().min(nchunks).max(1);
+    if nt == 1 {
+        for c in 0..nchunks {
+            f(c * chunk, ((c + 1) * chunk).min(rows));
         }
-        f(r0, (r0 + chunk).min(rows));
+        return;
+    }
+    // Range `t` holds chunks `bounds(t)..bounds(t + 1)`; `next[t]` is its next unclaimed one.
+    let bounds = |t: usize| t * nchunks / nt;
+    let next: Vec<AtomicUsize> = (0..nt).map(|t| AtomicUsize::new(bounds(t))).collect();
+    pool.run(|share, n| {
+        // With fewer shares than ranges (a nested call runs as one share), cover them all.
+        let home = share * nt / n.max(1);
+        for k in 0..nt {
+            let t = (home + k) % nt;
+            let end = bounds(t + 1);
+            loop {
+                let c = next[t].fetch_add(1, Ordering::Relaxed);
+                if c >= end {
+                    break;
+                }
+                f(c * chunk, ((c + 1) * chunk).min(rows));
+            }
+        }
     });
 }
 
@@ -372,6 +394,17 @@ fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
     }
 }
 
+/// How activation scales are rounded for weights of type `ty`: legacy types meet ggml-style
+/// `Q8_0`/`Q8_1` activation blocks (f16 scales); k-quants meet `Q8_K` blocks, whose f32 scale
+/// needs no rounding.
+pub(crate) fn act_block_sums(ty: GgmlType) -> Option<BlockSums> {
+    match ty {
+        _ if is_k_quant(ty) => None,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Some(BlockSums::Q8_1),
+        _ => Some(BlockSums::Exact),
+    }
+}
+
 fn is_k_quant(ty: GgmlType) -> bool {
     ty.block_size() == kiln_sdk::quant::QK_K
 }
@@ -390,13 +423,7 @@ fn quant_matmul(
     } else {
         ActMode::B32
     };
-    // Legacy types meet ggml-style Q8_0/Q8_1 activation blocks (f16 scales); k-quants meet
-    // Q8_K blocks, whose f32 scale needs no rounding.
-    let ggml_scales = match w.ty {
-        _ if mode == ActMode::B256 => None,
-        GgmlType::Q4_1 | GgmlType::Q5_1 => Some(BlockSums::Q8_1),
-        _ => Some(BlockSums::Exact),
-    };
+    let ggml_scales = act_block_sums(w.ty);
     let (rows, cols) = (w.rows, w.cols);
     let kp = padded(cols);
     let nt = pool.n_threads();

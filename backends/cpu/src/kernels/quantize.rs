@@ -220,7 +220,12 @@ pub(crate) fn round_scales_like_ggml(qs: &[i8], d: &mut [f32], xsum: &mut [f32],
         let exact = *db;
         let rounded = half::f16::from_f32(exact).to_f32();
         *db = rounded;
-        let s16 = |h: usize| -> i32 { qs[b * 32 + h * 16..b * 32 + h * 16 + 16].iter().map(|&q| q as i32).sum() };
+        let s16 = |h: usize| -> i32 {
+            qs[b * 32 + h * 16..b * 32 + h * 16 + 16]
+                .iter()
+                .map(|&q| q as i32)
+                .sum()
+        };
         let (lo, hi) = (s16(0), s16(1));
         match sums {
             BlockSums::Exact => {

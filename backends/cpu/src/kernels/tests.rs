@@ -1,12 +1,15 @@
 //! Kernel tests against the SDK's reference dequantizer, and SIMD levels against scalar.
 //!
 //! Tolerances. The quantized kernels compute `sum(w[i] * xq[i])` where `xq` is `x` rounded to
-//! 8 bits per block, so `|result - sum(w * x)| <= sum(|w[i]| * amax(block of i) / 254)` (half a
-//! quantization step per value). Tests check that bound (times 1.01, plus float slack), and,
-//! much tighter, agreement with `sum(w * xq)` computed in f64 from the test's own copy of the
-//! quantized activations: `1e-4 * sum(|w[i] * xq[i]|)` (float rounding only).
+//! 8 bits per block (legacy types: with the block scale rounded to f16 as ggml does, which adds
+//! at most `127 * 2^-11` of a step), so `|result - sum(w * x)| <= sum(|w[i]| * amax(block of i)
+//! * (1/254 + 1/16 / 127))`. Tests check that bound (plus float slack), and, much tighter,
+//! agreement with the same sum computed in f64 from the test's own copy of the quantized
+//! activations: `1e-4 * sum(|w[i] * xq[i]|)` (float rounding only). For `Q4_1`/`Q5_1`, whose
+//! min term uses ggml's f16-rounded `Q8_1` block sums, the reference adds that term exactly.
 
-use super::quantize::{padded, quantize_row, quantize_row_scalar, ActMode};
+use super::matmul::act_block_sums;
+use super::quantize::{padded, quantize_row, quantize_row_scalar, round_scales_like_ggml, ActMode};
 use super::{matmul_with, supports, KernelError, SimdLevel, ThreadPool, WeightMatrix};
 use kiln_sdk::quant::{dequantize_row, f32_to_f16, GgmlType};
 use rand::rngs::StdRng;
@@ -105,12 +108,35 @@ fn act_mode(ty: GgmlType) -> ActMode {
     }
 }
 
-/// The activations as the kernels see them: `q * d` per value (padding dropped).
-fn quantized_x(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+/// The activations as the kernels see them: `q * d` per value (padding dropped), and for
+/// types with a min the difference of each 32-block's sum term from `d * sum(q)` (ggml's
+/// rounded `Q8_1` sums), to be multiplied by the block's min.
+fn quantized_x(ty: GgmlType, x: &[f32]) -> (Vec<f32>, Vec<f64>) {
     let kp = padded(x.len());
     let (mut qs, mut d, mut xs) = (vec![0i8; kp], vec![0f32; kp / 32], vec![0f32; kp / 16]);
     quantize_row_scalar(act_mode(ty), x, &mut qs, &mut d, &mut xs);
-    (0..x.len()).map(|i| qs[i] as f32 * d[i / 32]).collect()
+    if let Some(sums) = act_block_sums(ty) {
+        round_scales_like_ggml(&qs, &mut d, &mut xs, sums);
+    }
+    let xq = (0..x.len()).map(|i| qs[i] as f32 * d[i / 32]).collect();
+    let extra = (0..x.len() / 32)
+        .map(|b| {
+            let sq: i32 = qs[32 * b..32 * b + 32].iter().map(|&q| q as i32).sum();
+            (xs[2 * b] + xs[2 * b + 1]) as f64 - d[b] as f64 * sq as f64
+        })
+        .collect();
+    (xq, extra)
+}
+
+/// The f16 min of each block of `Q4_1`/`Q5_1` rows (zero for other types), row-major.
+fn block_mins(ty: GgmlType, data: &[u8]) -> Vec<f64> {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 => data
+            .chunks_exact(ty.type_size())
+            .map(|b| kiln_sdk::quant::f16_to_f32(u16::from_le_bytes([b[2], b[3]])) as f64)
+            .collect(),
+        _ => vec![0.0; data.len() / ty.type_size()],
+    }
 }
 
 fn levels() -> Vec<SimdLevel> {
@@ -134,14 +160,16 @@ fn check_case(ty: GgmlType, rows: usize, cols: usize, n: usize, pool: &ThreadPoo
     };
     let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     let bl = act_mode(ty).len().min(cols);
+    let mins = block_mins(ty, &data);
+    let bpr = cols / ty.block_size();
     let mut by_level = Vec::new();
     for level in levels() {
         let mut out = vec![f32::NAN; n * rows];
         matmul_with(level, pool, &m, &x, n, &mut out).expect("matmul");
         for i in 0..n {
             let xi = &x[i * cols..(i + 1) * cols];
-            let xq = if float {
-                xi.to_vec()
+            let (xq, extra) = if float {
+                (xi.to_vec(), Vec::new())
             } else {
                 quantized_x(ty, xi)
             };
@@ -149,7 +177,13 @@ fn check_case(ty: GgmlType, rows: usize, cols: usize, n: usize, pool: &ThreadPoo
                 let wr = &w[r * cols..(r + 1) * cols];
                 let got = out[i * rows + r] as f64;
                 let exact: f64 = wr.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let onq: f64 = wr.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let min_term: f64 = extra.iter().zip(&mins[r * bpr..]).map(|(e, m)| e * m).sum();
+                let onq: f64 = wr
+                    .iter()
+                    .zip(&xq)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    + min_term;
                 let mag: f64 = wr
                     .iter()
                     .zip(&xq)
@@ -168,11 +202,11 @@ fn check_case(ty: GgmlType, rows: usize, cols: usize, n: usize, pool: &ThreadPoo
                         .map(|c| {
                             let b0 = c / bl * bl;
                             let amax = xi[b0..b0 + bl].iter().fold(0f32, |a, v| a.max(v.abs()));
-                            wr[c].abs() as f64 * amax as f64 / 254.0
+                            wr[c].abs() as f64 * amax as f64 * (1.0 / 254.0 + 1.0 / 16.0 / 127.0)
                         })
                         .sum()
                 };
-                let loose = 1.01 * qerr + 1e-4 * mag + 1e-6;
+                let loose = 1.01 * qerr + min_term.abs() + 1e-4 * mag + 1e-6;
                 assert!(
                     (got - exact).abs() <= loose,
                     "{ty} {level:?} rows={rows} cols={cols} n={n}: got {got}, exact {exact} (tol {loose})"
