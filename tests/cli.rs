@@ -7,10 +7,15 @@ const SMOL: &str = "smollm2-135m-instruct-q4_1.gguf";
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "chat", "tokenize", "inspect", "pull", "list", "bench", "backends"] {
+    for sub in [
+        "run", "chat", "tokenize", "inspect", "pull", "list", "bench", "backends",
+    ] {
         let o = kiln(&[sub, "--help"], &[]);
         let (out, _) = texts(&o);
-        assert!(o.status.success() && out.contains("Usage: kiln"), "{sub}: {out}");
+        assert!(
+            o.status.success() && out.contains("Usage: kiln"),
+            "{sub}: {out}"
+        );
     }
     let o = kiln(&["--help"], &[]);
     assert!(texts(&o).0.contains("Commands:"));
@@ -20,13 +25,26 @@ fn every_subcommand_has_help() {
 fn tokenize_matches_llama_cpp() {
     for (file, reference_file) in [
         (SMOL, "smollm2-135m-instruct-q4_1.json"),
-        ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.json"),
+        (
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.json",
+        ),
         ("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m.json"),
     ] {
         let Some(path) = model(file) else { continue };
-        let Some(r) = reference(reference_file) else { continue };
+        let Some(r) = reference(reference_file) else {
+            continue;
+        };
         for case in r["tokenization"].as_array().unwrap().iter().take(3) {
-            let o = kiln(&["tokenize", "-m", path.to_str().unwrap(), case["text"].as_str().unwrap()], &[]);
+            let o = kiln(
+                &[
+                    "tokenize",
+                    "-m",
+                    path.to_str().unwrap(),
+                    case["text"].as_str().unwrap(),
+                ],
+                &[],
+            );
             let (out, err) = texts(&o);
             assert!(o.status.success(), "{err}");
             let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -41,9 +59,18 @@ fn inspect_shows_metadata_and_tensors() {
     let o = kiln(&["inspect", path.to_str().unwrap()], &[]);
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("general.architecture") && out.contains("\"llama\""), "{out}");
-    assert!(out.contains("272 tensors") || out.contains("tensors: 272"), "{out}");
-    assert!(out.contains("token_embd.weight") && out.contains("Q8_0"), "{out}");
+    assert!(
+        out.contains("general.architecture") && out.contains("\"llama\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("272 tensors") || out.contains("tensors: 272"),
+        "{out}"
+    );
+    assert!(
+        out.contains("token_embd.weight") && out.contains("Q8_0"),
+        "{out}"
+    );
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -64,11 +91,17 @@ fn malformed_models_are_refused_in_one_line() {
         cases.push((truncated.clone(), "past"));
     }
     for (p, want) in &cases {
-        for args in [vec!["inspect", p.to_str().unwrap()], vec!["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "1"]] {
+        for args in [
+            vec!["inspect", p.to_str().unwrap()],
+            vec!["run", "-m", p.to_str().unwrap(), "-p", "hi", "-n", "1"],
+        ] {
             let o = kiln(&args, &[]);
             let (_, err) = texts(&o);
             assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-            assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: ") && err.contains(want),
+                "{args:?}: {err}"
+            );
             assert!(!err.contains("panicked"), "{err}");
             assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         }
@@ -83,7 +116,10 @@ fn unknown_model_name_lists_the_catalog() {
     let o = kiln(&["run", "-m", "no-such-model", "-p", "hi"], &[]);
     let (_, err) = texts(&o);
     assert!(!o.status.success());
-    assert!(err.contains("smollm2-135m-instruct-q4_1") && err.contains("gemma-3-270m-q4_k_m"), "{err}");
+    assert!(
+        err.contains("smollm2-135m-instruct-q4_1") && err.contains("gemma-3-270m-q4_k_m"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,7 +127,12 @@ fn list_shows_the_catalog() {
     let o = kiln(&["list"], &[]);
     let (out, _) = texts(&o);
     assert!(o.status.success());
-    for name in ["smollm2-135m-instruct-q4_1", "qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"] {
+    for name in [
+        "smollm2-135m-instruct-q4_1",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        "gemma-3-270m-q4_k_m",
+    ] {
         assert!(out.contains(name), "{out}");
     }
 }
@@ -101,12 +142,37 @@ fn context_overflow_is_a_clear_stop_not_a_crash() {
     let Some(path) = model(SMOL) else { return };
     let p = path.to_str().unwrap();
     // A prompt longer than the context.
-    let o = kiln(&["run", "-m", p, "-p", "one two three four five six seven eight nine ten", "--ctx", "4"], &[]);
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            p,
+            "-p",
+            "one two three four five six seven eight nine ten",
+            "--ctx",
+            "4",
+        ],
+        &[],
+    );
     let (_, err) = texts(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("the context holds 4"), "{err}");
     // Generation that fills the context stops with that reason.
-    let o = kiln(&["run", "-m", p, "-p", "Once upon a time", "--ctx", "12", "--temperature", "0", "--ignore-eos"], &[]);
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            p,
+            "-p",
+            "Once upon a time",
+            "--ctx",
+            "12",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+        ],
+        &[],
+    );
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("stop: context full"), "{err}");
@@ -117,27 +183,79 @@ fn context_overflow_is_a_clear_stop_not_a_crash() {
 fn seeded_sampling_is_reproducible() {
     let Some(path) = model(SMOL) else { return };
     let p = path.to_str().unwrap();
-    let run = |seed: &str| texts(&kiln(&["run", "-m", p, "-p", "My favourite food is", "-n", "16", "--seed", seed, "--temperature", "1.0"], &[])).0;
+    let run = |seed: &str| {
+        texts(&kiln(
+            &[
+                "run",
+                "-m",
+                p,
+                "-p",
+                "My favourite food is",
+                "-n",
+                "16",
+                "--seed",
+                seed,
+                "--temperature",
+                "1.0",
+            ],
+            &[],
+        ))
+        .0
+    };
     assert_eq!(run("7"), run("7"));
-    let outs: std::collections::HashSet<String> = ["1", "2", "3", "4"].iter().map(|s| run(s)).collect();
+    let outs: std::collections::HashSet<String> =
+        ["1", "2", "3", "4"].iter().map(|s| run(s)).collect();
     assert!(outs.len() > 1, "different seeds gave identical text");
 }
 
 #[test]
 fn chat_mode_uses_the_template_and_stops_at_end_of_turn() {
-    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
-    let o = kiln(&["run", "-m", path.to_str().unwrap(), "--chat", "-p", "What is the capital of France?", "--temperature", "0", "-n", "64"], &[]);
+    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            path.to_str().unwrap(),
+            "--chat",
+            "-p",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "-n",
+            "64",
+        ],
+        &[],
+    );
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");
-    assert!(!out.contains("<|im_end|>") && !out.contains("<|im_start|>"), "{out}");
+    assert!(
+        !out.contains("<|im_end|>") && !out.contains("<|im_start|>"),
+        "{out}"
+    );
     assert!(err.contains("stop: end of generation"), "{err}");
 }
 
 #[test]
 fn bench_reports_json() {
     let Some(path) = model(SMOL) else { return };
-    let o = kiln(&["bench", "-m", path.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "2", "--json"], &[]);
+    let o = kiln(
+        &[
+            "bench",
+            "-m",
+            path.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "2",
+            "--json",
+        ],
+        &[],
+    );
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -152,9 +270,21 @@ fn bench_reports_json() {
 #[test]
 fn interactive_chat_keeps_the_conversation() {
     use std::io::Write;
-    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
     let mut child = std::process::Command::new(kiln_bin())
-        .args(["chat", "-m", path.to_str().unwrap(), "--temperature", "0", "-n", "48", "--ctx", "1024"])
+        .args([
+            "chat",
+            "-m",
+            path.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "-n",
+            "48",
+            "--ctx",
+            "1024",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -176,8 +306,26 @@ fn interactive_chat_keeps_the_conversation() {
 
 #[test]
 fn qwen_1_5b_runs() {
-    let Some(path) = model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf") else { return };
-    let o = kiln(&["run", "-m", path.to_str().unwrap(), "--chat", "-p", "What is the capital of France?", "--temperature", "0", "-n", "24", "--ctx", "512"], &[]);
+    let Some(path) = model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            path.to_str().unwrap(),
+            "--chat",
+            "-p",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "-n",
+            "24",
+            "--ctx",
+            "512",
+        ],
+        &[],
+    );
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");

@@ -9,7 +9,8 @@ use std::sync::Arc;
 fn cpu_backend_conforms() {
     // SAFETY: the CPU backend built in this workspace; the header symbol is a static.
     let lib = unsafe { libloading::Library::new(cpu_backend()) }.expect("load CPU backend");
-    let header: *const KilnBackendHeader = unsafe { *lib.get(b"kiln_backend_header\0").expect("symbol") };
+    let header: *const KilnBackendHeader =
+        unsafe { *lib.get(b"kiln_backend_header\0").expect("symbol") };
     let lib = unsafe { BackendLib::new(header, Arc::new(lib)) }.expect("ABI check");
     if let Err(e) = kiln_sdk::conformance::check(&lib, 2e-3) {
         panic!("conformance: {e}");

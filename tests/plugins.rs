@@ -33,12 +33,24 @@ fn build_plugins(tag: &str) -> Option<Plugins> {
         eprintln!("skipped: no working C compiler");
         return None;
     }
-    assert!(cc(&["-DTEST_ABI_MAJOR=99", "-DTEST_ABORT_ON_CALL"], &src, &dir.join("libkiln_backend_future.so")));
-    assert!(cc(&["-DTEST_FINGERPRINT=0x1234ull", "-DTEST_ABORT_ON_CALL"], &src, &dir.join("libkiln_backend_skewed.so")));
+    assert!(cc(
+        &["-DTEST_ABI_MAJOR=99", "-DTEST_ABORT_ON_CALL"],
+        &src,
+        &dir.join("libkiln_backend_future.so")
+    ));
+    assert!(cc(
+        &["-DTEST_FINGERPRINT=0x1234ull", "-DTEST_ABORT_ON_CALL"],
+        &src,
+        &dir.join("libkiln_backend_skewed.so")
+    ));
     let empty = dir.join("empty.c");
     std::fs::write(&empty, "int kiln_unrelated_symbol = 1;\n").unwrap();
     assert!(cc(&[], &empty, &dir.join("libkiln_backend_nosymbol.so")));
-    std::fs::write(dir.join("libkiln_backend_garbage.so"), b"\x7fELF this is not really a library").unwrap();
+    std::fs::write(
+        dir.join("libkiln_backend_garbage.so"),
+        b"\x7fELF this is not really a library",
+    )
+    .unwrap();
     Some(Plugins { dir })
 }
 
@@ -50,21 +62,35 @@ impl Drop for Plugins {
 
 #[test]
 fn backends_lists_good_and_refused_libraries() {
-    let Some(p) = build_plugins("list") else { return };
-    let o = kiln(&["backends"], &[("KILN_BACKEND_PATH", p.dir.to_str().unwrap())]);
+    let Some(p) = build_plugins("list") else {
+        return;
+    };
+    let o = kiln(
+        &["backends"],
+        &[("KILN_BACKEND_PATH", p.dir.to_str().unwrap())],
+    );
     let (out, err) = texts(&o);
     assert!(o.status.success(), "kiln backends failed: {err}");
     // The real CPU backend beside the executable is found and usable.
-    assert!(out.contains("cpu ") && (out.contains("score:   100") || out.contains("score:   50")), "{out}");
+    assert!(
+        out.contains("cpu ") && (out.contains("score:   100") || out.contains("score:   50")),
+        "{out}"
+    );
     // The C example loads, with score 0 and its reason.
     assert!(out.contains("c-null 0.1.0"), "{out}");
-    assert!(out.contains("score:   0 (example backend: it has no device"), "{out}");
+    assert!(
+        out.contains("score:   0 (example backend: it has no device"),
+        "{out}"
+    );
     // Each broken library is refused with the exact reason.
     assert!(
         out.contains("incompatible backend ABI: the library was built for ABI 99.0, SDK c-example; this host speaks ABI 1.0"),
         "{out}"
     );
-    assert!(out.contains("layout fingerprint 0x0000000000001234"), "{out}");
+    assert!(
+        out.contains("layout fingerprint 0x0000000000001234"),
+        "{out}"
+    );
     assert!(out.contains("no `kiln_backend_header` symbol"), "{out}");
     assert!(out.contains("not a loadable library"), "{out}");
     assert!(!err.contains("panicked"), "{err}");
@@ -72,9 +98,13 @@ fn backends_lists_good_and_refused_libraries() {
 
 #[test]
 fn forcing_a_refused_backend_is_a_clear_error() {
-    let Some(p) = build_plugins("force") else { return };
+    let Some(p) = build_plugins("force") else {
+        return;
+    };
     // The model is opened first, so use a real one: the backend refusal is what the user sees.
-    let Some(model) = model("smollm2-135m-instruct-q4_1.gguf") else { return };
+    let Some(model) = model("smollm2-135m-instruct-q4_1.gguf") else {
+        return;
+    };
     for (lib, want) in [
         ("libkiln_backend_future.so", "built for ABI 99.0"),
         ("libkiln_backend_skewed.so", "layout fingerprint"),
@@ -82,13 +112,47 @@ fn forcing_a_refused_backend_is_a_clear_error() {
         ("libkiln_backend_cnull.so", "cannot run on this machine"),
     ] {
         let path = p.dir.join(lib);
-        let o = kiln(&["run", "-m", model.to_str().unwrap(), "--backend", path.to_str().unwrap(), "-p", "hi", "-n", "1"], &[]);
+        let o = kiln(
+            &[
+                "run",
+                "-m",
+                model.to_str().unwrap(),
+                "--backend",
+                path.to_str().unwrap(),
+                "-p",
+                "hi",
+                "-n",
+                "1",
+            ],
+            &[],
+        );
         let (_, err) = texts(&o);
         assert!(!o.status.success(), "{lib} was accepted");
-        assert!(err.starts_with("error: ") && err.contains(want), "{lib}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "error is one line: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{lib}: {err}"
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "error is one line: {err}"
+        );
     }
-    let o = kiln(&["run", "-m", model.to_str().unwrap(), "--backend", "c-null", "-p", "hi"], &[("KILN_BACKEND_PATH", p.dir.to_str().unwrap())]);
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "--backend",
+            "c-null",
+            "-p",
+            "hi",
+        ],
+        &[("KILN_BACKEND_PATH", p.dir.to_str().unwrap())],
+    );
     let (_, err) = texts(&o);
-    assert!(!o.status.success() && err.contains("cannot run on this machine"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("cannot run on this machine"),
+        "{err}"
+    );
 }

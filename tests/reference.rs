@@ -26,7 +26,8 @@ const MARGIN: f64 = 0.25;
 fn load_model(file: &std::path::Path) -> LoadedModel {
     // SAFETY: the CPU backend built in this workspace; the header symbol is a static.
     let lib = unsafe { libloading::Library::new(cpu_backend()) }.expect("load CPU backend");
-    let header: *const KilnBackendHeader = unsafe { *lib.get(b"kiln_backend_header\0").expect("symbol") };
+    let header: *const KilnBackendHeader =
+        unsafe { *lib.get(b"kiln_backend_header\0").expect("symbol") };
     let lib = unsafe { BackendLib::new(header, Arc::new(lib)) }.expect("ABI check");
     let inst = lib.create(0, 0).expect("instance");
     let f = std::fs::File::open(file).unwrap();
@@ -37,25 +38,41 @@ fn load_model(file: &std::path::Path) -> LoadedModel {
 }
 
 fn check_model(model_file: &str, reference_file: &str) {
-    let Some(path) = model(model_file) else { return };
-    let Some(r) = reference(reference_file) else { return };
+    let Some(path) = model(model_file) else {
+        return;
+    };
+    let Some(r) = reference(reference_file) else {
+        return;
+    };
     let model = load_model(&path);
     let mut ctx = model.create_context(512, 1).unwrap();
     let n_vocab = model.info().n_vocab as usize;
     let mut failures = Vec::new();
     for g in r["generation"].as_array().unwrap() {
         let name = g["name"].as_str().unwrap();
-        let ids = |k: &str| -> Vec<i32> { g[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect() };
+        let ids = |k: &str| -> Vec<i32> {
+            g[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect()
+        };
         let prompt = ids("prompt_ids");
         let generated = ids("generated_ids");
         let tops = g["per_step_top10_logits_unmasked"].as_array().unwrap();
-        let margins: Vec<f64> = g["margin_among_allowed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let margins: Vec<f64> = g["margin_among_allowed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         ctx.seq_clear(0).unwrap();
         let pos: Vec<i32> = (0..prompt.len() as i32).collect();
         let mut want = vec![0u8; prompt.len()];
         *want.last_mut().unwrap() = 1;
         let mut logits = Vec::new();
-        ctx.forward_logits(&prompt, &pos, &vec![0; prompt.len()], &want, &mut logits).unwrap();
+        ctx.forward_logits(&prompt, &pos, &vec![0; prompt.len()], &want, &mut logits)
+            .unwrap();
         let (mut sum, mut count, mut worst) = (0f32, 0usize, 0f32);
         let mut disagreements = Vec::new();
         for (step, &tok) in generated.iter().enumerate() {
@@ -64,7 +81,12 @@ fn check_model(model_file: &str, reference_file: &str) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+                .map(|p| {
+                    (
+                        p[0].as_u64().unwrap() as usize,
+                        p[1].as_f64().unwrap() as f32,
+                    )
+                })
                 .collect();
             for &(id, want) in &top {
                 let d = (logits[id] - want).abs();
@@ -73,7 +95,10 @@ fn check_model(model_file: &str, reference_file: &str) {
                 count += 1;
             }
             // Reference tokens ranked above the chosen one were masked (EOS ignored).
-            let chosen_rank = top.iter().position(|&(id, _)| id == tok as usize).unwrap_or(top.len());
+            let chosen_rank = top
+                .iter()
+                .position(|&(id, _)| id == tok as usize)
+                .unwrap_or(top.len());
             let masked: Vec<usize> = top[..chosen_rank].iter().map(|p| p.0).collect();
             let ours = (0..n_vocab)
                 .filter(|i| !masked.contains(i))
@@ -82,11 +107,15 @@ fn check_model(model_file: &str, reference_file: &str) {
             if ours as i32 != tok {
                 disagreements.push((step, margins[step]));
                 if margins[step] >= MARGIN {
-                    failures.push(format!("{name} step {step}: we pick {ours}, llama.cpp {tok} by margin {:.3}", margins[step]));
+                    failures.push(format!(
+                        "{name} step {step}: we pick {ours}, llama.cpp {tok} by margin {:.3}",
+                        margins[step]
+                    ));
                 }
             }
             let p = (prompt.len() + step) as i32;
-            ctx.forward_logits(&[tok], &[p], &[0], &[1], &mut logits).unwrap();
+            ctx.forward_logits(&[tok], &[p], &[0], &[1], &mut logits)
+                .unwrap();
         }
         let mean = sum / count as f32;
         eprintln!("{model_file} {name}: mean |Δlogit| {mean:.3}, max {worst:.3}, picks differing at (step, margin) {disagreements:?}");
@@ -102,12 +131,18 @@ fn check_model(model_file: &str, reference_file: &str) {
 
 #[test]
 fn smollm2_matches_llama_cpp() {
-    check_model("smollm2-135m-instruct-q4_1.gguf", "smollm2-135m-instruct-q4_1.json");
+    check_model(
+        "smollm2-135m-instruct-q4_1.gguf",
+        "smollm2-135m-instruct-q4_1.json",
+    );
 }
 
 #[test]
 fn qwen2_matches_llama_cpp() {
-    check_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.json");
+    check_model(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.json",
+    );
 }
 
 #[test]
@@ -115,41 +150,120 @@ fn gemma3_matches_llama_cpp() {
     check_model("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m.json");
 }
 
-/// `kiln run` greedy output equals llama.cpp's text for every case whose margins all exceed
-/// [`MARGIN`] (the others are compared token by token above).
+/// `kiln run` (free-running, greedy) reproduces llama.cpp's generated text, and where it
+/// diverges, llama.cpp's own margin at that token is below [`MARGIN`] (a near-tie). Token texts
+/// of the reference come from `kiln tokenize --pieces` of the reference text, used only when
+/// that tokenization gives back exactly the reference ids.
 fn check_cli_text(model_file: &str, reference_file: &str) {
-    let Some(path) = model(model_file) else { return };
-    let Some(r) = reference(reference_file) else { return };
+    let Some(path) = model(model_file) else {
+        return;
+    };
+    let Some(r) = reference(reference_file) else {
+        return;
+    };
+    let p = path.to_str().unwrap();
     let mut compared = 0;
     for g in r["generation"].as_array().unwrap() {
-        let margins = g["margin_among_allowed"].as_array().unwrap();
-        if margins.iter().any(|m| m.as_f64().unwrap() < MARGIN) {
+        let name = g["name"].as_str().unwrap();
+        let ids: Vec<i64> = g["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let margins: Vec<f64> = g["margin_among_allowed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let text = g["generated_text"].as_str().unwrap();
+        let o = kiln(
+            &["tokenize", "-m", p, "--no-special", "--pieces", text],
+            &[],
+        );
+        assert!(o.status.success(), "{}", texts(&o).1);
+        let pieces: serde_json::Value = serde_json::from_str(texts(&o).0.trim()).unwrap();
+        let pieces = pieces.as_array().unwrap();
+        let skip = pieces.len().saturating_sub(ids.len());
+        let re_ids: Vec<i64> = pieces[skip..]
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect();
+        if re_ids != ids {
+            eprintln!(
+                "{name}: the reference text does not re-tokenize to its ids; not compared as text"
+            );
             continue;
         }
-        compared += 1;
-        let n = g["generated_ids"].as_array().unwrap().len().to_string();
+        let pieces: Vec<&str> = pieces[skip..]
+            .iter()
+            .map(|p| p["piece"].as_str().unwrap())
+            .collect();
         let o = kiln(
-            &["run", "-m", path.to_str().unwrap(), "-p", g["prompt"].as_str().unwrap(), "-n", &n,
-              "--temperature", "0", "--ignore-eos", "--ctx", "512"],
+            &[
+                "run",
+                "-m",
+                p,
+                "-p",
+                g["prompt"].as_str().unwrap(),
+                "-n",
+                &ids.len().to_string(),
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--ctx",
+                "512",
+            ],
             &[],
         );
         let (out, err) = texts(&o);
         assert!(o.status.success(), "kiln run failed: {err}");
-        let want = g["generated_text"].as_str().unwrap();
-        assert_eq!(out.strip_suffix('\n').unwrap_or(&out), want, "{}", g["name"]);
         assert!(err.contains("tok/s"), "stats on stderr: {err}");
+        // How many reference tokens our text reproduces.
+        let (mut j, mut prefix) = (0, String::new());
+        while j < pieces.len() && out.starts_with(&(prefix.clone() + pieces[j])) {
+            prefix.push_str(pieces[j]);
+            j += 1;
+        }
+        if j < ids.len() {
+            assert!(
+                margins[j] < MARGIN,
+                "{name}: diverged at token {j}, where llama.cpp's margin is {:.3}\n ours: {out:?}\nwant: {text:?}",
+                margins[j]
+            );
+        }
+        eprintln!(
+            "{model_file} {name}: {j} of {} tokens identical as text{}",
+            ids.len(),
+            if j < ids.len() {
+                format!(" (then a near-tie, margin {:.3})", margins[j])
+            } else {
+                String::new()
+            }
+        );
+        compared += 1;
     }
-    eprintln!("{model_file}: compared {compared} generations as text");
+    assert!(
+        compared > 0,
+        "no generation of {model_file} could be compared as text"
+    );
 }
 
 #[test]
 fn cli_greedy_text_smollm2() {
-    check_cli_text("smollm2-135m-instruct-q4_1.gguf", "smollm2-135m-instruct-q4_1.json");
+    check_cli_text(
+        "smollm2-135m-instruct-q4_1.gguf",
+        "smollm2-135m-instruct-q4_1.json",
+    );
 }
 
 #[test]
 fn cli_greedy_text_qwen2() {
-    check_cli_text("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.json");
+    check_cli_text(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.json",
+    );
 }
 
 #[test]
