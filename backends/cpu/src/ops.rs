@@ -80,13 +80,28 @@ fn shape_err(what: &str) -> BackendError {
     BackendError::internal(format!("shape mismatch in {what}"))
 }
 
+/// A zeroed buffer of `n` f16 values. Allocated zeroed (the OS maps pages lazily, so a large
+/// context costs memory only as it fills) and fallibly: too much is an error, not an abort.
 fn alloc_zeroed_u16(n: usize) -> Result<Vec<u16>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        BackendError::new(ErrorKind::OutOfMemory, format!("cannot allocate {} MiB for the KV cache", (n * 2) >> 20))
-    })?;
-    v.resize(n, 0);
-    Ok(v)
+    let oom = || {
+        BackendError::new(
+            ErrorKind::OutOfMemory,
+            format!("cannot allocate {} MiB for the KV cache", n.saturating_mul(2) >> 20),
+        )
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u16>(n).map_err(|_| oom())?;
+    // SAFETY: `layout` has non-zero size; on success the allocation holds `n` zeroed u16 values
+    // with the global allocator's layout, which is what `Vec::from_raw_parts` requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut u16;
+        if p.is_null() {
+            return Err(oom());
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
 }
 
 impl CpuOps {
@@ -277,9 +292,15 @@ impl Ops for CpuOps {
     fn kv_alloc(&self, layers: &[KvShape], n_ctx: usize, n_seq: usize) -> Result<CpuKv> {
         let mut out = Vec::with_capacity(layers.len());
         for &shape in layers {
-            let per = n_ctx.checked_mul(n_seq).ok_or_else(|| shape_err("kv_alloc"))?;
-            let k = alloc_zeroed_u16(per * shape.n_head_kv * shape.head_dim_k)?;
-            let v = alloc_zeroed_u16(per * shape.n_head_kv * shape.head_dim_v)?;
+            let size = |dim: usize| {
+                n_ctx
+                    .checked_mul(n_seq)
+                    .and_then(|p| p.checked_mul(shape.n_head_kv))
+                    .and_then(|p| p.checked_mul(dim))
+                    .ok_or_else(|| BackendError::new(ErrorKind::OutOfMemory, "KV cache size overflows"))
+            };
+            let k = alloc_zeroed_u16(size(shape.head_dim_k)?)?;
+            let v = alloc_zeroed_u16(size(shape.head_dim_v)?)?;
             out.push(KvLayer { shape, k, v });
         }
         Ok(CpuKv { layers: out, n_ctx, n_seq })
