@@ -3,7 +3,8 @@
 use crate::catalog;
 use crate::chat::{ChatTemplate, Message};
 use crate::engine::{Engine, GenOptions};
-use crate::sampling::{random_seed, Sampler, SamplingParams};
+use crate::sampler::{builtin, SamplerModule, SequenceSampler};
+use crate::sampling::{random_seed, SamplingParams};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -39,6 +40,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// List the backend libraries found, with their devices and scores, or why each was refused.
     Backends,
+    /// Measure the per-step cost of the WASM `chain` sampler against the native chain.
+    BenchSampler(crate::sampler::bench::BenchSamplerArgs),
 }
 
 /// Model and backend selection shared by the subcommands that run a model.
@@ -72,7 +75,8 @@ impl ModelArgs {
     }
 }
 
-/// Sampling options (llama.cpp's defaults).
+/// Sampling options (llama.cpp's defaults). Every token is chosen by a WebAssembly sampler:
+/// by default these flags configure the built-in `chain` (`greedy` at temperature 0).
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 = greedy.
@@ -102,17 +106,89 @@ pub struct SamplingArgs {
     /// Random seed (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Sampler to use instead of the flags above: a built-in (greedy, chain, mirostat,
+    /// constraint) or a WebAssembly file (samplers/ABI.md).
+    #[arg(long, value_name = "NAME|FILE.wasm")]
+    pub sampler: Option<String>,
+    /// The sampler's configuration (conventionally JSON, at most 64 KiB), e.g. '{"tau":5}'
+    /// for mirostat or '{"regex":"[0-9]+"}' for constraint.
+    #[arg(long, value_name = "TEXT", requires = "sampler")]
+    pub sampler_config: Option<String>,
+    /// Time limit of each sampler call, in milliseconds of CPU time.
+    #[arg(long, value_name = "MS", default_value_t = crate::sampler::DEFAULT_DEADLINE_MS)]
+    pub sampler_deadline_ms: u64,
+}
+
+/// The sampler chosen on the command line: module, configuration, seed, deadline.
+pub struct SamplerChoice {
+    module: std::sync::Arc<SamplerModule>,
+    config: Vec<u8>,
+    seed: u64,
+    deadline_ms: u64,
+}
+
+impl SamplerChoice {
+    /// An instance for one sequence of `engine`'s model.
+    pub fn instantiate(&self, engine: &Engine) -> Result<SequenceSampler> {
+        engine.sampler(&self.module, &self.config, self.seed, self.deadline_ms)
+    }
 }
 
 impl SamplingArgs {
+    /// Loads the sampler these options choose.
+    pub fn choice(&self) -> Result<SamplerChoice> {
+        let params = self.params()?;
+        if self.sampler_deadline_ms == 0 {
+            bail!("--sampler-deadline-ms must be at least 1");
+        }
+        let (module, config) = match &self.sampler {
+            Some(name) => {
+                let module = match builtin::load(name) {
+                    Some(m) => m?,
+                    None => {
+                        let path = std::path::Path::new(name);
+                        if !path.is_file() {
+                            bail!(
+                                "--sampler {name}: no such file, and not a built-in sampler ({})",
+                                builtin::names().join(", ")
+                            );
+                        }
+                        SamplerModule::load_file(path)?
+                    }
+                };
+                (module, self.sampler_config.clone().unwrap_or_default())
+            }
+            None => {
+                let (name, config) = builtin::for_params(&params);
+                let module = builtin::load(name).with_context(|| {
+                    format!("this build of kiln has no built-in `{name}` sampler")
+                })??;
+                (module, config)
+            }
+        };
+        Ok(SamplerChoice {
+            module,
+            config: config.into_bytes(),
+            seed: params.seed,
+            deadline_ms: self.sampler_deadline_ms,
+        })
+    }
+
     fn params(&self) -> Result<SamplingParams> {
-        for (name, v) in [("--temperature", self.temperature), ("--top-p", self.top_p), ("--min-p", self.min_p)] {
+        for (name, v) in [
+            ("--temperature", self.temperature),
+            ("--top-p", self.top_p),
+            ("--min-p", self.min_p),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 bail!("{name} must be a non-negative number, got {v}");
             }
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            bail!("--repeat-penalty must be positive, got {}", self.repeat_penalty);
+            bail!(
+                "--repeat-penalty must be positive, got {}",
+                self.repeat_penalty
+            );
         }
         Ok(SamplingParams {
             temperature: self.temperature,
@@ -221,6 +297,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::List => list(),
         Command::Bench(a) => crate::bench::bench(a),
         Command::Backends => backends(),
+        Command::BenchSampler(a) => crate::sampler::bench::bench_sampler(a),
     }
 }
 
@@ -232,7 +309,9 @@ fn template_for(engine: &Engine) -> Result<ChatTemplate> {
 }
 
 fn special_text(engine: &Engine, id: Option<u32>) -> String {
-    id.and_then(|i| engine.tokenizer.token_text(i)).unwrap_or("").to_string()
+    id.and_then(|i| engine.tokenizer.token_text(i))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Tokenizes rendered chat text; a template that writes the BOS text itself must not get a
@@ -264,11 +343,14 @@ fn print_stats(engine: &Engine, s: &crate::engine::GenStats, kv_line: &str) {
 }
 
 fn kv_line(n_ctx: u32, kv_bytes: u64) -> String {
-    format!("ctx {n_ctx}, KV cache {:.1} MiB", kv_bytes as f64 / (1 << 20) as f64)
+    format!(
+        "ctx {n_ctx}, KV cache {:.1} MiB",
+        kv_bytes as f64 / (1 << 20) as f64
+    )
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let params = a.sampling.params()?;
+    let choice = a.sampling.choice()?;
     let engine = a.model.load()?;
     let n_ctx = engine.context_size(a.model.ctx)?;
     let mut ctx = engine.context(n_ctx)?;
@@ -278,17 +360,26 @@ fn run(a: RunArgs) -> Result<()> {
         let tpl = template_for(&engine)?;
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
-            msgs.push(Message { role: "system".into(), content: s.clone() });
+            msgs.push(Message {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
-        msgs.push(Message { role: "user".into(), content: a.prompt.clone() });
+        msgs.push(Message {
+            role: "user".into(),
+            content: a.prompt.clone(),
+        });
         let bos = special_text(&engine, engine.tokenizer.bos());
         let eos = special_text(&engine, engine.tokenizer.eos());
         encode_chat(&engine, &tpl.render(&msgs, true, &bos, &eos)?)?
     } else {
         engine.tokenizer.encode(&a.prompt, !a.no_special)?
     };
-    let mut sampler = Sampler::new(params, engine.model.info().n_vocab as usize);
-    let opts = GenOptions { n_predict: a.n_predict, ignore_eos: a.ignore_eos };
+    let mut sampler = choice.instantiate(&engine)?;
+    let opts = GenOptions {
+        n_predict: a.n_predict,
+        ignore_eos: a.ignore_eos,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (_, stats) = engine.generate(&mut ctx, 0, &prompt, &mut sampler, &opts, &mut |piece| {
@@ -305,7 +396,7 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
-    let params = a.sampling.params()?;
+    let choice = a.sampling.choice()?;
     let engine = a.model.load()?;
     let n_ctx = engine.context_size(a.model.ctx)?;
     let mut ctx = engine.context(n_ctx)?;
@@ -315,7 +406,10 @@ fn chat(a: ChatArgs) -> Result<()> {
     let eos = special_text(&engine, engine.tokenizer.eos());
     let mut msgs: Vec<Message> = Vec::new();
     if let Some(s) = &a.system {
-        msgs.push(Message { role: "system".into(), content: s.clone() });
+        msgs.push(Message {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
     eprintln!(
         "[kiln] {} | {} | backend {} — type a message; /clear resets, /exit or Ctrl-D quits",
@@ -324,7 +418,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         engine.backend
     );
     let mut cached: Vec<u32> = Vec::new();
-    let mut sampler = Sampler::new(params, engine.model.info().n_vocab as usize);
+    let mut sampler = choice.instantiate(&engine)?;
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -342,36 +436,73 @@ fn chat(a: ChatArgs) -> Result<()> {
                 msgs.retain(|m| m.role == "system");
                 ctx.seq_clear(0)?;
                 cached.clear();
-                sampler.reset();
                 continue;
             }
             _ => {}
         }
-        msgs.push(Message { role: "user".into(), content: line.to_string() });
+        msgs.push(Message {
+            role: "user".into(),
+            content: line.to_string(),
+        });
         let ids = encode_chat(&engine, &tpl.render(&msgs, true, &bos, &eos)?)?;
         // Reuse the cached prefix of the conversation; evaluate only what changed.
-        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let common = cached
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         ctx.seq_truncate(0, common as u32)?;
         cached.truncate(common);
-        let opts = GenOptions { n_predict: a.n_predict, ignore_eos: false };
+        // The sampler sees the whole conversation as this reply's prompt.
+        let primed = sampler.reset().map_err(anyhow::Error::from).and_then(|()| {
+            ids[..common]
+                .iter()
+                .try_for_each(|&t| sampler.accept(t))
+                .map_err(anyhow::Error::from)
+        });
+        if let Err(e) = primed {
+            eprintln!("error: {e:#}");
+            msgs.pop();
+            continue;
+        }
+        let opts = GenOptions {
+            n_predict: a.n_predict,
+            ignore_eos: false,
+        };
         let mut reply = String::new();
         let stdout = std::io::stdout();
-        let result = engine.generate(&mut ctx, common, &ids[common..], &mut sampler, &opts, &mut |piece| {
-            reply.push_str(piece);
-            let mut o = stdout.lock();
-            o.write_all(piece.as_bytes())?;
-            o.flush()?;
-            Ok(true)
-        });
+        let result = engine.generate(
+            &mut ctx,
+            common,
+            &ids[common..],
+            &mut sampler,
+            &opts,
+            &mut |piece| {
+                reply.push_str(piece);
+                let mut o = stdout.lock();
+                o.write_all(piece.as_bytes())?;
+                o.flush()?;
+                Ok(true)
+            },
+        );
         println!();
         match result {
             Ok((generated, stats)) => {
                 // The KV cache holds the prompt and every generated token that was evaluated.
-                cached = ids.iter().chain(&generated).copied().take(stats.n_cached).collect();
+                cached = ids
+                    .iter()
+                    .chain(&generated)
+                    .copied()
+                    .take(stats.n_cached)
+                    .collect();
                 if stats.stop == crate::engine::StopReason::ContextFull {
                     eprintln!("[kiln] the context is full; /clear to start over");
                 }
-                msgs.push(Message { role: "assistant".into(), content: reply });
+                msgs.push(Message {
+                    role: "assistant".into(),
+                    content: reply,
+                });
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -403,13 +534,19 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 fn list() -> Result<()> {
     println!("{:<38} {:<8} {:>9}  LOCAL", "NAME", "ARCH", "SIZE");
     for (e, local) in catalog::list()? {
-        let mark = if e.name == catalog::DEFAULT_MODEL { " (default)" } else { "" };
+        let mark = if e.name == catalog::DEFAULT_MODEL {
+            " (default)"
+        } else {
+            ""
+        };
         println!(
             "{:<38} {:<8} {:>6.0} MB  {}{}",
             e.name,
             e.arch,
             e.bytes as f64 / 1e6,
-            local.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+            local
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into()),
             mark
         );
     }
@@ -419,14 +556,20 @@ fn list() -> Result<()> {
 fn backends() -> Result<()> {
     let found = crate::plugins::discover();
     if found.is_empty() {
-        let dirs: Vec<String> = crate::plugins::search_paths().iter().map(|p| p.display().to_string()).collect();
+        let dirs: Vec<String> = crate::plugins::search_paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         println!("no backend libraries found in {}", dirs.join(", "));
         return Ok(());
     }
     for c in found {
         match c.outcome {
             Ok(b) => {
-                println!("{} {} — {}", b.desc.name, b.desc.version, b.desc.description);
+                println!(
+                    "{} {} — {}",
+                    b.desc.name, b.desc.version, b.desc.description
+                );
                 println!("  library: {}", c.path.display());
                 println!("  score:   {} ({})", b.score, b.reason);
                 for d in &b.devices {

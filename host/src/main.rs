@@ -8,6 +8,9 @@ mod engine;
 mod inspect;
 mod model_file;
 mod plugins;
+mod sampler;
+// The native chain: the oracle the WASM samplers are tested against, and `bench-sampler`'s
+// baseline; generation itself always goes through a WASM sampler.
 mod sampling;
 mod tokenizer;
 
@@ -23,7 +26,10 @@ fn main() {
     };
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = cli::dispatch(args) {
         // One readable line: the error and its causes.
         eprintln!("error: {e:#}");
