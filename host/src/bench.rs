@@ -41,7 +41,11 @@ impl TestResult {
     fn median(&self) -> f64 {
         let s = self.sorted();
         let n = s.len();
-        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        }
     }
     fn mean(&self) -> f64 {
         self.samples.iter().sum::<f64>() / self.samples.len() as f64
@@ -92,13 +96,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let t = Instant::now();
             for start in (0..a.n_prompt).step_by(crate::engine::PROMPT_BATCH) {
                 let end = (start + crate::engine::PROMPT_BATCH).min(a.n_prompt);
-                ctx.forward_logits(&toks[start..end], &pos[start..end], &seq[start..end], &want[start..end], &mut logits)?;
+                ctx.forward_logits(
+                    &toks[start..end],
+                    &pos[start..end],
+                    &seq[start..end],
+                    &want[start..end],
+                    &mut logits,
+                )?;
             }
             if rep > 0 {
                 samples.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
             }
         }
-        results.push(TestResult { name: format!("pp{}", a.n_prompt), n_tokens: a.n_prompt, samples });
+        results.push(TestResult {
+            name: format!("pp{}", a.n_prompt),
+            n_tokens: a.n_prompt,
+            samples,
+        });
     }
     if a.n_gen > 0 {
         let toks = bench_tokens(a.n_gen, n_vocab);
@@ -113,11 +127,22 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 samples.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
             }
         }
-        results.push(TestResult { name: format!("tg{}", a.n_gen), n_tokens: a.n_gen, samples });
+        results.push(TestResult {
+            name: format!("tg{}", a.n_gen),
+            n_tokens: a.n_gen,
+            samples,
+        });
     }
-    let model_name = engine.file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_name = engine
+        .file
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let threads = if a.model.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         a.model.threads as usize
     };
@@ -136,12 +161,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("| {:<40} | {:<12} | {:>7} | {:>6} | {:>10} | {:>18} |", "model", "backend", "threads", "test", "median t/s", "mean ± sd t/s");
-        println!("|{:-<42}|{:-<14}|{:->9}|{:->8}|{:->12}|{:->20}|", "", "", "", "", "", "");
+        println!(
+            "| {:<40} | {:<12} | {:>7} | {:>6} | {:>10} | {:>18} |",
+            "model", "backend", "threads", "test", "median t/s", "mean ± sd t/s"
+        );
+        println!(
+            "|{:-<42}|{:-<14}|{:->9}|{:->8}|{:->12}|{:->20}|",
+            "", "", "", "", "", ""
+        );
         for r in &results {
             println!(
                 "| {:<40} | {:<12} | {:>7} | {:>6} | {:>10.2} | {:>9.2} ± {:>6.2} |",
-                model_name, engine.backend, threads, r.name, r.median(), r.mean(), r.stddev()
+                model_name,
+                engine.backend,
+                threads,
+                r.name,
+                r.median(),
+                r.mean(),
+                r.stddev()
             );
         }
         println!("device: {}", engine.device);

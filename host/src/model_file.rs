@@ -19,15 +19,24 @@ pub struct ModelFile {
 impl ModelFile {
     /// Maps and parses `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the file is mapped read-only; a model file changed while in use is the user's
         // problem, as in every mmap-based engine.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?);
+        let map = Arc::new(
+            unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?,
+        );
         // SAFETY: the mapping lives in `map`, which outlives `gguf` (field order, and every
         // borrower receives a clone of the Arc through `keep_alive`).
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
-        let gguf = Gguf::parse(bytes).with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
-        Ok(ModelFile { path: path.to_path_buf(), gguf, map })
+        let gguf = Gguf::parse(bytes)
+            .with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            gguf,
+            map,
+        })
     }
 
     /// The parsed file.

@@ -33,16 +33,23 @@ pub struct Candidate {
 }
 
 fn is_backend_file(p: &Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else { return false };
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
     name.contains("kiln_backend")
-        && [".so", ".dylib", ".dll"].iter().any(|ext| name.ends_with(ext))
+        && [".so", ".dylib", ".dll"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// Directories and files searched: the executable's directory, then `$KILN_BACKEND_PATH`
 /// (`:`-separated directories or files).
 pub fn search_paths() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         out.push(dir);
     }
     if let Some(v) = std::env::var_os("KILN_BACKEND_PATH") {
@@ -70,13 +77,22 @@ pub fn load(path: &Path) -> std::result::Result<Backend, String> {
     };
     // SAFETY: `header` points at the library's exported header, kept alive by `lib`.
     let lib = unsafe { BackendLib::new(header, Arc::new(lib)) }?;
-    let desc = lib.describe().map_err(|e| format!("get_info failed: {e}"))?;
+    let desc = lib
+        .describe()
+        .map_err(|e| format!("get_info failed: {e}"))?;
     let devices = (0..desc.n_devices.min(64))
         .map(|i| lib.device(i))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| format!("get_device failed: {e}"))?;
     let (score, reason) = lib.score().map_err(|e| format!("get_score failed: {e}"))?;
-    Ok(Backend { path: path.to_path_buf(), lib, desc, devices, score, reason })
+    Ok(Backend {
+        path: path.to_path_buf(),
+        lib,
+        desc,
+        devices,
+        score,
+        reason,
+    })
 }
 
 /// Every backend library in the search paths, loaded or refused (deduplicated by path).
@@ -86,8 +102,10 @@ pub fn discover() -> Vec<Candidate> {
         if p.is_file() {
             files.push(p);
         } else if let Ok(rd) = std::fs::read_dir(&p) {
-            let mut found: Vec<PathBuf> =
-                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_backend_file(p)).collect();
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_backend_file(p))
+                .collect();
             found.sort();
             files.extend(found);
         }
@@ -111,7 +129,11 @@ pub fn choose(choice: Option<&str>) -> Result<Backend> {
         if c.contains(std::path::MAIN_SEPARATOR) || p.is_file() {
             let b = load(p).map_err(|why| anyhow!("backend {c} refused: {why}"))?;
             if b.score == 0 {
-                bail!("backend {} cannot run on this machine: {}", b.desc.name, b.reason);
+                bail!(
+                    "backend {} cannot run on this machine: {}",
+                    b.desc.name,
+                    b.reason
+                );
             }
             return Ok(b);
         }
@@ -121,13 +143,23 @@ pub fn choose(choice: Option<&str>) -> Result<Backend> {
         if cands.is_empty() {
             return format!(
                 "no backend libraries found (searched {})",
-                search_paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                search_paths()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         cands
             .iter()
             .map(|c| match &c.outcome {
-                Ok(b) => format!("{} ({}): score {} ({})", b.desc.name, c.path.display(), b.score, b.reason),
+                Ok(b) => format!(
+                    "{} ({}): score {} ({})",
+                    b.desc.name,
+                    c.path.display(),
+                    b.score,
+                    b.reason
+                ),
                 Err(why) => format!("{}: refused: {why}", c.path.display()),
             })
             .collect::<Vec<_>>()
@@ -138,14 +170,21 @@ pub fn choose(choice: Option<&str>) -> Result<Backend> {
     for c in candidates {
         match c.outcome {
             Ok(b) if choice.is_none_or(|n| n == b.desc.name) => usable.push(b),
-            other => refused.push(Candidate { path: c.path, outcome: other }),
+            other => refused.push(Candidate {
+                path: c.path,
+                outcome: other,
+            }),
         }
     }
     usable.retain(|b| b.score > 0 || choice.is_some());
     usable.sort_by_key(|b| std::cmp::Reverse(b.score));
     match (usable.into_iter().next(), choice) {
         (Some(b), Some(_)) if b.score == 0 => {
-            bail!("backend {} cannot run on this machine: {}", b.desc.name, b.reason)
+            bail!(
+                "backend {} cannot run on this machine: {}",
+                b.desc.name,
+                b.reason
+            )
         }
         (Some(b), _) => Ok(b),
         (None, Some(name)) => bail!("no usable backend named '{name}': {}", summary(&refused)),

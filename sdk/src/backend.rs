@@ -34,7 +34,10 @@ pub enum ErrorKind {
 impl BackendError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        BackendError { kind, message: message.into() }
+        BackendError {
+            kind,
+            message: message.into(),
+        }
     }
     /// An invalid-argument error.
     pub fn invalid(message: impl Into<String>) -> Self {

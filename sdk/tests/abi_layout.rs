@@ -69,18 +69,27 @@ fn rust_fields_follow_the_declared_layout() {
 #[test]
 fn c_compiler_agrees_on_sizes_and_offsets() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    if std::process::Command::new(&cc).arg("--version").output().is_err() {
+    if std::process::Command::new(&cc)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: no C compiler ({cc})");
         return;
     }
     let dir = std::env::temp_dir().join(format!("kiln-abi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut src = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"kiln_backend.h\"\nint main(void){\n");
+    let mut src = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"kiln_backend.h\"\nint main(void){\n",
+    );
     for s in STRUCTS {
         src.push_str(&format!("printf(\"{0} %zu\\n\", sizeof({0}));\n", s.name));
         for f in s.fields {
             let f = field_name(f);
-            src.push_str(&format!("printf(\"{0}.{1} %zu\\n\", offsetof({0}, {1}));\n", s.name, f));
+            src.push_str(&format!(
+                "printf(\"{0}.{1} %zu\\n\", offsetof({0}, {1}));\n",
+                s.name, f
+            ));
         }
     }
     src.push_str("return 0;}\n");

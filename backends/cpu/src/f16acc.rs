@@ -118,7 +118,9 @@ mod tests {
     #[test]
     fn simd_and_portable_agree() {
         let mut x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let v: Vec<u16> = (0..37).map(|i| half::f16::from_f32((i as f32 * 0.11).cos()).to_bits()).collect();
+        let v: Vec<u16> = (0..37)
+            .map(|i| half::f16::from_f32((i as f32 * 0.11).cos()).to_bits())
+            .collect();
         let mut y = x.clone();
         mad(&mut x, &v, 0.731);
         scale(&mut x, 0.5117);
@@ -127,8 +129,8 @@ mod tests {
             *a = round_f16(*a * 0.5117);
         }
         assert_eq!(x, y);
-        let mut z = vec![1.0001f32, 65519.0, -3.14, 1e-8];
+        let mut z = vec![1.0001f32, 65519.0, -2.71, 1e-8];
         round_slice(&mut z);
-        assert_eq!(z, vec![1.0, 65504.0, -3.140625, round_f16(1e-8)]);
+        assert_eq!(z, vec![1.0, 65504.0, -2.7109375, round_f16(1e-8)]);
     }
 }

@@ -28,7 +28,9 @@ fn cpu_name() -> String {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{model} ({cores} threads, {})", kernels::simd_level())
 }
 
@@ -59,7 +61,10 @@ impl Backend for CpuBackend {
     fn score() -> Score {
         let level = kernels::simd_level();
         let score = if level == "scalar" { 50 } else { 100 };
-        Score { score, reason: format!("runs anywhere; {level} kernels") }
+        Score {
+            score,
+            reason: format!("runs anywhere; {level} kernels"),
+        }
     }
 
     fn supports_type(ty: GgmlType) -> bool {
@@ -67,7 +72,9 @@ impl Backend for CpuBackend {
     }
 
     fn create(opts: &BackendOptions) -> Result<Self> {
-        Ok(CpuBackend { ops: Arc::new(CpuOps::new(opts.n_threads as usize)) })
+        Ok(CpuBackend {
+            ops: Arc::new(CpuOps::new(opts.n_threads as usize)),
+        })
     }
 
     fn load_model(&self, gguf: &Gguf<'static>) -> Result<Self::Model> {

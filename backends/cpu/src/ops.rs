@@ -86,7 +86,10 @@ fn alloc_zeroed_u16(n: usize) -> Result<Vec<u16>> {
     let oom = || {
         BackendError::new(
             ErrorKind::OutOfMemory,
-            format!("cannot allocate {} MiB for the KV cache", n.saturating_mul(2) >> 20),
+            format!(
+                "cannot allocate {} MiB for the KV cache",
+                n.saturating_mul(2) >> 20
+            ),
         )
     };
     if n == 0 {
@@ -108,11 +111,15 @@ impl CpuOps {
     /// Ops running on `n_threads` threads (0 = all cores).
     pub fn new(n_threads: usize) -> Self {
         let n = if n_threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             n_threads
         };
-        CpuOps { pool: ThreadPool::new(n) }
+        CpuOps {
+            pool: ThreadPool::new(n),
+        }
     }
 
     /// Threads in use.
@@ -138,13 +145,29 @@ impl Ops for CpuOps {
         let rows = t.dims.iter().skip(1).product::<u64>() as usize;
         if t.dims.len() == 1 {
             let mut v = vec![0f32; cols];
-            dequantize_row(t.ty, t.data, &mut v).map_err(|e| BackendError::invalid(e.to_string()))?;
-            return Ok(CpuWeight { ty: GgmlType::F32, rows: 1, cols, data: &[], vector: Some(v) });
+            dequantize_row(t.ty, t.data, &mut v)
+                .map_err(|e| BackendError::invalid(e.to_string()))?;
+            return Ok(CpuWeight {
+                ty: GgmlType::F32,
+                rows: 1,
+                cols,
+                data: &[],
+                vector: Some(v),
+            });
         }
         if !kernels::supports(t.ty) {
-            return Err(BackendError::unsupported(format!("the CPU backend has no kernel for {}", t.ty)));
+            return Err(BackendError::unsupported(format!(
+                "the CPU backend has no kernel for {}",
+                t.ty
+            )));
         }
-        Ok(CpuWeight { ty: t.ty, rows, cols, data: t.data, vector: None })
+        Ok(CpuWeight {
+            ty: t.ty,
+            rows,
+            cols,
+            data: t.data,
+            vector: None,
+        })
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> u64 {
@@ -152,7 +175,11 @@ impl Ops for CpuOps {
     }
 
     fn act(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct { rows, cols, data: vec![0.0; rows * cols] }
+        CpuAct {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     fn act_shape(&self, x: &CpuAct) -> (usize, usize) {
@@ -163,15 +190,25 @@ impl Ops for CpuOps {
         if out.rows != ids.len() || out.cols != table.cols || table.vector.is_some() {
             return Err(shape_err("embed"));
         }
-        let row_bytes = table.ty.bytes_for(table.cols as u64).ok_or_else(|| shape_err("embed"))? as usize;
+        let row_bytes = table
+            .ty
+            .bytes_for(table.cols as u64)
+            .ok_or_else(|| shape_err("embed"))? as usize;
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= table.rows {
-                return Err(BackendError::invalid(format!("token id {id} out of 0..{}", table.rows)));
+                return Err(BackendError::invalid(format!(
+                    "token id {id} out of 0..{}",
+                    table.rows
+                )));
             }
             let src = &table.data[id * row_bytes..(id + 1) * row_bytes];
-            dequantize_row(table.ty, src, &mut out.data[i * out.cols..(i + 1) * out.cols])
-                .map_err(|e| BackendError::internal(e.to_string()))?;
+            dequantize_row(
+                table.ty,
+                src,
+                &mut out.data[i * out.cols..(i + 1) * out.cols],
+            )
+            .map_err(|e| BackendError::internal(e.to_string()))?;
         }
         Ok(())
     }
@@ -196,7 +233,12 @@ impl Ops for CpuOps {
         if w.vector.is_some() || x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
             return Err(shape_err("matmul"));
         }
-        let m = WeightMatrix { ty: w.ty, rows: w.rows, cols: w.cols, data: w.data };
+        let m = WeightMatrix {
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data: w.data,
+        };
         kernels::matmul(&self.pool, &m, &x.data, x.rows, &mut out.data)
             .map_err(|e| BackendError::internal(e.to_string()))
     }
@@ -223,7 +265,11 @@ impl Ops for CpuOps {
     }
 
     fn rope(&self, x: &mut CpuAct, positions: &[i32], head_dim: usize, rope: &Rope) -> Result<()> {
-        if positions.len() != x.rows || head_dim == 0 || !x.cols.is_multiple_of(head_dim) || rope.n_rot > head_dim {
+        if positions.len() != x.rows
+            || head_dim == 0
+            || !x.cols.is_multiple_of(head_dim)
+            || rope.n_rot > head_dim
+        {
             return Err(shape_err("rope"));
         }
         let half = rope.n_rot / 2;
@@ -284,7 +330,8 @@ impl Ops for CpuOps {
             if r >= x.rows {
                 return Err(shape_err("gather_rows"));
             }
-            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+            out.data[i * x.cols..(i + 1) * x.cols]
+                .copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
         Ok(())
     }
@@ -297,17 +344,26 @@ impl Ops for CpuOps {
                     .checked_mul(n_seq)
                     .and_then(|p| p.checked_mul(shape.n_head_kv))
                     .and_then(|p| p.checked_mul(dim))
-                    .ok_or_else(|| BackendError::new(ErrorKind::OutOfMemory, "KV cache size overflows"))
+                    .ok_or_else(|| {
+                        BackendError::new(ErrorKind::OutOfMemory, "KV cache size overflows")
+                    })
             };
             let k = alloc_zeroed_u16(size(shape.head_dim_k)?)?;
             let v = alloc_zeroed_u16(size(shape.head_dim_v)?)?;
             out.push(KvLayer { shape, k, v });
         }
-        Ok(CpuKv { layers: out, n_ctx, n_seq })
+        Ok(CpuKv {
+            layers: out,
+            n_ctx,
+            n_seq,
+        })
     }
 
     fn kv_bytes(&self, kv: &CpuKv) -> u64 {
-        kv.layers.iter().map(|l| (l.k.len() + l.v.len()) as u64 * 2).sum()
+        kv.layers
+            .iter()
+            .map(|l| (l.k.len() + l.v.len()) as u64 * 2)
+            .sum()
     }
 
     fn kv_copy(&self, kv: &mut CpuKv, src: usize, dst: usize, n: usize) -> Result<()> {
@@ -339,12 +395,20 @@ impl Ops for CpuOps {
         out: &mut CpuAct,
     ) -> Result<()> {
         let n_ctx = kv.n_ctx;
-        let l = kv.layers.get_mut(layer).ok_or_else(|| shape_err("attention layer"))?;
+        let l = kv
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| shape_err("attention layer"))?;
         let (hk, hv) = (p.head_dim_k, p.head_dim_v);
         let (kw, vw) = (p.n_head_kv * hk, p.n_head_kv * hv);
-        if q.cols != p.n_head * hk || k.cols != kw || v.cols != vw || out.cols != p.n_head * hv
-            || rows.len() != q.rows || l.shape.n_head_kv * l.shape.head_dim_k != kw
-            || p.n_head_kv == 0 || !p.n_head.is_multiple_of(p.n_head_kv)
+        if q.cols != p.n_head * hk
+            || k.cols != kw
+            || v.cols != vw
+            || out.cols != p.n_head * hv
+            || rows.len() != q.rows
+            || l.shape.n_head_kv * l.shape.head_dim_k != kw
+            || p.n_head_kv == 0
+            || !p.n_head.is_multiple_of(p.n_head_kv)
         {
             return Err(shape_err("attention"));
         }
@@ -401,7 +465,10 @@ impl Ops for CpuOps {
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
                 unsafe {
-                    let dst = std::slice::from_raw_parts_mut(out_ptr.get().add(i * out_cols + h * hv), hv);
+                    let dst = std::slice::from_raw_parts_mut(
+                        out_ptr.get().add(i * out_cols + h * hv),
+                        hv,
+                    );
                     dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a * inv);
                 }
             }
@@ -417,15 +484,26 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn top_n(&self, x: &CpuAct, n: usize, ids: &mut [i32], vals: &mut [f32], lse: &mut [f32]) -> Result<()> {
+    fn top_n(
+        &self,
+        x: &CpuAct,
+        n: usize,
+        ids: &mut [i32],
+        vals: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<()> {
         if ids.len() != x.rows * n || vals.len() != x.rows * n || lse.len() != x.rows {
             return Err(shape_err("top_n"));
         }
         for (r, row) in x.data.chunks_exact(x.cols).enumerate() {
-            kiln_sdk::model::ops::top_n_row(row, n, &mut ids[r * n..(r + 1) * n], &mut vals[r * n..(r + 1) * n]);
+            kiln_sdk::model::ops::top_n_row(
+                row,
+                n,
+                &mut ids[r * n..(r + 1) * n],
+                &mut vals[r * n..(r + 1) * n],
+            );
             lse[r] = kiln_sdk::model::ops::log_sum_exp(row);
         }
         Ok(())
     }
 }
-

@@ -39,7 +39,10 @@ impl std::error::Error for CallError {}
 pub type CallResult<T> = Result<T, CallError>;
 
 fn new_error() -> KilnError {
-    KilnError { code: 0, message: [0; ERROR_MESSAGE_LEN] }
+    KilnError {
+        code: 0,
+        message: [0; ERROR_MESSAGE_LEN],
+    }
 }
 
 /// Reads a NUL-terminated fixed buffer as a lossy string.
@@ -52,7 +55,10 @@ fn check(code: i32, err: &KilnError) -> CallResult<()> {
     if code == Status::Ok as i32 {
         Ok(())
     } else {
-        Err(CallError { status: Status::from_code(code), message: c_buf_to_string(&err.message) })
+        Err(CallError {
+            status: Status::from_code(code),
+            message: c_buf_to_string(&err.message),
+        })
     }
 }
 
@@ -90,7 +96,10 @@ pub fn known_fingerprint(minor: u16) -> Option<u64> {
 /// # Safety
 /// `h` must be null or point to the library's exported header symbol.
 pub unsafe fn check_header(h: *const KilnBackendHeader) -> Result<&'static KilnBackendApi, String> {
-    let ours = format!("ABI {ABI_MAJOR}.{ABI_MINOR}, SDK {}", env!("CARGO_PKG_VERSION"));
+    let ours = format!(
+        "ABI {ABI_MAJOR}.{ABI_MINOR}, SDK {}",
+        env!("CARGO_PKG_VERSION")
+    );
     let h = h.as_ref().ok_or("the backend header symbol is null")?;
     if h.magic != ABI_MAGIC {
         return Err(format!(
@@ -98,7 +107,12 @@ pub unsafe fn check_header(h: *const KilnBackendHeader) -> Result<&'static KilnB
             h.magic
         ));
     }
-    let theirs = format!("ABI {}.{}, SDK {}", h.abi_major, h.abi_minor, read_c_str(h.sdk_version, 64));
+    let theirs = format!(
+        "ABI {}.{}, SDK {}",
+        h.abi_major,
+        h.abi_minor,
+        read_c_str(h.sdk_version, 64)
+    );
     if h.abi_major != ABI_MAJOR {
         return Err(format!(
             "incompatible backend ABI: the library was built for {theirs}; this host speaks {ours}"
@@ -127,7 +141,10 @@ pub unsafe fn check_header(h: *const KilnBackendHeader) -> Result<&'static KilnB
             std::mem::size_of::<KilnBackendApi>()
         ));
     }
-    let api = h.api.as_ref().ok_or_else(|| format!("corrupt backend header ({theirs}): null table"))?;
+    let api = h
+        .api
+        .as_ref()
+        .ok_or_else(|| format!("corrupt backend header ({theirs}): null table"))?;
     if api.struct_size != h.api_size {
         return Err(format!(
             "corrupt backend header ({theirs}): table size {} disagrees with header {}",
@@ -183,7 +200,12 @@ impl BackendLib {
     /// Name, version, description and device count.
     pub fn describe(&self) -> CallResult<BackendDescription> {
         let mut err = new_error();
-        let mut out = KilnBackendInfo { name: [0; 64], version: [0; 64], description: [0; 256], n_devices: 0 };
+        let mut out = KilnBackendInfo {
+            name: [0; 64],
+            version: [0; 64],
+            description: [0; 256],
+            n_devices: 0,
+        };
         // SAFETY: valid out pointers; the table was checked.
         check(unsafe { (self.api.get_info)(&mut out, &mut err) }, &err)?;
         Ok(BackendDescription {
@@ -197,9 +219,17 @@ impl BackendLib {
     /// Device `index`.
     pub fn device(&self, index: u32) -> CallResult<Device> {
         let mut err = new_error();
-        let mut out = KilnDeviceInfo { name: [0; 128], kind: 0, total_memory: 0, free_memory: 0 };
+        let mut out = KilnDeviceInfo {
+            name: [0; 128],
+            kind: 0,
+            total_memory: 0,
+            free_memory: 0,
+        };
         // SAFETY: valid out pointers.
-        check(unsafe { (self.api.get_device)(index, &mut out, &mut err) }, &err)?;
+        check(
+            unsafe { (self.api.get_device)(index, &mut out, &mut err) },
+            &err,
+        )?;
         Ok(Device {
             name: c_buf_to_string(&out.name),
             is_gpu: out.kind == DEVICE_GPU,
@@ -211,7 +241,10 @@ impl BackendLib {
     /// Score for this machine and its reason.
     pub fn score(&self) -> CallResult<(u32, String)> {
         let mut err = new_error();
-        let mut out = KilnScore { score: 0, reason: [0; 256] };
+        let mut out = KilnScore {
+            score: 0,
+            reason: [0; 256],
+        };
         // SAFETY: valid out pointers.
         check(unsafe { (self.api.get_score)(&mut out, &mut err) }, &err)?;
         Ok((out.score, c_buf_to_string(&out.reason)))
@@ -222,7 +255,10 @@ impl BackendLib {
         let mut err = new_error();
         let mut out = 0u8;
         // SAFETY: valid out pointers.
-        check(unsafe { (self.api.supports_type)(ty as u32, &mut out, &mut err) }, &err)?;
+        check(
+            unsafe { (self.api.supports_type)(ty as u32, &mut out, &mut err) },
+            &err,
+        )?;
         Ok(out != 0)
     }
 
@@ -236,11 +272,22 @@ impl BackendLib {
         };
         let mut out: *mut KilnBackend = std::ptr::null_mut();
         // SAFETY: valid pointers.
-        check(unsafe { (self.api.backend_create)(&opts, &mut out, &mut err) }, &err)?;
+        check(
+            unsafe { (self.api.backend_create)(&opts, &mut out, &mut err) },
+            &err,
+        )?;
         if out.is_null() {
-            return Err(CallError { status: Status::Internal, message: "backend_create returned null".into() });
+            return Err(CallError {
+                status: Status::Internal,
+                message: "backend_create returned null".into(),
+            });
         }
-        Ok(Instance { inner: Arc::new(InstanceInner { lib: self.clone(), ptr: out }) })
+        Ok(Instance {
+            inner: Arc::new(InstanceInner {
+                lib: self.clone(),
+                ptr: out,
+            }),
+        })
     }
 }
 
@@ -273,7 +320,10 @@ struct ViewStorage {
 }
 
 fn kstr(b: &[u8]) -> KilnStr {
-    KilnStr { ptr: b.as_ptr(), len: b.len() as u64 }
+    KilnStr {
+        ptr: b.as_ptr(),
+        len: b.len() as u64,
+    }
 }
 
 impl Instance {
@@ -286,7 +336,11 @@ impl Instance {
         let kv: Vec<KilnMetaKv> = gguf
             .metadata
             .iter()
-            .map(|m| KilnMetaKv { key: kstr(m.key.as_bytes()), value_type: m.value_type as u32, raw: kstr(m.raw) })
+            .map(|m| KilnMetaKv {
+                key: kstr(m.key.as_bytes()),
+                value_type: m.value_type as u32,
+                raw: kstr(m.raw),
+            })
             .collect();
         let tensors: Vec<KilnTensorDesc> = gguf
             .tensors
@@ -313,16 +367,34 @@ impl Instance {
             n_tensors: tensors.len() as u64,
             tensors: tensors.as_ptr(),
         });
-        let storage = ViewStorage { _kv: kv, _tensors: tensors, view };
-        let params = KilnModelParams { struct_size: std::mem::size_of::<KilnModelParams>() as u32, flags: 0 };
+        let storage = ViewStorage {
+            _kv: kv,
+            _tensors: tensors,
+            view,
+        };
+        let params = KilnModelParams {
+            struct_size: std::mem::size_of::<KilnModelParams>() as u32,
+            flags: 0,
+        };
         let mut err = new_error();
         let mut out: *mut KilnModel = std::ptr::null_mut();
         let api = self.inner.lib.api;
-        check((api.model_load)(self.inner.ptr, &*storage.view, &params, &mut out, &mut err), &err)?;
+        check(
+            (api.model_load)(self.inner.ptr, &*storage.view, &params, &mut out, &mut err),
+            &err,
+        )?;
         if out.is_null() {
-            return Err(CallError { status: Status::Internal, message: "model_load returned null".into() });
+            return Err(CallError {
+                status: Status::Internal,
+                message: "model_load returned null".into(),
+            });
         }
-        let inner = Arc::new(ModelInner { instance: self.clone(), ptr: out, _view: storage, _keep: keep });
+        let inner = Arc::new(ModelInner {
+            instance: self.clone(),
+            ptr: out,
+            _view: storage,
+            _keep: keep,
+        });
         let info = inner.info()?;
         Ok(LoadedModel { inner, info })
     }
@@ -354,7 +426,10 @@ impl ModelInner {
             arch: [0; 32],
         };
         // SAFETY: valid pointers.
-        check(unsafe { (self.api().model_info)(self.ptr, &mut o, &mut err) }, &err)?;
+        check(
+            unsafe { (self.api().model_info)(self.ptr, &mut o, &mut err) },
+            &err,
+        )?;
         Ok(ModelFacts {
             n_vocab: o.n_vocab,
             n_ctx_train: o.n_ctx_train,
@@ -417,11 +492,23 @@ impl LoadedModel {
         let mut err = new_error();
         let mut out: *mut KilnContext = std::ptr::null_mut();
         // SAFETY: valid pointers.
-        check(unsafe { (self.inner.api().context_create)(self.inner.ptr, &params, &mut out, &mut err) }, &err)?;
+        check(
+            unsafe {
+                (self.inner.api().context_create)(self.inner.ptr, &params, &mut out, &mut err)
+            },
+            &err,
+        )?;
         if out.is_null() {
-            return Err(CallError { status: Status::Internal, message: "context_create returned null".into() });
+            return Err(CallError {
+                status: Status::Internal,
+                message: "context_create returned null".into(),
+            });
         }
-        Ok(ModelContext { model: self.inner.clone(), ptr: out, n_vocab: self.info.n_vocab as usize })
+        Ok(ModelContext {
+            model: self.inner.clone(),
+            ptr: out,
+            n_vocab: self.info.n_vocab as usize,
+        })
     }
 }
 
@@ -461,9 +548,16 @@ impl ModelContext {
     /// Positions per sequence, sequences, KV bytes.
     pub fn info(&self) -> CallResult<(u32, u32, u64)> {
         let mut err = new_error();
-        let mut o = KilnContextInfo { n_ctx: 0, n_seq_max: 0, kv_bytes: 0 };
+        let mut o = KilnContextInfo {
+            n_ctx: 0,
+            n_seq_max: 0,
+            kv_bytes: 0,
+        };
         // SAFETY: valid pointers.
-        check(unsafe { (self.model.api().context_info)(self.ptr, &mut o, &mut err) }, &err)?;
+        check(
+            unsafe { (self.model.api().context_info)(self.ptr, &mut o, &mut err) },
+            &err,
+        )?;
         Ok((o.n_ctx, o.n_seq_max, o.kv_bytes))
     }
 
@@ -471,27 +565,44 @@ impl ModelContext {
     pub fn seq_clear(&mut self, seq: i32) -> CallResult<()> {
         let mut err = new_error();
         // SAFETY: valid pointers.
-        check(unsafe { (self.model.api().seq_clear)(self.ptr, seq, &mut err) }, &err)
+        check(
+            unsafe { (self.model.api().seq_clear)(self.ptr, seq, &mut err) },
+            &err,
+        )
     }
 
     /// Keeps positions `0..n_keep` of `seq`.
     pub fn seq_truncate(&mut self, seq: i32, n_keep: u32) -> CallResult<()> {
         let mut err = new_error();
         // SAFETY: valid pointers.
-        check(unsafe { (self.model.api().seq_truncate)(self.ptr, seq, n_keep, &mut err) }, &err)
+        check(
+            unsafe { (self.model.api().seq_truncate)(self.ptr, seq, n_keep, &mut err) },
+            &err,
+        )
     }
 
     /// Makes `dst` hold positions `0..n` of `src`.
     pub fn seq_copy(&mut self, src: i32, dst: i32, n: u32) -> CallResult<()> {
         let mut err = new_error();
         // SAFETY: valid pointers.
-        check(unsafe { (self.model.api().seq_copy)(self.ptr, src, dst, n, &mut err) }, &err)
+        check(
+            unsafe { (self.model.api().seq_copy)(self.ptr, src, dst, n, &mut err) },
+            &err,
+        )
     }
 
-    fn batch(tokens: &[i32], positions: &[i32], seq_ids: &[i32], want: &[u8]) -> CallResult<KilnBatch> {
+    fn batch(
+        tokens: &[i32],
+        positions: &[i32],
+        seq_ids: &[i32],
+        want: &[u8],
+    ) -> CallResult<KilnBatch> {
         let n = tokens.len();
         if positions.len() != n || seq_ids.len() != n || want.len() != n {
-            return Err(CallError { status: Status::InvalidArgument, message: "batch slices differ in length".into() });
+            return Err(CallError {
+                status: Status::InvalidArgument,
+                message: "batch slices differ in length".into(),
+            });
         }
         Ok(KilnBatch {
             n_tokens: n as u32,
@@ -525,7 +636,10 @@ impl ModelContext {
         };
         let mut err = new_error();
         // SAFETY: every pointer is valid for the sizes the ABI documents.
-        check(unsafe { (self.model.api().forward)(self.ptr, &batch, &out, &mut err) }, &err)
+        check(
+            unsafe { (self.model.api().forward)(self.ptr, &batch, &out, &mut err) },
+            &err,
+        )
     }
 
     /// Evaluates a batch; returns the device-side top-`n` of each wanted row.
@@ -553,7 +667,10 @@ impl ModelContext {
         };
         let mut err = new_error();
         // SAFETY: every pointer is valid for the sizes the ABI documents.
-        check(unsafe { (self.model.api().forward)(self.ptr, &batch, &out, &mut err) }, &err)?;
+        check(
+            unsafe { (self.model.api().forward)(self.ptr, &batch, &out, &mut err) },
+            &err,
+        )?;
         Ok((0..n_out)
             .map(|r| TopN {
                 ids: ids[r * n..(r + 1) * n].to_vec(),

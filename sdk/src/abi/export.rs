@@ -4,8 +4,7 @@
 
 use super::types::*;
 use crate::backend::{
-    Backend, BackendError, BackendOptions, Batch, Context, ContextParams, ErrorKind, Model,
-    Outputs,
+    Backend, BackendError, BackendOptions, Batch, Context, ContextParams, ErrorKind, Model, Outputs,
 };
 use crate::gguf::{parse_value, Gguf, MetaEntry, TensorInfo, ValueType};
 use crate::quant::GgmlType;
@@ -14,7 +13,9 @@ use std::sync::Arc;
 
 /// Copies `s` into a fixed C string buffer, truncating at a char boundary and NUL-terminating.
 pub fn write_c_str(buf: &mut [u8], s: &str) {
-    let Some(cap) = buf.len().checked_sub(1) else { return };
+    let Some(cap) = buf.len().checked_sub(1) else {
+        return;
+    };
     let mut n = s.len().min(cap);
     while n > 0 && !s.is_char_boundary(n) {
         n -= 1;
@@ -68,7 +69,8 @@ unsafe fn bytes<'a>(s: KilnStr, what: &str) -> Result<&'a [u8], BackendError> {
     if s.ptr.is_null() {
         return Err(null(what));
     }
-    let len = usize::try_from(s.len).map_err(|_| BackendError::invalid(format!("{what}: length too large")))?;
+    let len = usize::try_from(s.len)
+        .map_err(|_| BackendError::invalid(format!("{what}: length too large")))?;
     Ok(std::slice::from_raw_parts(s.ptr, len))
 }
 
@@ -79,7 +81,8 @@ unsafe fn slice<'a, T>(p: *const T, n: u64, what: &str) -> Result<&'a [T], Backe
     if p.is_null() {
         return Err(null(what));
     }
-    let n = usize::try_from(n).map_err(|_| BackendError::invalid(format!("{what}: count too large")))?;
+    let n = usize::try_from(n)
+        .map_err(|_| BackendError::invalid(format!("{what}: count too large")))?;
     Ok(std::slice::from_raw_parts(p, n))
 }
 
@@ -100,7 +103,9 @@ unsafe fn slice_mut<'a, T>(p: *mut T, n: usize, what: &str) -> Result<&'a mut [T
 /// terms, until the model loaded from it is freed.
 pub unsafe fn gguf_from_view(view: &KilnGgufView) -> Result<Gguf<'static>, BackendError> {
     if (view.struct_size as usize) < std::mem::size_of::<KilnGgufView>() {
-        return Err(BackendError::invalid("GGUF view struct is smaller than ABI 1.0's"));
+        return Err(BackendError::invalid(
+            "GGUF view struct is smaller than ABI 1.0's",
+        ));
     }
     let kvs = slice(view.kv, view.n_kv, "view.kv")?;
     let mut metadata = Vec::with_capacity(kvs.len());
@@ -108,11 +113,19 @@ pub unsafe fn gguf_from_view(view: &KilnGgufView) -> Result<Gguf<'static>, Backe
         let key = std::str::from_utf8(bytes(kv.key, "metadata key")?)
             .map_err(|_| BackendError::invalid("metadata key is not UTF-8"))?;
         let value_type = ValueType::from_u32(kv.value_type).ok_or_else(|| {
-            BackendError::invalid(format!("metadata {key}: unknown value type {}", kv.value_type))
+            BackendError::invalid(format!(
+                "metadata {key}: unknown value type {}",
+                kv.value_type
+            ))
         })?;
         let raw = bytes(kv.raw, "metadata value")?;
         let value = parse_value(value_type, raw)?;
-        metadata.push(MetaEntry { key, value_type, raw, value });
+        metadata.push(MetaEntry {
+            key,
+            value_type,
+            raw,
+            value,
+        });
     }
     let descs = slice(view.tensors, view.n_tensors, "view.tensors")?;
     let mut tensors = Vec::with_capacity(descs.len());
@@ -123,7 +136,10 @@ pub unsafe fn gguf_from_view(view: &KilnGgufView) -> Result<Gguf<'static>, Backe
             BackendError::unsupported(format!("tensor {name}: unknown ggml type {}", d.ggml_type))
         })?;
         if d.n_dims == 0 || d.n_dims > 4 {
-            return Err(BackendError::invalid(format!("tensor {name}: {} dims", d.n_dims)));
+            return Err(BackendError::invalid(format!(
+                "tensor {name}: {} dims",
+                d.n_dims
+            )));
         }
         let dims = d.dims[..d.n_dims as usize].to_vec();
         let n_el = dims.iter().try_fold(1u64, |a, &x| a.checked_mul(x));
@@ -135,9 +151,20 @@ pub unsafe fn gguf_from_view(view: &KilnGgufView) -> Result<Gguf<'static>, Backe
             )));
         }
         let data = slice(d.data, d.n_bytes, "tensor data")?;
-        tensors.push(TensorInfo { name, ty, dims, offset: 0, data });
+        tensors.push(TensorInfo {
+            name,
+            ty,
+            dims,
+            offset: 0,
+            data,
+        });
     }
-    Ok(Gguf::from_parts(view.version, view.alignment, metadata, tensors)?)
+    Ok(Gguf::from_parts(
+        view.version,
+        view.alignment,
+        metadata,
+        tensors,
+    )?)
 }
 
 struct BackendHandle<B: Backend> {
@@ -173,9 +200,9 @@ unsafe extern "C" fn get_device<B: Backend>(
     guard(err, || {
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let devs = B::devices();
-        let d = devs
-            .get(index as usize)
-            .ok_or_else(|| BackendError::invalid(format!("no device {index} ({} devices)", devs.len())))?;
+        let d = devs.get(index as usize).ok_or_else(|| {
+            BackendError::invalid(format!("no device {index} ({} devices)", devs.len()))
+        })?;
         write_c_str(&mut out.name, &d.name);
         out.kind = if d.is_gpu { DEVICE_GPU } else { DEVICE_CPU };
         out.total_memory = d.total_memory;
@@ -210,7 +237,10 @@ unsafe extern "C" fn backend_create<B: Backend>(
     guard(err, || {
         let opts = opts.as_ref().ok_or_else(|| null("opts"))?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
-        let o = BackendOptions { n_threads: opts.n_threads, device: opts.device };
+        let o = BackendOptions {
+            n_threads: opts.n_threads,
+            device: opts.device,
+        };
         let backend = B::create(&o)?;
         *out = Box::into_raw(Box::new(BackendHandle { backend })) as *mut KilnBackend;
         Ok(())
@@ -219,7 +249,9 @@ unsafe extern "C" fn backend_create<B: Backend>(
 
 unsafe extern "C" fn backend_destroy<B: Backend>(backend: *mut KilnBackend) {
     if !backend.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(backend as *mut BackendHandle<B>))));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(Box::from_raw(backend as *mut BackendHandle<B>))
+        }));
     }
 }
 
@@ -231,14 +263,19 @@ unsafe extern "C" fn model_load<B: Backend>(
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
-        let h = (backend as *const BackendHandle<B>).as_ref().ok_or_else(|| null("backend"))?;
+        let h = (backend as *const BackendHandle<B>)
+            .as_ref()
+            .ok_or_else(|| null("backend"))?;
         let view = view.as_ref().ok_or_else(|| null("view"))?;
         params.as_ref().ok_or_else(|| null("params"))?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let gguf = gguf_from_view(view)?;
         let model = h.backend.load_model(&gguf)?;
         let n_vocab = model.info().n_vocab as usize;
-        let handle = ModelHandle { model: Arc::new(model), n_vocab };
+        let handle = ModelHandle {
+            model: Arc::new(model),
+            n_vocab,
+        };
         *out = Box::into_raw(Box::new(handle)) as *mut KilnModel;
         Ok(())
     })
@@ -250,7 +287,9 @@ unsafe extern "C" fn model_info<B: Backend>(
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
-        let h = (model as *const ModelHandle<B::Model>).as_ref().ok_or_else(|| null("model"))?;
+        let h = (model as *const ModelHandle<B::Model>)
+            .as_ref()
+            .ok_or_else(|| null("model"))?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let i = h.model.info();
         out.n_vocab = i.n_vocab;
@@ -279,14 +318,23 @@ unsafe extern "C" fn context_create<B: Backend>(
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
-        let h = (model as *const ModelHandle<B::Model>).as_ref().ok_or_else(|| null("model"))?;
+        let h = (model as *const ModelHandle<B::Model>)
+            .as_ref()
+            .ok_or_else(|| null("model"))?;
         let p = params.as_ref().ok_or_else(|| null("params"))?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let kv_type = GgmlType::from_u32(p.kv_type)
             .ok_or_else(|| BackendError::invalid(format!("unknown KV type {}", p.kv_type)))?;
-        let params = ContextParams { n_ctx: p.n_ctx, n_seq_max: p.n_seq_max, kv_type };
+        let params = ContextParams {
+            n_ctx: p.n_ctx,
+            n_seq_max: p.n_seq_max,
+            kv_type,
+        };
         let ctx = h.model.create_context(&params)?;
-        let handle = ContextHandle { ctx, n_vocab: h.n_vocab };
+        let handle = ContextHandle {
+            ctx,
+            n_vocab: h.n_vocab,
+        };
         *out = Box::into_raw(Box::new(handle)) as *mut KilnContext;
         Ok(())
     })
@@ -313,7 +361,9 @@ unsafe extern "C" fn context_info<B: Backend>(
 unsafe extern "C" fn context_free<B: Backend>(ctx: *mut KilnContext) {
     if !ctx.is_null() {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            drop(Box::from_raw(ctx as *mut ContextHandle<<B::Model as Model>::Context>))
+            drop(Box::from_raw(
+                ctx as *mut ContextHandle<<B::Model as Model>::Context>,
+            ))
         }));
     }
 }
@@ -321,10 +371,16 @@ unsafe extern "C" fn context_free<B: Backend>(ctx: *mut KilnContext) {
 unsafe fn ctx_mut<'a, B: Backend>(
     ctx: *mut KilnContext,
 ) -> Result<&'a mut ContextHandle<<B::Model as Model>::Context>, BackendError> {
-    (ctx as *mut ContextHandle<<B::Model as Model>::Context>).as_mut().ok_or_else(|| null("ctx"))
+    (ctx as *mut ContextHandle<<B::Model as Model>::Context>)
+        .as_mut()
+        .ok_or_else(|| null("ctx"))
 }
 
-unsafe extern "C" fn seq_clear<B: Backend>(ctx: *mut KilnContext, seq: i32, err: *mut KilnError) -> i32 {
+unsafe extern "C" fn seq_clear<B: Backend>(
+    ctx: *mut KilnContext,
+    seq: i32,
+    err: *mut KilnError,
+) -> i32 {
     guard(err, || ctx_mut::<B>(ctx)?.ctx.seq_clear(seq))
 }
 
@@ -372,11 +428,16 @@ unsafe extern "C" fn forward<B: Backend>(
             )));
         }
         let mut outputs = match o.mode {
-            OUTPUT_LOGITS => Outputs::Logits(slice_mut(o.logits, n_out * h.n_vocab, "outputs.logits")?),
+            OUTPUT_LOGITS => {
+                Outputs::Logits(slice_mut(o.logits, n_out * h.n_vocab, "outputs.logits")?)
+            }
             OUTPUT_TOP_N => {
                 let k = o.top_n as usize;
                 if k == 0 || k > h.n_vocab {
-                    return Err(BackendError::invalid(format!("top_n {k} out of 1..={}", h.n_vocab)));
+                    return Err(BackendError::invalid(format!(
+                        "top_n {k} out of 1..={}",
+                        h.n_vocab
+                    )));
                 }
                 Outputs::TopN {
                     n: k,

@@ -11,7 +11,6 @@ pub struct CStruct {
     pub fields: &'static [&'static str],
 }
 
-
 /// Every struct of ABI 1.0, in header order.
 pub const STRUCTS: &[CStruct] = &[
     CStruct { name: "KilnError", fields: &["int32_t code", "char message[1020]"] },
@@ -187,15 +186,23 @@ pub fn c_header() -> String {
     h.push_str(" *\n * A backend library exports one symbol, `kiln_backend_header`, a static\n");
     h.push_str(" * KilnBackendHeader. The host checks magic, ABI version, sizes and the layout\n");
     h.push_str(" * fingerprint before calling anything. Every function returns a KilnStatus and\n");
-    h.push_str(" * fills the host-owned KilnError on failure; nothing may unwind across the ABI. */\n");
+    h.push_str(
+        " * fills the host-owned KilnError on failure; nothing may unwind across the ABI. */\n",
+    );
     h.push_str("#ifndef KILN_BACKEND_H\n#define KILN_BACKEND_H\n\n#include <stdint.h>\n\n");
     h.push_str("#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
     h.push_str("#define KILN_ABI_MAGIC 0x4E4C494Bu /* \"KILN\" little-endian */\n");
-    h.push_str(&format!("#define KILN_ABI_MAJOR {ABI_MAJOR}\n#define KILN_ABI_MINOR {ABI_MINOR}\n"));
-    h.push_str(&format!("#define KILN_ABI_FINGERPRINT 0x{FINGERPRINT:016x}ull\n"));
+    h.push_str(&format!(
+        "#define KILN_ABI_MAJOR {ABI_MAJOR}\n#define KILN_ABI_MINOR {ABI_MINOR}\n"
+    ));
+    h.push_str(&format!(
+        "#define KILN_ABI_FINGERPRINT 0x{FINGERPRINT:016x}ull\n"
+    ));
     h.push_str("#define KILN_ENTRY_SYMBOL \"kiln_backend_header\"\n\n");
     h.push_str("typedef enum KilnStatus {\n    KILN_OK = 0,\n    KILN_INVALID_ARGUMENT = 1,\n");
-    h.push_str("    KILN_UNSUPPORTED = 2,\n    KILN_OUT_OF_MEMORY = 3,\n    KILN_CONTEXT_FULL = 4,\n");
+    h.push_str(
+        "    KILN_UNSUPPORTED = 2,\n    KILN_OUT_OF_MEMORY = 3,\n    KILN_CONTEXT_FULL = 4,\n",
+    );
     h.push_str("    KILN_INTERNAL = 5,\n    KILN_PANIC = 6\n} KilnStatus;\n\n");
     h.push_str("#define KILN_DEVICE_CPU 0u\n#define KILN_DEVICE_GPU 1u\n");
     h.push_str("#define KILN_OUTPUT_LOGITS 0u\n#define KILN_OUTPUT_TOP_N 1u\n\n");

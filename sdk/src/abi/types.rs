@@ -333,7 +333,8 @@ pub struct KilnBackendApi {
     /// Frees a context.
     pub context_free: unsafe extern "C" fn(ctx: *mut KilnContext),
     /// Forgets every position of sequence `seq`.
-    pub seq_clear: unsafe extern "C" fn(ctx: *mut KilnContext, seq: i32, err: *mut KilnError) -> i32,
+    pub seq_clear:
+        unsafe extern "C" fn(ctx: *mut KilnContext, seq: i32, err: *mut KilnError) -> i32,
     /// Keeps only positions `0..n_keep` of sequence `seq`.
     pub seq_truncate: unsafe extern "C" fn(
         ctx: *mut KilnContext,

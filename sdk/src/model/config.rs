@@ -92,18 +92,27 @@ impl Config {
         let n_ff = u(g, &k("feed_forward_length"))?;
         let n_head = u(g, &k("attention.head_count"))?;
         let n_head_kv = u_or(g, &k("attention.head_count_kv"), n_head)?;
-        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || n_layer == 0 || n_embd == 0 {
+        if n_head == 0
+            || n_head_kv == 0
+            || !n_head.is_multiple_of(n_head_kv)
+            || n_layer == 0
+            || n_embd == 0
+        {
             return Err(BackendError::invalid(format!(
                 "bad attention shape: {n_head} heads, {n_head_kv} KV heads, {n_layer} layers, {n_embd} hidden"
             )));
         }
         let head_dim_k = u_or(g, &k("attention.key_length"), n_embd / n_head)?;
         let head_dim_v = u_or(g, &k("attention.value_length"), head_dim_k)?;
-        let eps = g.get_f32(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let eps = g
+            .get_f32(&k("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5);
         let base = g.get_f32(&k("rope.freq_base"))?.unwrap_or(10_000.0);
         let n_rot = u_or(g, &k("rope.dimension_count"), head_dim_k)?;
         if n_rot > head_dim_k || !n_rot.is_multiple_of(2) || head_dim_k == 0 {
-            return Err(BackendError::invalid(format!("bad rope dimension {n_rot} for head size {head_dim_k}")));
+            return Err(BackendError::invalid(format!(
+                "bad rope dimension {n_rot} for head size {head_dim_k}"
+            )));
         }
         let mut freq_scale = 1.0;
         if g.get_str(&k("rope.scaling.type"))? == Some("linear") {
@@ -124,8 +133,17 @@ impl Config {
             )));
         }
         let n_vocab = emb.dims[1] as usize;
-        let style = if arch == Arch::Llama { RopeStyle::Normal } else { RopeStyle::Neox };
-        let rope = Rope { style, n_rot, base, freq_scale };
+        let style = if arch == Arch::Llama {
+            RopeStyle::Normal
+        } else {
+            RopeStyle::Neox
+        };
+        let rope = Rope {
+            style,
+            n_rot,
+            base,
+            freq_scale,
+        };
         let mut cfg = Config {
             arch,
             arch_name: name.clone(),
@@ -150,9 +168,15 @@ impl Config {
         if arch == Arch::Gemma3 {
             cfg.act = Activation::GeluTanh;
             cfg.embed_scale = Some((n_embd as f32).sqrt());
-            cfg.sliding_window = g.get_u64(&k("attention.sliding_window"))?.map(|w| w as usize);
+            cfg.sliding_window = g
+                .get_u64(&k("attention.sliding_window"))?
+                .map(|w| w as usize);
             cfg.swa_pattern = 6;
-            cfg.rope_local = Rope { base: 10_000.0, freq_scale: 1.0, ..rope };
+            cfg.rope_local = Rope {
+                base: 10_000.0,
+                freq_scale: 1.0,
+                ..rope
+            };
         }
         Ok(cfg)
     }

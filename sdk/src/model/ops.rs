@@ -97,7 +97,13 @@ pub trait Ops: Send + Sync + Sized + 'static {
     fn embed(&self, table: &Self::Weight, ids: &[i32], out: &mut Self::Act) -> Result<()>;
     /// Row-wise RMS norm over groups of `w.len()` columns (a full row, or per head for QK-norm),
     /// times `w`: `out = x / sqrt(mean(x²) + eps) * w`.
-    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32, out: &mut Self::Act) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// `out[i] = W · x[i]` for a weight of shape `[out_features, in_features]`.
     fn matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) -> Result<()>;
     /// Adds a bias vector to every row.
@@ -107,7 +113,13 @@ pub trait Ops: Send + Sync + Sized + 'static {
     /// `x *= s`.
     fn scale(&self, x: &mut Self::Act, s: f32) -> Result<()>;
     /// Applies rotary embeddings to every head (`head_dim` columns) of every row at `positions`.
-    fn rope(&self, x: &mut Self::Act, positions: &[i32], head_dim: usize, rope: &Rope) -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        positions: &[i32],
+        head_dim: usize,
+        rope: &Rope,
+    ) -> Result<()>;
     /// `gate = act(gate) * up`.
     fn glu(&self, gate: &mut Self::Act, up: &Self::Act, act: Activation) -> Result<()>;
     /// Copies rows `rows` of `x` into `out` (in order).
@@ -138,13 +150,25 @@ pub trait Ops: Send + Sync + Sized + 'static {
     fn read(&self, x: &Self::Act, out: &mut [f32]) -> Result<()>;
     /// For each row: the top `n` (ids, values), best first, and the row's log-sum-exp.
     /// The default reads rows to the host and selects there; GPU backends override it.
-    fn top_n(&self, x: &Self::Act, n: usize, ids: &mut [i32], vals: &mut [f32], lse: &mut [f32]) -> Result<()> {
+    fn top_n(
+        &self,
+        x: &Self::Act,
+        n: usize,
+        ids: &mut [i32],
+        vals: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<()> {
         let (rows, cols) = self.act_shape(x);
         let mut host = vec![0f32; rows * cols];
         self.read(x, &mut host)?;
         for r in 0..rows {
             let row = &host[r * cols..(r + 1) * cols];
-            top_n_row(row, n, &mut ids[r * n..(r + 1) * n], &mut vals[r * n..(r + 1) * n]);
+            top_n_row(
+                row,
+                n,
+                &mut ids[r * n..(r + 1) * n],
+                &mut vals[r * n..(r + 1) * n],
+            );
             lse[r] = log_sum_exp(row);
         }
         Ok(())
@@ -157,7 +181,9 @@ pub fn top_n_row(row: &[f32], n: usize, ids: &mut [i32], vals: &mut [f32]) {
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let n = n.min(row.len());
     let cmp = |a: &u32, b: &u32| {
-        key(row[*b as usize]).total_cmp(&key(row[*a as usize])).then(a.cmp(b))
+        key(row[*b as usize])
+            .total_cmp(&key(row[*a as usize]))
+            .then(a.cmp(b))
     };
     if n < idx.len() {
         idx.select_nth_unstable_by(n, cmp);
@@ -172,10 +198,18 @@ pub fn top_n_row(row: &[f32], n: usize, ids: &mut [i32], vals: &mut [f32]) {
 
 /// `log(sum(exp(row)))`, computed stably.
 pub fn log_sum_exp(row: &[f32]) -> f32 {
-    let m = row.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let m = row
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
     if !m.is_finite() {
         return m;
     }
-    let s: f64 = row.iter().filter(|v| !v.is_nan()).map(|&v| ((v - m) as f64).exp()).sum();
+    let s: f64 = row
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| ((v - m) as f64).exp())
+        .sum();
     m + s.ln() as f32
 }

@@ -4,8 +4,8 @@
 use super::config::{Arch, Config};
 use super::ops::{Attention, KvShape, Ops, RowPos};
 use crate::backend::{
-    BackendError, Batch, Context, ContextInfo, ContextParams, ErrorKind, Model, ModelInfo,
-    Outputs, Result,
+    BackendError, Batch, Context, ContextInfo, ContextParams, ErrorKind, Model, ModelInfo, Outputs,
+    Result,
 };
 use crate::gguf::Gguf;
 use crate::quant::GgmlType;
@@ -49,7 +49,9 @@ struct Loader<'g, 'o, O: Ops> {
 
 impl<O: Ops> Loader<'_, '_, O> {
     fn opt(&mut self, name: &str, dims: &[usize]) -> Result<Option<O::Weight>> {
-        let Some(t) = self.g.tensor(name) else { return Ok(None) };
+        let Some(t) = self.g.tensor(name) else {
+            return Ok(None);
+        };
         let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
         if got != dims {
             return Err(BackendError::invalid(format!(
@@ -78,7 +80,11 @@ impl<O: Ops> TransformerModel<O> {
         let kd = cfg.n_head_kv * cfg.head_dim_k;
         let vd = cfg.n_head_kv * cfg.head_dim_v;
         let od = cfg.n_head * cfg.head_dim_v;
-        let mut ld = Loader { g, ops: &*ops, bytes: 0 };
+        let mut ld = Loader {
+            g,
+            ops: &*ops,
+            bytes: 0,
+        };
         let tok_embd = ld.req("token_embd.weight", &[e, cfg.n_vocab])?;
         let output_norm = ld.req("output_norm.weight", &[e])?;
         let output = ld.opt("output.weight", &[e, cfg.n_vocab])?;
@@ -93,21 +99,57 @@ impl<O: Ops> TransformerModel<O> {
                 wk: ld.req(&n("attn_k.weight"), &[e, kd])?,
                 wv: ld.req(&n("attn_v.weight"), &[e, vd])?,
                 wo: ld.req(&n("attn_output.weight"), &[od, e])?,
-                bq: if bias { ld.opt(&n("attn_q.bias"), &[qd])? } else { None },
-                bk: if bias { ld.opt(&n("attn_k.bias"), &[kd])? } else { None },
-                bv: if bias { ld.opt(&n("attn_v.bias"), &[vd])? } else { None },
-                q_norm: if gemma { Some(ld.req(&n("attn_q_norm.weight"), &[cfg.head_dim_k])?) } else { None },
-                k_norm: if gemma { Some(ld.req(&n("attn_k_norm.weight"), &[cfg.head_dim_k])?) } else { None },
-                post_attn_norm: if gemma { Some(ld.req(&n("post_attention_norm.weight"), &[e])?) } else { None },
+                bq: if bias {
+                    ld.opt(&n("attn_q.bias"), &[qd])?
+                } else {
+                    None
+                },
+                bk: if bias {
+                    ld.opt(&n("attn_k.bias"), &[kd])?
+                } else {
+                    None
+                },
+                bv: if bias {
+                    ld.opt(&n("attn_v.bias"), &[vd])?
+                } else {
+                    None
+                },
+                q_norm: if gemma {
+                    Some(ld.req(&n("attn_q_norm.weight"), &[cfg.head_dim_k])?)
+                } else {
+                    None
+                },
+                k_norm: if gemma {
+                    Some(ld.req(&n("attn_k_norm.weight"), &[cfg.head_dim_k])?)
+                } else {
+                    None
+                },
+                post_attn_norm: if gemma {
+                    Some(ld.req(&n("post_attention_norm.weight"), &[e])?)
+                } else {
+                    None
+                },
                 ffn_norm: ld.req(&n("ffn_norm.weight"), &[e])?,
                 gate: ld.req(&n("ffn_gate.weight"), &[e, ff])?,
                 up: ld.req(&n("ffn_up.weight"), &[e, ff])?,
                 down: ld.req(&n("ffn_down.weight"), &[ff, e])?,
-                post_ffn_norm: if gemma { Some(ld.req(&n("post_ffw_norm.weight"), &[e])?) } else { None },
+                post_ffn_norm: if gemma {
+                    Some(ld.req(&n("post_ffw_norm.weight"), &[e])?)
+                } else {
+                    None
+                },
             });
         }
         let weight_bytes = ld.bytes;
-        Ok(TransformerModel { ops, cfg, tok_embd, output_norm, output, layers, weight_bytes })
+        Ok(TransformerModel {
+            ops,
+            cfg,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+            weight_bytes,
+        })
     }
 
     /// The model's hyper-parameters.
@@ -133,10 +175,15 @@ impl<O: Ops> Model for TransformerModel<O> {
 
     fn create_context(self: &Arc<Self>, p: &ContextParams) -> Result<TransformerContext<O>> {
         if p.kv_type != GgmlType::F16 {
-            return Err(BackendError::unsupported(format!("KV cache type {} (only F16)", p.kv_type)));
+            return Err(BackendError::unsupported(format!(
+                "KV cache type {} (only F16)",
+                p.kv_type
+            )));
         }
         if p.n_ctx == 0 || p.n_seq_max == 0 {
-            return Err(BackendError::invalid("context needs n_ctx > 0 and n_seq_max > 0"));
+            return Err(BackendError::invalid(
+                "context needs n_ctx > 0 and n_seq_max > 0",
+            ));
         }
         let shape = KvShape {
             n_head_kv: self.cfg.n_head_kv,
@@ -144,7 +191,9 @@ impl<O: Ops> Model for TransformerModel<O> {
             head_dim_v: self.cfg.head_dim_v,
         };
         let layers = vec![shape; self.cfg.n_layer];
-        let kv = self.ops.kv_alloc(&layers, p.n_ctx as usize, p.n_seq_max as usize)?;
+        let kv = self
+            .ops
+            .kv_alloc(&layers, p.n_ctx as usize, p.n_seq_max as usize)?;
         Ok(TransformerContext {
             model: self.clone(),
             kv,
@@ -168,7 +217,10 @@ impl<O: Ops> TransformerContext<O> {
             .ok()
             .filter(|&s| s < self.seq_len.len())
             .ok_or_else(|| {
-                BackendError::invalid(format!("sequence id {seq} out of 0..{}", self.seq_len.len()))
+                BackendError::invalid(format!(
+                    "sequence id {seq} out of 0..{}",
+                    self.seq_len.len()
+                ))
             })
     }
 
@@ -180,7 +232,9 @@ impl<O: Ops> TransformerContext<O> {
         for i in 0..batch.len() {
             let tok = batch.tokens[i];
             if tok < 0 || tok as usize >= n_vocab {
-                return Err(BackendError::invalid(format!("token id {tok} out of 0..{n_vocab}")));
+                return Err(BackendError::invalid(format!(
+                    "token id {tok} out of 0..{n_vocab}"
+                )));
             }
             let seq = self.seq(batch.seq_ids[i])?;
             let pos = batch.positions[i];
@@ -193,11 +247,17 @@ impl<O: Ops> TransformerContext<O> {
             if pos as usize >= self.n_ctx {
                 return Err(BackendError::new(
                     ErrorKind::ContextFull,
-                    format!("sequence {seq} is full: position {pos} is past the context size {}", self.n_ctx),
+                    format!(
+                        "sequence {seq} is full: position {pos} is past the context size {}",
+                        self.n_ctx
+                    ),
                 ));
             }
             len[seq] += 1;
-            rows.push(RowPos { seq, pos: pos as usize });
+            rows.push(RowPos {
+                seq,
+                pos: pos as usize,
+            });
         }
         Ok(rows)
     }
@@ -337,7 +397,12 @@ impl<O: Ops> Context for TransformerContext<O> {
         ops.matmul(&xn, m.output.as_ref().unwrap_or(&m.tok_embd), &mut logits)?;
         match out {
             Outputs::Logits(buf) => ops.read(&logits, buf),
-            Outputs::TopN { n, ids, logits: vals, lse } => ops.top_n(&logits, *n, ids, vals, lse),
+            Outputs::TopN {
+                n,
+                ids,
+                logits: vals,
+                lse,
+            } => ops.top_n(&logits, *n, ids, vals, lse),
         }
     }
 }
