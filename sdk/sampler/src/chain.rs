@@ -301,6 +301,118 @@ pub fn sanitize(l: f32) -> f32 {
     }
 }
 
+/// Values the streaming scans test at once for "anything above the bar?".
+const SCAN_CHUNK: usize = 16;
+/// Smallest candidate buffer of the streaming top-k (the buffer holds max(2k, this)).
+const TOP_K_MIN_BUFFER: usize = 512;
+
+/// Whether any value of `chunk` is greater than `bar` (NaN never is): four vector
+/// compares OR-ed together, one test.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn any_above(chunk: &[f32; SCAN_CHUNK], bar: f32) -> bool {
+    use core::arch::wasm32::{f32x4, f32x4_gt, f32x4_splat, v128_any_true, v128_or};
+    let b = f32x4_splat(bar);
+    let mut acc = f32x4_splat(0.0);
+    for q in chunk.as_chunks::<4>().0 {
+        // Four consecutive loads: LLVM makes them one `v128.load`.
+        acc = v128_or(acc, f32x4_gt(f32x4(q[0], q[1], q[2], q[3]), b));
+    }
+    v128_any_true(acc)
+}
+
+/// Whether any value of `chunk` is greater than `bar` (NaN never is). Branch-free, so that
+/// the compiler can vectorize it.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn any_above(chunk: &[f32; SCAN_CHUNK], bar: f32) -> bool {
+    chunk.iter().fold(false, |a, &x| a | (x > bar))
+}
+
+/// The start of the first [`SCAN_CHUNK`]-long chunk of `row[from..]` (counting from `from`)
+/// that has a value above `bar`, else the start of the short tail (which the caller checks
+/// value by value), else `row.len()`.
+fn next_chunk_above(row: &[f32], from: usize, bar: f32) -> usize {
+    let rest = row.get(from..).unwrap_or(&[]);
+    let (chunks, tail) = rest.as_chunks::<SCAN_CHUNK>();
+    for (c, chunk) in chunks.iter().enumerate() {
+        if any_above(chunk, bar) {
+            return from + c * SCAN_CHUNK;
+        }
+    }
+    row.len() - tail.len()
+}
+
+/// The id of the largest sanitized value of a non-empty row; ties go to the lowest id.
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut top = sanitize(row[0]);
+    let mut i = 1;
+    loop {
+        // Raw values: NaN is never above, and +∞ (sanitized to the maximum) is re-checked.
+        i = next_chunk_above(row, i, top);
+        if i >= row.len() {
+            return best as u32;
+        }
+        let end = (i + SCAN_CHUNK).min(row.len());
+        for (j, &l) in (i..end).zip(&row[i..end]) {
+            let l = sanitize(l);
+            if l > top {
+                top = l;
+                best = j;
+            }
+        }
+        i = end;
+    }
+}
+
+/// Keeps the best `k` of `cand` (`0 < k < cand.len()`); returns the k-th best logit.
+fn keep_best(cand: &mut Vec<Cand>, k: usize) -> f32 {
+    select_nth(cand, k - 1, is_better);
+    cand.truncate(k);
+    cand[k - 1].logit
+}
+
+/// Collects into `cand` a superset of the `k` best (sanitized) entries of `row`
+/// (`0 < k < row.len()`) in one streaming pass: a buffer of max(2k, 512) candidates is
+/// compacted to the best k whenever it fills, and the k-th best logit seen so far is the bar
+/// a later value must beat (a later id loses ties, so an equal value never does). Whole
+/// chunks below the bar are skipped with a vector compare.
+fn collect_top_k(cand: &mut Vec<Cand>, row: &[f32], k: usize) {
+    let cap = (2 * k).max(TOP_K_MIN_BUFFER);
+    cand.clear();
+    cand.reserve(cap);
+    let head = cap.min(row.len());
+    cand.extend((0..=u32::MAX).zip(&row[..head]).map(|(id, &l)| Cand {
+        id,
+        logit: sanitize(l),
+    }));
+    if head == row.len() {
+        return; // the filters' top-k selects from these
+    }
+    let mut bar = keep_best(cand, k);
+    let mut i = head;
+    loop {
+        i = next_chunk_above(row, i, bar);
+        if i >= row.len() {
+            return;
+        }
+        let end = (i + SCAN_CHUNK).min(row.len());
+        for (id, &l) in (i as u32..).zip(&row[i..end]) {
+            if l > bar {
+                cand.push(Cand {
+                    id,
+                    logit: sanitize(l),
+                });
+                if cand.len() >= cap {
+                    bar = keep_best(cand, k);
+                }
+            }
+        }
+        i = end;
+    }
+}
+
 /// The chain's state for one sequence: settings, penalty history, random generator.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -338,21 +450,23 @@ impl Chain {
         &self.params
     }
 
-    /// Samples from a full row (index = token id), which it modifies in place (sanitized,
-    /// biased, penalized). An empty row gives 0.
+    /// Samples from a full row (index = token id). Only the entries of biased and penalized
+    /// tokens are modified (in place: sanitized, biased, penalized); every other value is
+    /// sanitized on the fly, so a step makes no full pass that writes the row. An empty row
+    /// gives 0.
     pub fn sample_row(&mut self, row: &mut [f32]) -> u32 {
-        for l in row.iter_mut() {
-            *l = sanitize(*l);
+        if row.is_empty() {
+            return 0;
         }
         for &(id, bias) in &self.params.logit_bias {
             if let Some(l) = row.get_mut(id as usize) {
-                *l = sanitize(*l + bias);
+                *l = sanitize(sanitize(*l) + bias);
             }
         }
         if self.penalties_active() {
             for (&id, &count) in &self.counts {
                 if let Some(l) = row.get_mut(id as usize) {
-                    *l = self.penalize(*l, count);
+                    *l = self.penalize(sanitize(*l), count);
                 }
             }
         }
@@ -425,59 +539,45 @@ impl Chain {
         sanitize(l - count as f32 * p.frequency_penalty - p.presence_penalty)
     }
 
-    /// Full-row path up to the candidate set; returns the token when already decided.
+    /// Full-row path up to the candidate set; returns the token when already decided. The
+    /// row's values are sanitized as they are read.
     fn prepare_from_row(&mut self, row: &[f32]) -> Option<u32> {
         if row.is_empty() {
             return Some(0);
         }
         if self.params.is_greedy() {
-            // First maximum wins: ties go to the lowest id.
-            let mut best = 0;
-            for (i, &l) in row.iter().enumerate() {
-                if l > row[best] {
-                    best = i;
-                }
-            }
-            return Some(best as u32);
+            return Some(argmax(row));
         }
-        let ids = 0..=u32::MAX;
         let k = self.params.top_k;
-        self.cand.clear();
         if k > 0 && (k as usize) < row.len() {
-            // Linear-time top-k: a buffer of at most 2k candidates, compacted to the best k
-            // whenever it fills; `floor` is the k-th best logit seen so far. A later id loses
-            // ties, so an equal logit never beats the floor.
-            let k = k as usize;
-            let mut floor = f32::NEG_INFINITY;
-            let mut full = false;
-            for (id, &l) in ids.zip(row) {
-                if !full || l > floor {
-                    self.cand.push(Cand { id, logit: l });
-                    if self.cand.len() >= 2 * k {
-                        select_nth(&mut self.cand, k - 1, is_better);
-                        self.cand.truncate(k);
-                        floor = self.cand[k - 1].logit;
-                        full = true;
-                    }
-                }
-            }
+            collect_top_k(&mut self.cand, row, k as usize);
             self.filter(None);
         } else {
             // No top-k: cut by min-p while collecting (its threshold needs only the
             // maximum), and take top-p's normaliser from the whole row.
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+            let max = row
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &l| m.max(sanitize(l)));
             let min_p = self.params.min_p;
             let threshold = if min_p > 0.0 && max > f32::NEG_INFINITY {
                 (max + lnf(min_p)).min(max)
             } else {
                 f32::NEG_INFINITY
             };
-            let z = (self.params.top_p < 1.0 && max > f32::NEG_INFINITY)
-                .then(|| row.iter().map(|&l| f64::from(expf(l - max))).sum::<f64>());
+            let z = (self.params.top_p < 1.0 && max > f32::NEG_INFINITY).then(|| {
+                row.iter()
+                    .map(|&l| f64::from(expf(sanitize(l) - max)))
+                    .sum::<f64>()
+            });
+            self.cand.clear();
             self.cand.extend(
-                ids.zip(row)
-                    .filter(|&(_, &l)| l >= threshold)
-                    .map(|(id, &l)| Cand { id, logit: l }),
+                (0..=u32::MAX)
+                    .zip(row)
+                    .map(|(id, &l)| Cand {
+                        id,
+                        logit: sanitize(l),
+                    })
+                    .filter(|c| c.logit >= threshold),
             );
             self.filter(z);
         }
@@ -1100,6 +1200,44 @@ mod tests {
                     let mut got: Vec<u32> = c.cand.iter().map(|c| c.id).collect();
                     got.sort_unstable();
                     assert_eq!(got, want, "head n={n} scale={scale} {p:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_top_k_and_argmax_break_ties_like_a_full_sort() {
+        let mut r = Rng::new(17);
+        let mut cand = Vec::new();
+        for n in [2usize, 17, 600, 5_000, 40_000] {
+            for levels in [2u64, 7, 1 << 20] {
+                let row: Vec<f32> = (0..n)
+                    .map(|_| match r.next_u64() % 100 {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        3 => f32::MAX,
+                        _ => (r.next_u64() % levels) as f32 - (levels / 2) as f32,
+                    })
+                    .collect();
+                let mut all: Vec<Cand> = (0..)
+                    .zip(&row)
+                    .map(|(id, &l)| Cand {
+                        id,
+                        logit: sanitize(l),
+                    })
+                    .collect();
+                all.sort_by(better);
+                assert_eq!(argmax(&row), all[0].id, "argmax n={n} levels={levels}");
+                for k in [1usize, 3, 40, 300, 2_000] {
+                    if k >= n {
+                        continue;
+                    }
+                    collect_top_k(&mut cand, &row, k);
+                    select_nth(&mut cand, k - 1, is_better);
+                    cand.truncate(k);
+                    cand.sort_by(better);
+                    assert_eq!(cand[..], all[..k], "n={n} levels={levels} k={k}");
                 }
             }
         }
