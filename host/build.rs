@@ -23,7 +23,7 @@ fn watch(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name == "target" || name.starts_with('.') {
+        if name == "target" || (name.starts_with('.') && name != ".cargo") {
             continue;
         }
         println!("cargo:rerun-if-changed={}", e.path().display());
