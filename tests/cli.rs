@@ -330,3 +330,17 @@ fn qwen_1_5b_runs() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");
 }
+
+#[test]
+fn sampling_flags_conflict_with_a_sampler_module() {
+    let o = kiln(
+        &["run", "-p", "hi", "--sampler", "greedy", "--top-k", "5"],
+        &[],
+    );
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--sampler") && err.contains("--top-k"),
+        "{err}"
+    );
+}

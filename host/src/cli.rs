@@ -76,32 +76,33 @@ impl ModelArgs {
 }
 
 /// Sampling options (llama.cpp's defaults). Every token is chosen by a WebAssembly sampler:
-/// by default these flags configure the built-in `chain` (`greedy` at temperature 0).
+/// by default these flags configure the built-in `chain` (`greedy` at temperature 0); with
+/// `--sampler` they are refused (configure the module with `--sampler-config`), except `--seed`.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, conflicts_with = "sampler")]
     pub temperature: f32,
     /// Top-k (0 = off).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, conflicts_with = "sampler")]
     pub top_k: i32,
     /// Top-p (1.0 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, conflicts_with = "sampler")]
     pub top_p: f32,
     /// Min-p (0 = off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, conflicts_with = "sampler")]
     pub min_p: f32,
     /// Repetition penalty (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, conflicts_with = "sampler")]
     pub repeat_penalty: f32,
     /// Tokens the penalties look back at.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, conflicts_with = "sampler")]
     pub repeat_last_n: usize,
     /// Frequency penalty.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "sampler")]
     pub frequency_penalty: f32,
     /// Presence penalty.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "sampler")]
     pub presence_penalty: f32,
     /// Random seed (default: random).
     #[arg(long)]
