@@ -5,18 +5,21 @@
 
 use std::sync::OnceLock;
 
-fn simd() -> bool {
-    static S: OnceLock<bool> = OnceLock::new();
+/// 0 = portable, 1 = AVX2+F16C+FMA, 2 = AVX-512F on top.
+fn level() -> u8 {
+    static S: OnceLock<u8> = OnceLock::new();
     *S.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx2")
+            let base = std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("f16c");
+            let wide = base && std::arch::is_x86_feature_detected!("avx512f");
+            u8::from(base) + u8::from(wide)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            false
+            0
         }
     })
 }
@@ -29,7 +32,7 @@ fn round_f16(x: f32) -> f32 {
 /// `x[i] = f16(x[i])` for every element.
 pub fn round_slice(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if simd() {
+    if level() > 0 {
         // SAFETY: features checked at run time.
         return unsafe { x86::round_slice(x) };
     }
@@ -39,9 +42,12 @@ pub fn round_slice(x: &mut [f32]) {
 /// `acc[i] = f16(acc[i] * s)`.
 pub fn scale(acc: &mut [f32], s: f32) {
     #[cfg(target_arch = "x86_64")]
-    if simd() {
+    match level() {
         // SAFETY: features checked at run time.
-        return unsafe { x86::scale(acc, s) };
+        2 => return unsafe { x86::scale512(acc, s) },
+        // SAFETY: features checked at run time.
+        1 => return unsafe { x86::scale(acc, s) },
+        _ => {}
     }
     acc.iter_mut().for_each(|a| *a = round_f16(*a * s));
 }
@@ -50,9 +56,12 @@ pub fn scale(acc: &mut [f32], s: f32) {
 pub fn mad(acc: &mut [f32], v: &[u16], s: f32) {
     debug_assert_eq!(acc.len(), v.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() {
+    match level() {
         // SAFETY: features checked at run time.
-        return unsafe { x86::mad(acc, v, s) };
+        2 => return unsafe { x86::mad512(acc, v, s) },
+        // SAFETY: features checked at run time.
+        1 => return unsafe { x86::mad(acc, v, s) },
+        _ => {}
     }
     for (a, &b) in acc.iter_mut().zip(v) {
         *a = round_f16(half::f16::from_bits(b).to_f32().mul_add(s, *a));
@@ -109,6 +118,74 @@ mod x86 {
             acc[i] = super::round_f16(b.mul_add(s, acc[i]));
         }
     }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn scale512(acc: &mut [f32], s: f32) {
+        let n16 = acc.len() / 16 * 16;
+        let p = acc.as_mut_ptr();
+        let sv = _mm512_set1_ps(s);
+        for i in (0..n16).step_by(16) {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), sv);
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm512_storeu_ps(p.add(i), _mm512_cvtph_ps(h));
+        }
+        scale(&mut acc[n16..], s);
+    }
+
+    /// [`super::Head::attend`] with every step in AVX-512 registers (head sizes multiple of 16).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn attend512(h: &super::Head<'_>, lo: usize, hi: usize, acc: &mut [f32]) -> f32 {
+        let (hk, hv) = (h.q.len(), acc.len());
+        let (pk, pv, pq, pa) = (h.k.as_ptr(), h.v.as_ptr(), h.q.as_ptr(), acc.as_mut_ptr());
+        for i in (0..hv).step_by(16) {
+            _mm512_storeu_ps(pa.add(i), _mm512_setzero_ps());
+        }
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+        for pos in lo..=hi {
+            // The kernels' dot product (its summation order is part of the numerics the
+            // reference tests pin down).
+            let kr = std::slice::from_raw_parts(pk.add(pos * h.k_stride), hk);
+            let s = crate::kernels::dot_f16_f32(kr, std::slice::from_raw_parts(pq, hk)) * h.scale;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                let sv = _mm512_set1_ps(ms);
+                for i in (0..hv).step_by(16) {
+                    let r = _mm512_mul_ps(_mm512_loadu_ps(pa.add(i)), sv);
+                    let r = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+                    _mm512_storeu_ps(pa.add(i), r);
+                }
+            } else {
+                vs = (s - m).exp();
+            }
+            let vr = pv.add(pos * h.v_stride);
+            let sv = _mm512_set1_ps(vs);
+            for i in (0..hv).step_by(16) {
+                let vf = _mm512_cvtph_ps(_mm256_loadu_si256(vr.add(i) as *const __m256i));
+                let r = _mm512_fmadd_ps(vf, sv, _mm512_loadu_ps(pa.add(i)));
+                let r = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r));
+                _mm512_storeu_ps(pa.add(i), r);
+            }
+            sum = sum * ms + vs;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn mad512(acc: &mut [f32], v: &[u16], s: f32) {
+        let n = acc.len().min(v.len());
+        let n16 = n / 16 * 16;
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let sv = _mm512_set1_ps(s);
+        for i in (0..n16).step_by(16) {
+            let vf = _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(i) as *const __m256i));
+            let r = _mm512_fmadd_ps(vf, sv, _mm512_loadu_ps(pa.add(i)));
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(r);
+            _mm512_storeu_ps(pa.add(i), _mm512_cvtph_ps(h));
+        }
+        mad(&mut acc[n16..n], &v[n16..n], s);
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +209,106 @@ mod tests {
         let mut z = vec![1.0001f32, 65519.0, -2.71, 1e-8];
         round_slice(&mut z);
         assert_eq!(z, vec![1.0, 65504.0, -2.7109375, round_f16(1e-8)]);
+    }
+}
+
+/// One query head attending over cache positions `lo..=hi` (llama.cpp's online softmax with an
+/// f16 accumulator). Keys of position `p` start at `k[p * k_stride]`, values at
+/// `v[p * v_stride]`; `q` is already rounded to f16. Leaves the unnormalised accumulator in
+/// `acc` and returns the softmax denominator.
+pub struct Head<'a> {
+    /// Key cache of the sequence, offset to this KV head.
+    pub k: &'a [u16],
+    /// Value cache of the sequence, offset to this KV head.
+    pub v: &'a [u16],
+    /// Elements between consecutive positions in `k`.
+    pub k_stride: usize,
+    /// Elements between consecutive positions in `v`.
+    pub v_stride: usize,
+    /// The query (f16-rounded).
+    pub q: &'a [f32],
+    /// Score multiplier.
+    pub scale: f32,
+    /// Optional score soft-cap.
+    pub softcap: Option<f32>,
+}
+
+impl Head<'_> {
+    /// Runs positions `lo..=hi` into `acc` (zeroed first); returns the denominator.
+    pub fn attend(&self, lo: usize, hi: usize, acc: &mut [f32]) -> f32 {
+        let (hk, hv) = (self.q.len(), acc.len());
+        #[cfg(target_arch = "x86_64")]
+        if level() == 2 && hk % 16 == 0 && hv % 16 == 0 && self.softcap.is_none() {
+            // SAFETY: features checked; the caller's slices cover every position read.
+            return unsafe { x86::attend512(self, lo, hi, acc) };
+        }
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+        for pos in lo..=hi {
+            let kr = &self.k[pos * self.k_stride..pos * self.k_stride + hk];
+            let mut s = crate::kernels::dot_f16_f32(kr, self.q) * self.scale;
+            if let Some(c) = self.softcap {
+                s = c * (s / c).tanh();
+            }
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                scale(acc, ms);
+            } else {
+                vs = (s - m).exp();
+            }
+            mad(
+                acc,
+                &self.v[pos * self.v_stride..pos * self.v_stride + hv],
+                vs,
+            );
+            sum = sum * ms + vs;
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn head_attention_matches_a_plain_loop() {
+        let (hk, hv, n) = (64, 32, 40);
+        let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
+        let k: Vec<u16> = (0..n * hk).map(|i| f(i, 0.37)).collect();
+        let v: Vec<u16> = (0..n * hv).map(|i| f(i, 0.11)).collect();
+        let mut q: Vec<f32> = (0..hk).map(|i| (i as f32 * 0.7).cos()).collect();
+        round_slice(&mut q);
+        let head = Head {
+            k: &k,
+            v: &v,
+            k_stride: hk,
+            v_stride: hv,
+            q: &q,
+            scale: 0.3,
+            softcap: None,
+        };
+        let mut acc = vec![0f32; hv];
+        let sum = head.attend(3, n - 1, &mut acc);
+        let (mut m, mut want_sum, mut want) = (f32::NEG_INFINITY, 0f32, vec![0f32; hv]);
+        for p in 3..n {
+            let s = crate::kernels::dot_f16_f32(&k[p * hk..(p + 1) * hk], &q) * 0.3;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                want.iter_mut().for_each(|a| *a = round_f16(*a * ms));
+            } else {
+                vs = (s - m).exp();
+            }
+            for (a, &b) in want.iter_mut().zip(&v[p * hv..(p + 1) * hv]) {
+                *a = round_f16(half::f16::from_bits(b).to_f32().mul_add(vs, *a));
+            }
+            want_sum = want_sum * ms + vs;
+        }
+        assert_eq!(acc, want);
+        assert_eq!(sum, want_sum);
     }
 }

@@ -440,28 +440,18 @@ impl Ops for CpuOps {
                 qh16.copy_from_slice(qh);
                 f16acc::round_slice(&mut qh16);
                 // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
-                // greedy decoding follows llama.cpp token for token.
-                let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for pos in lo..=r.pos {
-                    let ko = (r.seq * n_ctx + pos) * kw + kvh * hk;
-                    let mut s = kernels::dot_f16_f32(&kc[ko..ko + hk], &qh16) * p.scale;
-                    if let Some(c) = p.softcap {
-                        s = c * (s / c).tanh();
-                    }
-                    let (mut ms, mut vs) = (1f32, 1f32);
-                    if s > m {
-                        let old = m;
-                        m = s;
-                        ms = (old - m).exp();
-                        f16acc::scale(&mut acc, ms);
-                    } else {
-                        vs = (s - m).exp();
-                    }
-                    let vo = (r.seq * n_ctx + pos) * vw + kvh * hv;
-                    f16acc::mad(&mut acc, &vc[vo..vo + hv], vs);
-                    sum = sum * ms + vs;
-                }
+                // greedy decoding follows llama.cpp's.
+                let base = r.seq * n_ctx;
+                let head = f16acc::Head {
+                    k: &kc[base * kw + kvh * hk..],
+                    v: &vc[base * vw + kvh * hv..],
+                    k_stride: kw,
+                    v_stride: vw,
+                    q: &qh16,
+                    scale: p.scale,
+                    softcap: p.softcap,
+                };
+                let sum = head.attend(lo, r.pos, &mut acc);
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
                 unsafe {
