@@ -108,7 +108,7 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Sampler to use instead of the flags above: a built-in (greedy, chain, mirostat,
-    /// constraint) or a WebAssembly file (samplers/ABI.md).
+    /// constraint) or a WebAssembly file (sdk/sampler/ABI.md).
     #[arg(long, value_name = "NAME|FILE.wasm")]
     pub sampler: Option<String>,
     /// The sampler's configuration (conventionally JSON, at most 64 KiB), e.g. '{"tau":5}'

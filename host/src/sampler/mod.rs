@@ -1,5 +1,5 @@
 //! WebAssembly samplers (issue 3): every token Kiln emits is chosen by a sandboxed module that
-//! follows `samplers/ABI.md` (version 1).
+//! follows `sdk/sampler/ABI.md` (version 1).
 //!
 //! - [`runtime`]: the process-wide wasmtime engine (pooling allocator, epoch ticker), loading,
 //!   validation and the compiled-module caches ([`SamplerModule`]).

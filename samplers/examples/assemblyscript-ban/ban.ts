@@ -1,4 +1,4 @@
-// The "ban" Kiln sampler in AssemblyScript (sampler ABI v1, see samplers/ABI.md).
+// The "ban" Kiln sampler in AssemblyScript (sampler ABI v1, see sdk/sampler/ABI.md).
 //
 // Policy: greedy over the full logits row, except that the token ids listed in the config
 // ({"ban": [7042, 12]}) are never chosen. An empty config bans nothing.

@@ -1,5 +1,5 @@
 //! `kiln-sampler`: write a Kiln sampler (a sandboxed WebAssembly module that chooses every
-//! token, see `samplers/ABI.md`) in Rust.
+//! token, see `sdk/sampler/ABI.md`) in Rust.
 //!
 //! Implement [`Sampler`] for a type and call [`export_sampler!`] on it; build the crate as a
 //! `cdylib` for `wasm32-unknown-unknown`. The crate is `no_std` (with `alloc`): on wasm32 it
