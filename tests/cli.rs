@@ -208,29 +208,34 @@ fn seeded_sampling_is_reproducible() {
     assert!(outs.len() > 1, "different seeds gave identical text");
 }
 
-#[test]
-fn chat_mode_uses_the_template_and_stops_at_end_of_turn() {
-    let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
-        return;
-    };
-    let o = kiln(
-        &[
-            "run",
-            "-m",
-            path.to_str().unwrap(),
-            "--chat",
-            "-p",
-            "What is the capital of France?",
-            "--temperature",
-            "0",
-            "-n",
-            "64",
-        ],
-        &[],
-    );
+/// `kiln run --chat` asking a model for the capital of France, greedily; the successful
+/// stdout and stderr, or `None` when the model is not downloaded.
+fn ask_capital(model_file: &str, extra: &[&str]) -> Option<(String, String)> {
+    let path = model(model_file)?;
+    let mut args = vec![
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "--chat",
+        "-p",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let o = kiln(&args, &[]);
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Paris"), "{out}");
+    Some((out, err))
+}
+
+#[test]
+fn chat_mode_uses_the_template_and_stops_at_end_of_turn() {
+    let Some((out, err)) = ask_capital("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", &["-n", "64"])
+    else {
+        return;
+    };
     assert!(
         !out.contains("<|im_end|>") && !out.contains("<|im_start|>"),
         "{out}"
@@ -306,29 +311,10 @@ fn interactive_chat_keeps_the_conversation() {
 
 #[test]
 fn qwen_1_5b_runs() {
-    let Some(path) = model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf") else {
-        return;
-    };
-    let o = kiln(
-        &[
-            "run",
-            "-m",
-            path.to_str().unwrap(),
-            "--chat",
-            "-p",
-            "What is the capital of France?",
-            "--temperature",
-            "0",
-            "-n",
-            "24",
-            "--ctx",
-            "512",
-        ],
-        &[],
+    ask_capital(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        &["-n", "24", "--ctx", "512"],
     );
-    let (out, err) = texts(&o);
-    assert!(o.status.success(), "{err}");
-    assert!(out.contains("Paris"), "{out}");
 }
 
 #[test]

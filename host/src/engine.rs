@@ -125,7 +125,7 @@ impl Engine {
         let special = SpecialTokens {
             bos: tokenizer.bos(),
             eos: tokenizer.eos(),
-            eot: end_of_turn(&file, &tokenizer),
+            eot: tokenizer.eot(),
         };
         let n_rows = model.info().n_vocab as usize;
         let vocab = Arc::new(Vocab::new(
@@ -396,26 +396,6 @@ fn forward(
         }
         _ => ctx.forward_logits(&toks, &positions, &seqs, &want, &mut out.logits),
     }
-}
-
-/// The end-of-turn token: the GGUF's `tokenizer.ggml.eot_token_id`, else the first
-/// end-of-generation token whose text is a known end-of-turn marker.
-fn end_of_turn(file: &ModelFile, tok: &Tokenizer) -> Option<u32> {
-    const TEXTS: &[&str] = &[
-        "<|eot_id|>",
-        "<|im_end|>",
-        "<|end|>",
-        "<end_of_turn>",
-        "<|endoftext|>",
-        "<EOT>",
-    ];
-    if let Ok(Some(id)) = file.gguf().get_u64("tokenizer.ggml.eot_token_id") {
-        if (id as usize) < tok.n_vocab() {
-            return Some(id as u32);
-        }
-    }
-    (0..tok.n_vocab() as u32)
-        .find(|&t| tok.is_eog(t) && tok.token_text(t).is_some_and(|x| TEXTS.contains(&x)))
 }
 
 /// Available memory in bytes (Linux `MemAvailable`).

@@ -172,6 +172,7 @@ pub struct Tokenizer {
     piece_offs: Vec<usize>,
     bos: Option<u32>,
     eos: Option<u32>,
+    eot: Option<u32>,
     add_bos: bool,
     add_space_prefix: bool,
     eog: HashSet<u32>,
@@ -395,6 +396,7 @@ impl Tokenizer {
             piece_offs,
             bos,
             eos,
+            eot,
             add_bos,
             add_space_prefix,
             eog,
@@ -481,6 +483,11 @@ impl Tokenizer {
     /// The end-of-sequence token, if the model has one.
     pub fn eos(&self) -> Option<u32> {
         self.eos
+    }
+
+    /// The end-of-turn token (`tokenizer.ggml.eot_token_id`, else found by its text).
+    pub fn eot(&self) -> Option<u32> {
+        self.eot
     }
 
     /// Whether generating `id` ends generation (EOS, end-of-turn and similar tokens).
