@@ -1,7 +1,7 @@
 //! The standard sampling chain with llama.cpp's semantics:
 //! logit bias → penalties → top-k → top-p → min-p → temperature → softmax → seeded draw.
 //!
-//! [`Chain`] mirrors the host's native sampler (`host/src/sampling.rs`, the test oracle) step
+//! [`Chain`] mirrors the host's native sampler (`host/runtime/src/sampler/oracle.rs`, the test oracle) step
 //! for step, so that for the same settings, seed, logits and accepted tokens it chooses the
 //! same token: NaN logits count as −∞ and +∞ as the largest finite value; greedy decoding
 //! (temperature ≤ 0 or NaN) is the argmax after penalties with ties to the lowest id; top-p
@@ -1257,7 +1257,7 @@ mod tests {
             .collect()
     }
 
-    /// Tokens chosen by the host's native sampler (`host/src/sampling.rs`) for these
+    /// Tokens chosen by the host's native sampler (`host/runtime/src/sampler/oracle.rs`) for these
     /// settings, sizes, seeds and rows (generated once with it; each row's choice is
     /// accepted before the next step).
     const GOLDEN: [&[u32]; 24] = [

@@ -94,8 +94,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         for rep in 0..=a.reps {
             ctx.seq_clear(0)?;
             let t = Instant::now();
-            for start in (0..a.n_prompt).step_by(crate::engine::PROMPT_BATCH) {
-                let end = (start + crate::engine::PROMPT_BATCH).min(a.n_prompt);
+            for start in (0..a.n_prompt).step_by(kiln_runtime::engine::PROMPT_BATCH) {
+                let end = (start + kiln_runtime::engine::PROMPT_BATCH).min(a.n_prompt);
                 ctx.forward_logits(
                     &toks[start..end],
                     &pos[start..end],

@@ -1,4 +1,4 @@
-//! Build script of the `kiln` host: compiles the built-in samplers (`samplers/builtin`, a
+//! Build script of `kiln-runtime`: compiles the built-in samplers (`samplers/builtin`, a
 //! separate cargo workspace) for `wasm32-unknown-unknown` and generates the table that embeds
 //! them (`$OUT_DIR/builtin_samplers.rs`); also records the wasmtime version for the names of
 //! cached compiled modules.
@@ -63,8 +63,10 @@ fn target_installed() -> bool {
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    // host/runtime → the workspace root.
     let root = manifest_dir
-        .parent()
+        .ancestors()
+        .nth(2)
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());

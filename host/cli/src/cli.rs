@@ -1,12 +1,12 @@
 //! The subcommands of `kiln` (clap definitions and their implementations).
 
 use crate::catalog;
-use crate::chat::{ChatTemplate, Message};
-use crate::engine::{Engine, GenOptions};
-use crate::sampler::{builtin, SamplerModule, SequenceSampler};
-use crate::sampling::{random_seed, SamplingParams};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use kiln_runtime::chat::{ChatTemplate, Message};
+use kiln_runtime::engine::{Engine, GenOptions};
+use kiln_runtime::sampler::{builtin, SamplerModule, SequenceSampler};
+use kiln_runtime::sampler::{random_seed, SamplingParams};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -40,8 +40,6 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// List the backend libraries found, with their devices and scores, or why each was refused.
     Backends,
-    /// Measure the per-step cost of the WASM `chain` sampler against the native chain.
-    BenchSampler(crate::sampler::bench::BenchSamplerArgs),
 }
 
 /// Model and backend selection shared by the subcommands that run a model.
@@ -116,7 +114,7 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "TEXT", requires = "sampler")]
     pub sampler_config: Option<String>,
     /// Time limit of each sampler call, in milliseconds of CPU time.
-    #[arg(long, value_name = "MS", default_value_t = crate::sampler::DEFAULT_DEADLINE_MS)]
+    #[arg(long, value_name = "MS", default_value_t = kiln_runtime::sampler::DEFAULT_DEADLINE_MS)]
     pub sampler_deadline_ms: u64,
 }
 
@@ -298,7 +296,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::List => list(),
         Command::Bench(a) => crate::bench::bench(a),
         Command::Backends => backends(),
-        Command::BenchSampler(a) => crate::sampler::bench::bench_sampler(a),
     }
 }
 
@@ -327,7 +324,7 @@ fn encode_chat(engine: &Engine, text: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn print_stats(engine: &Engine, s: &crate::engine::GenStats, kv_line: &str) {
+fn print_stats(engine: &Engine, s: &kiln_runtime::engine::GenStats, kv_line: &str) {
     let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
     eprintln!(
         "\n[kiln] load {:.0} ms | prompt {} tok, {:.1} tok/s | generation {} tok, {:.1} tok/s | {} | backend {} on {} | stop: {}",
@@ -497,7 +494,7 @@ fn chat(a: ChatArgs) -> Result<()> {
                     .copied()
                     .take(stats.n_cached)
                     .collect();
-                if stats.stop == crate::engine::StopReason::ContextFull {
+                if stats.stop == kiln_runtime::engine::StopReason::ContextFull {
                     eprintln!("[kiln] the context is full; /clear to start over");
                 }
                 msgs.push(Message {
@@ -517,8 +514,8 @@ fn chat(a: ChatArgs) -> Result<()> {
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let path = catalog::resolve(a.model.as_deref().unwrap_or(catalog::DEFAULT_MODEL), true)?;
-    let file = crate::model_file::ModelFile::open(&path)?;
-    let tok = crate::tokenizer::Tokenizer::from_gguf(file.gguf())?;
+    let file = kiln_runtime::model_file::ModelFile::open(&path)?;
+    let tok = kiln_runtime::tokenizer::Tokenizer::from_gguf(file.gguf())?;
     let ids = tok.encode(&a.text, !a.no_special)?;
     if a.pieces {
         let rows: Vec<serde_json::Value> = ids
@@ -555,9 +552,9 @@ fn list() -> Result<()> {
 }
 
 fn backends() -> Result<()> {
-    let found = crate::plugins::discover();
+    let found = kiln_runtime::plugins::discover();
     if found.is_empty() {
-        let dirs: Vec<String> = crate::plugins::search_paths()
+        let dirs: Vec<String> = kiln_runtime::plugins::search_paths()
             .iter()
             .map(|p| p.display().to_string())
             .collect();

@@ -7,16 +7,23 @@
 //!   buffer, deadlines and limits; every failure becomes a [`SamplerError`].
 //! - [`builtin`]: the policies embedded in the binary (`greedy`, `chain`, `mirostat`,
 //!   `constraint`) and the mapping of the CLI's sampling flags onto them.
-//! - [`bench`]: `kiln bench-sampler`, the WASM chain against the native one.
+//! - [`params`]: sampling settings in llama.cpp's terms (they configure the built-in `chain`).
+//! - `oracle` (tests only): the native chain the WASM built-ins are checked against, and the
+//!   benchmark that compares them.
 
-pub mod bench;
+#[cfg(test)]
+mod bench;
 pub mod builtin;
 pub mod instance;
+#[cfg(test)]
+pub(crate) mod oracle;
+pub mod params;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
 
 pub use instance::SequenceSampler;
+pub use params::{random_seed, SamplingParams};
 pub use runtime::SamplerModule;
 
 use std::fmt;

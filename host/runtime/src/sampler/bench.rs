@@ -1,34 +1,50 @@
-//! `kiln bench-sampler`: per-step cost of a WASM sampler (the built-in `chain` by default)
-//! against the native chain (`sampling.rs`), on made-up logits, for the top-N view and for
+//! The sampler benchmark (a test, off the product path): per-step cost of the built-in WASM
+//! `chain` and `greedy` samplers against the native oracle chain, on made-up logits, for the top-N view and for
 //! the full row. Each step includes writing the view into the instance, `kiln_sample` and
 //! `kiln_accept`; computing the top N (the backend's work) is not counted. Times are CPU
 //! time of the benchmarking thread, so that other processes on a busy machine do not count.
 
+//!
+//! `cargo test --release -p kiln-runtime bench_sampler -- --ignored --nocapture`; the
+//! environment variables `KILN_BENCH_VOCAB` (151936), `KILN_BENCH_TOP_N` (1024),
+//! `KILN_BENCH_REPS` (7) and `KILN_BENCH_STEPS` (200) change the defaults.
+
 use super::instance::thread_cpu_time;
+use super::oracle::Sampler;
+use super::params::SamplingParams;
 use super::{builtin, SamplerModule, SequenceSampler, Step, View, Vocab};
-use crate::sampling::{Sampler, SamplingParams};
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use std::sync::Arc;
 
-/// `kiln bench-sampler` options.
-#[derive(Args)]
-pub struct BenchSamplerArgs {
-    /// Vocabulary size of the made-up logits.
-    #[arg(long, default_value_t = 151_936)]
-    pub vocab: usize,
-    /// Most tokens of the top-N view given to the sampler.
-    #[arg(long = "top-n", default_value_t = 1024)]
-    pub top_n: usize,
-    /// Repetitions (the median is printed).
-    #[arg(short = 'r', long = "repetitions", default_value_t = 7)]
-    pub reps: usize,
-    /// Steps per repetition.
-    #[arg(long, default_value_t = 200)]
-    pub steps: usize,
-    /// Deadline per call in milliseconds (generous by default: this measures speed).
-    #[arg(long = "sampler-deadline-ms", default_value_t = 1000)]
-    pub deadline_ms: u64,
+/// Benchmark settings.
+struct BenchSamplerArgs {
+    vocab: usize,
+    top_n: usize,
+    reps: usize,
+    steps: usize,
+    deadline_ms: u64,
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn bench_sampler_wasm_vs_native() {
+    let a = BenchSamplerArgs {
+        vocab: env_or("KILN_BENCH_VOCAB", 151_936),
+        top_n: env_or("KILN_BENCH_TOP_N", 1024),
+        reps: env_or("KILN_BENCH_REPS", 7),
+        steps: env_or("KILN_BENCH_STEPS", 200),
+        deadline_ms: 1000,
+    };
+    if let Err(e) = bench_sampler(a) {
+        panic!("{e:#}");
+    }
 }
 
 /// Deterministic made-up logits: `rows` rows of `n` values, with the spread of real models.
@@ -120,9 +136,9 @@ fn native_step(s: &mut Sampler, view: View, d: &Data, i: usize) {
 }
 
 /// Runs the benchmark and prints a table.
-pub fn bench_sampler(a: BenchSamplerArgs) -> Result<()> {
+fn bench_sampler(a: BenchSamplerArgs) -> Result<()> {
     if a.vocab == 0 || a.top_n == 0 || a.reps == 0 || a.steps == 0 {
-        bail!("--vocab, --top-n, -r and --steps must be positive");
+        bail!("vocabulary, top-N, repetitions and steps must be positive");
     }
     let vocab = Arc::new(Vocab::synthetic(a.vocab));
     let rows = rows(a.vocab, 8);

@@ -2,17 +2,8 @@
 
 mod bench;
 mod catalog;
-mod chat;
 mod cli;
-mod engine;
 mod inspect;
-mod model_file;
-mod plugins;
-mod sampler;
-// The native chain: the oracle the WASM samplers are tested against, and `bench-sampler`'s
-// baseline; generation itself always goes through a WASM sampler.
-mod sampling;
-mod tokenizer;
 
 use clap::Parser;
 

@@ -1,8 +1,8 @@
-//! The built-in samplers, compiled from `samplers/builtin` by `host/build.rs` and embedded in
+//! The built-in samplers, compiled from `samplers/builtin` by `host/runtime/build.rs` and embedded in
 //! the binary, and the mapping of the CLI's sampling flags onto them.
 
+use super::params::SamplingParams;
 use super::{SamplerError, SamplerModule};
-use crate::sampling::SamplingParams;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 

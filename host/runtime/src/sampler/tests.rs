@@ -3,8 +3,9 @@
 //! tokens; the ABI's plumbing (views, history, masks, errors, reset, the compile cache); and
 //! the built-in `chain` against the native oracle (`sampling.rs`) on thousands of rows.
 
+use super::oracle::Sampler;
+use super::params::SamplingParams;
 use super::*;
-use crate::sampling::{Sampler, SamplingParams};
 use std::sync::Arc;
 
 /// A deterministic generator for test data (splitmix64).

@@ -1,7 +1,7 @@
 //! `kiln inspect`: a GGUF file's metadata and tensor table.
 
-use crate::model_file::ModelFile;
 use anyhow::Result;
+use kiln_runtime::model_file::ModelFile;
 use kiln_sdk::gguf::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
