@@ -12,7 +12,12 @@ fn cpu_backend_conforms() {
     let header: *const KilnBackendHeader =
         unsafe { *lib.get(b"kiln_backend_header\0").expect("symbol") };
     let lib = unsafe { BackendLib::new(header, Arc::new(lib)) }.expect("ABI check");
-    if let Err(e) = kiln_sdk::conformance::check(&lib, 2e-3) {
-        panic!("conformance: {e}");
+    match kiln_sdk::conformance::check(&lib, &kiln_sdk::conformance::Tolerance::default()) {
+        Ok(report) => {
+            for line in report.lines {
+                println!("{line}");
+            }
+        }
+        Err(e) => panic!("conformance: {e}"),
     }
 }

@@ -11,7 +11,7 @@
 //! while the exact evaluation picks 198 by 0.122, so no accurate engine can meet 0.01 there.
 
 use kiln_e2e::*;
-use kiln_sdk::abi::client::{BackendLib, LoadedModel};
+use kiln_sdk::abi::client::{BackendLib, ContextOptions, LoadedModel};
 use kiln_sdk::abi::KilnBackendHeader;
 use kiln_sdk::gguf::Gguf;
 use std::sync::Arc;
@@ -45,7 +45,14 @@ fn check_model(model_file: &str, reference_file: &str) {
         return;
     };
     let model = load_model(&path);
-    let mut ctx = model.create_context(512, 1).unwrap();
+    let mut ctx = model
+        .create_context(ContextOptions {
+            n_ctx: 512,
+            n_seq_max: 1,
+            n_batch_max: 512,
+            n_outputs_max: 1,
+        })
+        .unwrap();
     let n_vocab = model.info().n_vocab as usize;
     let mut failures = Vec::new();
     for g in r["generation"].as_array().unwrap() {

@@ -7,6 +7,7 @@
  *
  * Build: cc -shared -fPIC -I../../sdk/include null_backend.c -o libkiln_backend_cnull.so
  * Test-only switches: -DTEST_ABI_MAJOR=N, -DTEST_FINGERPRINT=X, -DTEST_ABORT_ON_CALL. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kiln_backend.h"
@@ -38,13 +39,19 @@ static int32_t fail(KilnError *err, int32_t code, const char *msg) {
     return code;
 }
 
+/* Whether the host's struct (its struct_size) has room for FIELD: a backend writes only the
+ * fields both sides know, so hosts of older and newer minors work alike. */
+#define HAS(ptr, field) \
+    ((size_t)(ptr)->struct_size >= offsetof(__typeof__(*(ptr)), field) + sizeof((ptr)->field))
+
 static int32_t get_info(KilnBackendInfo *out, KilnError *err) {
     ENTER();
     if (!out) return fail(err, KILN_INVALID_ARGUMENT, "null out");
-    copy(out->name, sizeof out->name, "c-null");
-    copy(out->version, sizeof out->version, "0.1.0");
-    copy(out->description, sizeof out->description, "example backend written in C; runs nothing");
-    out->n_devices = 0;
+    if (HAS(out, name)) copy(out->name, sizeof out->name, "c-null");
+    if (HAS(out, version)) copy(out->version, sizeof out->version, "0.1.0");
+    if (HAS(out, description))
+        copy(out->description, sizeof out->description, "example backend written in C; runs nothing");
+    if (HAS(out, n_devices)) out->n_devices = 0;
     return KILN_OK;
 }
 
@@ -57,9 +64,24 @@ static int32_t get_device(uint32_t index, KilnDeviceInfo *out, KilnError *err) {
 static int32_t get_score(KilnScore *out, KilnError *err) {
     ENTER();
     if (!out) return fail(err, KILN_INVALID_ARGUMENT, "null out");
-    out->score = 0;
-    copy(out->reason, sizeof out->reason, "example backend: it has no device and runs no model");
+    if (HAS(out, score)) out->score = 0;
+    if (HAS(out, reason))
+        copy(out->reason, sizeof out->reason, "example backend: it has no device and runs no model");
     return KILN_OK;
+}
+
+static int32_t score_model(const KilnGgufView *view, KilnScore *out, KilnError *err) {
+    ENTER();
+    (void)view;
+    if (!out) return fail(err, KILN_INVALID_ARGUMENT, "null out");
+    if (HAS(out, score)) out->score = 0;
+    if (HAS(out, reason)) copy(out->reason, sizeof out->reason, "example backend: runs no model");
+    return KILN_OK;
+}
+
+static const void *get_proc_address(const char *name) {
+    (void)name;
+    return NULL; /* no optional capabilities */
 }
 
 static int32_t supports_type(uint32_t ggml_type, uint8_t *out, KilnError *err) {
@@ -128,7 +150,7 @@ static int32_t forward(KilnContext *c, const KilnBatch *b, const KilnOutputs *o,
 static const KilnBackendApi api = {
     sizeof(KilnBackendApi), get_info, get_device, get_score, supports_type, backend_create,
     backend_destroy, model_load, model_info, model_free, context_create, context_info,
-    context_free, seq_clear, seq_truncate, seq_copy, forward,
+    context_free, seq_clear, seq_truncate, seq_copy, forward, score_model, get_proc_address,
 };
 
 const KilnBackendHeader kiln_backend_header = {

@@ -15,9 +15,9 @@ extern "C" {
 #endif
 
 #define KILN_ABI_MAGIC 0x4E4C494Bu /* "KILN" little-endian */
-#define KILN_ABI_MAJOR 1
-#define KILN_ABI_MINOR 0
-#define KILN_ABI_FINGERPRINT 0xc53eda4a386d092dull
+#define KILN_ABI_MAJOR 2
+#define KILN_ABI_MINOR 1
+#define KILN_ABI_FINGERPRINT 0xcf31c5b579ac4830ull
 #define KILN_ENTRY_SYMBOL "kiln_backend_header"
 
 typedef enum KilnStatus {
@@ -32,8 +32,9 @@ typedef enum KilnStatus {
 
 #define KILN_DEVICE_CPU 0u
 #define KILN_DEVICE_GPU 1u
-#define KILN_OUTPUT_LOGITS 0u
-#define KILN_OUTPUT_TOP_N 1u
+#define KILN_OUTPUT_LOGITS 1u
+#define KILN_OUTPUT_TOP_N 2u
+#define KILN_CAP_PROFILE "kiln.profile.v1" /* since 2.1 */
 
 typedef struct KilnBackend KilnBackend;
 typedef struct KilnModel KilnModel;
@@ -50,6 +51,7 @@ typedef struct KilnStr {
 } KilnStr;
 
 typedef struct KilnBackendInfo {
+    uint32_t struct_size;
     char name[64];
     char version[64];
     char description[256];
@@ -57,6 +59,7 @@ typedef struct KilnBackendInfo {
 } KilnBackendInfo;
 
 typedef struct KilnDeviceInfo {
+    uint32_t struct_size;
     char name[128];
     uint32_t kind;
     uint64_t total_memory;
@@ -64,6 +67,7 @@ typedef struct KilnDeviceInfo {
 } KilnDeviceInfo;
 
 typedef struct KilnScore {
+    uint32_t struct_size;
     uint32_t score;
     char reason[256];
 } KilnScore;
@@ -105,6 +109,7 @@ typedef struct KilnModelParams {
 } KilnModelParams;
 
 typedef struct KilnModelInfo {
+    uint32_t struct_size;
     uint32_t n_vocab;
     uint32_t n_ctx_train;
     uint32_t n_layer;
@@ -119,31 +124,65 @@ typedef struct KilnContextParams {
     uint32_t n_ctx;
     uint32_t n_seq_max;
     uint32_t kv_type;
+    uint32_t n_batch_max;
+    uint32_t n_outputs_max;
 } KilnContextParams;
 
 typedef struct KilnContextInfo {
+    uint32_t struct_size;
     uint32_t n_ctx;
     uint32_t n_seq_max;
+    uint32_t n_batch_max;
+    uint32_t n_outputs_max;
     uint64_t kv_bytes;
+    uint64_t scratch_bytes;
 } KilnContextInfo;
 
 typedef struct KilnBatch {
+    uint32_t struct_size;
     uint32_t n_tokens;
     const int32_t *tokens;
     const int32_t *positions;
     const int32_t *seq_ids;
-    const uint8_t *want_output;
 } KilnBatch;
 
-typedef struct KilnOutputs {
-    uint32_t mode;
-    uint32_t n_outputs;
-    float *logits;
+typedef struct KilnRowOutput {
+    uint32_t row;
+    uint32_t kind;
     uint32_t top_n;
+    uint32_t n_banned;
+    const int32_t *banned;
+    uint32_t n_allowed;
+    const int32_t *allowed;
+    float *logits;
     int32_t *top_ids;
     float *top_logits;
     float *lse;
+    int32_t target;
+    float *target_logit;
+} KilnRowOutput;
+
+typedef struct KilnOutputs {
+    uint32_t struct_size;
+    uint32_t n_rows;
+    uint32_t row_size;
+    const KilnRowOutput *rows;
 } KilnOutputs;
+
+/* since 2.1 */
+typedef struct KilnOpStat {
+    char name[32]; /* since 2.1 */
+    uint64_t calls; /* since 2.1 */
+    uint64_t nanos; /* since 2.1 */
+} KilnOpStat;
+
+/* since 2.1 */
+typedef struct KilnProfile {
+    uint32_t struct_size; /* since 2.1 */
+    uint64_t n_forward; /* since 2.1 */
+    uint32_t n_ops; /* since 2.1 */
+    KilnOpStat ops[32]; /* since 2.1 */
+} KilnProfile;
 
 typedef struct KilnBackendApi {
     uint32_t struct_size;
@@ -162,7 +201,9 @@ typedef struct KilnBackendApi {
     int32_t (*seq_clear)(KilnContext *ctx, int32_t seq, KilnError *err);
     int32_t (*seq_truncate)(KilnContext *ctx, int32_t seq, uint32_t n_keep, KilnError *err);
     int32_t (*seq_copy)(KilnContext *ctx, int32_t src, int32_t dst, uint32_t n, KilnError *err);
-    int32_t (*forward)(KilnContext *ctx, const KilnBatch *batch, const KilnOutputs *out, KilnError *err);
+    int32_t (*forward)(KilnContext *ctx, const KilnBatch *batch, const KilnOutputs *outputs, KilnError *err);
+    int32_t (*score_model)(const KilnGgufView *view, KilnScore *out, KilnError *err); /* since 2.1 */
+    const void *(*get_proc_address)(const char *name); /* since 2.1 */
 } KilnBackendApi;
 
 typedef struct KilnBackendHeader {
@@ -175,6 +216,9 @@ typedef struct KilnBackendHeader {
     const char *sdk_version;
     const KilnBackendApi *api;
 } KilnBackendHeader;
+
+/* The function of capability KILN_CAP_PROFILE (since 2.1). */
+typedef int32_t (*KilnProfileFn)(KilnContext *ctx, uint32_t enable, KilnProfile *out, KilnError *err);
 
 #ifdef __cplusplus
 }

@@ -120,7 +120,7 @@ pub struct ModelInfo {
     pub arch: String,
 }
 
-/// Options for a context.
+/// Options for a context: its KV cache and the largest step it must evaluate.
 #[derive(Debug, Clone)]
 pub struct ContextParams {
     /// Positions per sequence.
@@ -129,6 +129,10 @@ pub struct ContextParams {
     pub n_seq_max: u32,
     /// KV cache element type.
     pub kv_type: GgmlType,
+    /// Most rows a `forward` will carry.
+    pub n_batch_max: u32,
+    /// Most output rows a `forward` will ask for.
+    pub n_outputs_max: u32,
 }
 
 /// Facts about a context.
@@ -138,11 +142,18 @@ pub struct ContextInfo {
     pub n_ctx: u32,
     /// Sequences.
     pub n_seq_max: u32,
+    /// Most rows per `forward`.
+    pub n_batch_max: u32,
+    /// Most output rows per `forward`.
+    pub n_outputs_max: u32,
     /// Bytes reserved for the KV cache.
     pub kv_bytes: u64,
+    /// Bytes reserved for activations and other per-step scratch.
+    pub scratch_bytes: u64,
 }
 
-/// A batch to evaluate; all slices have the same length.
+/// A batch to evaluate; all slices have the same length. Row `i` is token `tokens[i]` at
+/// `positions[i]` of sequence `seq_ids[i]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     /// Token ids.
@@ -151,40 +162,68 @@ pub struct Batch<'a> {
     pub positions: &'a [i32],
     /// Sequence ids.
     pub seq_ids: &'a [i32],
-    /// Nonzero where the row's output is wanted.
-    pub want_output: &'a [u8],
 }
 
 impl Batch<'_> {
-    /// Number of entries.
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
-    /// True if the batch has no entries.
+    /// True if the batch has no rows.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
-    /// Number of rows whose output is wanted.
-    pub fn n_outputs(&self) -> usize {
-        self.want_output.iter().filter(|&&w| w != 0).count()
-    }
 }
 
-/// Where [`Context::forward`] writes the outputs of the wanted rows, in batch order.
-pub enum Outputs<'a> {
-    /// Full logits rows: `n_outputs * n_vocab` floats.
+/// What an output row returns besides its log-sum-exp and target logit.
+pub enum Want<'a> {
+    /// The full row of `n_vocab` logits.
     Logits(&'a mut [f32]),
-    /// The top `n` of each row, best first, and each row's log-sum-exp.
+    /// The top `ids.len()` tokens, best first (ties: lower id first; NaN counts as −∞), and
+    /// their logits (`logits.len() == ids.len()`; may be empty).
     TopN {
-        /// N.
-        n: usize,
-        /// `n_outputs * n` ids.
+        /// Ids, best first.
         ids: &'a mut [i32],
-        /// `n_outputs * n` logits.
+        /// Their logits.
         logits: &'a mut [f32],
-        /// `n_outputs` log-sum-exp values.
-        lse: &'a mut [f32],
     },
+}
+
+/// One output row of a `forward`: which batch row, what to return, and what to ban first.
+/// Banned tokens count as −∞ for everything the row returns.
+pub struct RowOutput<'a> {
+    /// The batch row (rows are listed in increasing order, each at most once).
+    pub row: usize,
+    /// Logits or top-N.
+    pub want: Want<'a>,
+    /// Token ids set to −∞ before anything else is computed (each `< n_vocab`).
+    pub banned: &'a [i32],
+    /// If set, only these token ids keep their logits (each `< n_vocab`); the rest are −∞.
+    pub allowed: Option<&'a [i32]>,
+    /// Where to write the row's log-sum-exp, if wanted.
+    pub lse: Option<&'a mut f32>,
+    /// A token whose logit to report, and where.
+    pub target: Option<(u32, &'a mut f32)>,
+}
+
+/// Counters of one operation kind in a [`Profile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpStat {
+    /// Operation name.
+    pub name: &'static str,
+    /// Calls.
+    pub calls: u64,
+    /// Nanoseconds spent in them (host-observed).
+    pub nanos: u64,
+}
+
+/// What a context did since profiling was enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// `forward` calls.
+    pub n_forward: u64,
+    /// Per operation kind, in first-call order.
+    pub ops: Vec<OpStat>,
 }
 
 /// A backend library's entry point. One type per library, exported with `export_backend!`.
@@ -200,10 +239,29 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     /// The devices this backend can use on this machine.
     fn devices() -> Vec<DeviceInfo>;
-    /// How well this backend suits this machine.
+    /// How well this backend suits this machine, whatever the model.
     fn score() -> Score;
     /// Whether weights of `ty` can be loaded.
     fn supports_type(ty: GgmlType) -> bool;
+    /// How well this backend runs the model in `gguf` (not loaded; tensor data may be absent).
+    /// The default: the machine score when the SDK's model code knows the architecture and
+    /// [`Backend::supports_type`] accepts every tensor type, else 0 with the reason.
+    fn score_model(gguf: &Gguf<'_>) -> Score {
+        let machine = Self::score();
+        if machine.score == 0 {
+            return machine;
+        }
+        match crate::model::check_support(gguf, Self::supports_type) {
+            Ok(summary) => Score {
+                score: machine.score,
+                reason: format!("{summary}; {}", machine.reason),
+            },
+            Err(why) => Score {
+                score: 0,
+                reason: why,
+            },
+        }
+    }
     /// Creates an instance.
     fn create(opts: &BackendOptions) -> Result<Self>;
     /// Loads a model. The GGUF data outlives the returned model (the host keeps the file mapped
@@ -222,6 +280,10 @@ pub trait Model: Sized + Send + Sync + 'static {
 }
 
 /// A context: the KV cache of several sequences and the scratch space to evaluate batches.
+///
+/// Determinism: the outputs of a row depend only on its token, position and the KV cache of
+/// its sequence — never on the other rows of the batch, their number or their order — so a
+/// sequence gives the same logits decoded alone or inside any batch.
 pub trait Context: Send + 'static {
     /// Facts about the context.
     fn info(&self) -> ContextInfo;
@@ -231,6 +293,11 @@ pub trait Context: Send + 'static {
     fn seq_truncate(&mut self, seq: i32, n_keep: u32) -> Result<()>;
     /// Makes `dst` hold positions `0..n` of `src`.
     fn seq_copy(&mut self, src: i32, dst: i32, n: u32) -> Result<()>;
-    /// Evaluates `batch` and writes the outputs of its wanted rows.
-    fn forward(&mut self, batch: &Batch<'_>, out: &mut Outputs<'_>) -> Result<()>;
+    /// Evaluates `batch` and writes `outputs`. On error nothing changed.
+    fn forward(&mut self, batch: &Batch<'_>, outputs: &mut [RowOutput<'_>]) -> Result<()>;
+    /// Starts (`true`, resetting the counts) or stops profiling, and returns the counts so far.
+    fn profile(&mut self, enable: bool) -> Result<Profile> {
+        let _ = enable;
+        Err(BackendError::unsupported("this backend does not profile"))
+    }
 }

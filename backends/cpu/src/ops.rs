@@ -1,12 +1,19 @@
 //! [`CpuOps`]: the SDK's model operations on the CPU — f32 activations, weights viewed in
 //! place in the mapped file, an f16 KV cache, threaded matmul and attention.
+//!
+//! Activations are allocated once per context with room for the largest step; a step uses
+//! their first rows. Every operation computes a row from that row's inputs only (the matmul
+//! kernels give the same bits for a row alone or inside any batch), as the `Ops` contract
+//! requires.
 
 use crate::f16acc;
 use crate::kernels::{self, ThreadPool, WeightMatrix};
-use kiln_sdk::backend::{BackendError, ErrorKind, Result};
+use kiln_sdk::backend::{BackendError, ErrorKind, Result, RowOutput};
 use kiln_sdk::gguf::TensorInfo;
-use kiln_sdk::model::{Activation, Attention, KvShape, Ops, Rope, RopeStyle, RowPos};
+use kiln_sdk::model::select::{write_output, TopNScratch};
+use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
+use std::cell::RefCell;
 
 /// A weight: 2-D matrices stay in the mapped file; vectors (norms, biases) are converted to f32.
 pub struct CpuWeight {
@@ -17,11 +24,29 @@ pub struct CpuWeight {
     vector: Option<Vec<f32>>,
 }
 
-/// A row-major f32 activation.
+/// A row-major f32 activation: room for `cap` rows, the first `rows` in use.
 pub struct CpuAct {
     rows: usize,
+    cap: usize,
     cols: usize,
     data: Vec<f32>,
+}
+
+impl CpuAct {
+    /// The rows in use.
+    fn live(&self) -> &[f32] {
+        &self.data[..self.rows * self.cols]
+    }
+    /// The rows in use, mutably.
+    fn live_mut(&mut self) -> &mut [f32] {
+        &mut self.data[..self.rows * self.cols]
+    }
+}
+
+/// Per-context scratch: top-N selection and RoPE rotation tables.
+pub struct CpuExec {
+    top: TopNScratch,
+    rope: Vec<(f32, f32)>,
 }
 
 struct KvLayer {
@@ -80,31 +105,38 @@ fn shape_err(what: &str) -> BackendError {
     BackendError::internal(format!("shape mismatch in {what}"))
 }
 
-/// A zeroed buffer of `n` f16 values. Allocated zeroed (the OS maps pages lazily, so a large
-/// context costs memory only as it fills) and fallibly: too much is an error, not an abort.
-fn alloc_zeroed_u16(n: usize) -> Result<Vec<u16>> {
+/// A zeroed buffer of `n` values of `T` (a type for which all-zero bytes are zero). Allocated
+/// zeroed (the OS maps pages lazily, so a large context costs memory only as it fills) and
+/// fallibly: too much is an error, not an abort.
+fn alloc_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> Result<Vec<T>> {
     let oom = || {
         BackendError::new(
             ErrorKind::OutOfMemory,
             format!(
-                "cannot allocate {} MiB for the KV cache",
-                n.saturating_mul(2) >> 20
+                "cannot allocate {} MiB for {what}",
+                n.saturating_mul(std::mem::size_of::<T>()) >> 20
             ),
         )
     };
-    if n == 0 {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<u16>(n).map_err(|_| oom())?;
-    // SAFETY: `layout` has non-zero size; on success the allocation holds `n` zeroed u16 values
-    // with the global allocator's layout, which is what `Vec::from_raw_parts` requires.
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| oom())?;
+    // SAFETY: `layout` has non-zero size; on success the allocation holds `n` zeroed values,
+    // valid for `T: Zeroable`, with the global allocator's layout, which is what
+    // `Vec::from_raw_parts` requires.
     unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut u16;
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
         if p.is_null() {
             return Err(oom());
         }
         Ok(Vec::from_raw_parts(p, n, n))
     }
+}
+
+thread_local! {
+    /// Per-thread attention buffers: the f16-rounded query and the accumulator of one head.
+    static HEAD: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl CpuOps {
@@ -139,6 +171,7 @@ impl Ops for CpuOps {
     type Weight = CpuWeight;
     type Act = CpuAct;
     type Kv = CpuKv;
+    type Exec = CpuExec;
 
     fn weight(&self, t: &TensorInfo<'static>) -> Result<CpuWeight> {
         let cols = t.dims.first().copied().unwrap_or(1) as usize;
@@ -174,19 +207,64 @@ impl Ops for CpuOps {
         w.data.len() as u64 + w.vector.as_ref().map_or(0, |v| v.len() as u64 * 4)
     }
 
-    fn act(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct {
+    fn act(&self, rows: usize, cols: usize) -> Result<CpuAct> {
+        let n = rows.checked_mul(cols).ok_or_else(|| {
+            BackendError::new(ErrorKind::OutOfMemory, "activation size overflows")
+        })?;
+        Ok(CpuAct {
             rows,
+            cap: rows,
             cols,
-            data: vec![0.0; rows * cols],
+            data: alloc_zeroed(n, "an activation")?,
+        })
+    }
+
+    fn set_rows(&self, x: &mut CpuAct, rows: usize) -> Result<()> {
+        if rows > x.cap {
+            return Err(BackendError::invalid(format!(
+                "{rows} rows asked of an activation of {} rows",
+                x.cap
+            )));
         }
+        x.rows = rows;
+        Ok(())
     }
 
     fn act_shape(&self, x: &CpuAct) -> (usize, usize) {
         (x.rows, x.cols)
     }
 
-    fn embed(&self, table: &CpuWeight, ids: &[i32], out: &mut CpuAct) -> Result<()> {
+    fn act_bytes(&self, x: &CpuAct) -> u64 {
+        x.data.len() as u64 * 4
+    }
+
+    fn exec(&self, spec: &ExecSpec) -> Result<CpuExec> {
+        Ok(CpuExec {
+            top: TopNScratch::with_vocab(spec.n_vocab),
+            rope: Vec::with_capacity(spec.max_cols / 2),
+        })
+    }
+
+    fn exec_bytes(&self, ex: &CpuExec) -> u64 {
+        ex.top.bytes() + ex.rope.capacity() as u64 * 8
+    }
+
+    fn write(&self, _: &mut CpuExec, x: &mut CpuAct, data: &[f32]) -> Result<()> {
+        let live = x.live_mut();
+        if live.len() != data.len() {
+            return Err(shape_err("write"));
+        }
+        live.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn embed(
+        &self,
+        _: &mut CpuExec,
+        table: &CpuWeight,
+        ids: &[i32],
+        out: &mut CpuAct,
+    ) -> Result<()> {
         if out.rows != ids.len() || out.cols != table.cols || table.vector.is_some() {
             return Err(shape_err("embed"));
         }
@@ -213,13 +291,24 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32, out: &mut CpuAct) -> Result<()> {
+    fn rms_norm(
+        &self,
+        _: &mut CpuExec,
+        x: &CpuAct,
+        w: &CpuWeight,
+        eps: f32,
+        out: &mut CpuAct,
+    ) -> Result<()> {
         let w = self.vector(w, 0, "rms_norm")?;
         let g = w.len();
         if !x.cols.is_multiple_of(g) || out.rows != x.rows || out.cols != x.cols {
             return Err(shape_err("rms_norm"));
         }
-        for (src, dst) in x.data.chunks_exact(g).zip(out.data.chunks_exact_mut(g)) {
+        for (src, dst) in x
+            .live()
+            .chunks_exact(g)
+            .zip(out.live_mut().chunks_exact_mut(g))
+        {
             let ss: f64 = src.iter().map(|&v| (v * v) as f64).sum();
             let scale = 1.0 / ((ss / g as f64) as f32 + eps).sqrt();
             for ((d, &s), &wv) in dst.iter_mut().zip(src).zip(w) {
@@ -229,7 +318,7 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn matmul(&self, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) -> Result<()> {
+    fn matmul(&self, _: &mut CpuExec, x: &CpuAct, w: &CpuWeight, out: &mut CpuAct) -> Result<()> {
         if w.vector.is_some() || x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
             return Err(shape_err("matmul"));
         }
@@ -239,32 +328,44 @@ impl Ops for CpuOps {
             cols: w.cols,
             data: w.data,
         };
-        kernels::matmul(&self.pool, &m, &x.data, x.rows, &mut out.data)
+        let rows = x.rows;
+        kernels::matmul(&self.pool, &m, x.live(), rows, out.live_mut())
             .map_err(|e| BackendError::internal(e.to_string()))
     }
 
-    fn add_bias(&self, x: &mut CpuAct, b: &CpuWeight) -> Result<()> {
+    fn add_bias(&self, _: &mut CpuExec, x: &mut CpuAct, b: &CpuWeight) -> Result<()> {
         let b = self.vector(b, x.cols, "add_bias")?;
-        for row in x.data.chunks_exact_mut(x.cols) {
+        let cols = x.cols;
+        for row in x.live_mut().chunks_exact_mut(cols) {
             row.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
         }
         Ok(())
     }
 
-    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
-        if x.data.len() != y.data.len() {
+    fn add(&self, _: &mut CpuExec, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
+        if x.rows != y.rows || x.cols != y.cols {
             return Err(shape_err("add"));
         }
-        x.data.iter_mut().zip(&y.data).for_each(|(a, &b)| *a += b);
+        x.live_mut()
+            .iter_mut()
+            .zip(y.live())
+            .for_each(|(a, &b)| *a += b);
         Ok(())
     }
 
-    fn scale(&self, x: &mut CpuAct, s: f32) -> Result<()> {
-        x.data.iter_mut().for_each(|a| *a *= s);
+    fn scale(&self, _: &mut CpuExec, x: &mut CpuAct, s: f32) -> Result<()> {
+        x.live_mut().iter_mut().for_each(|a| *a *= s);
         Ok(())
     }
 
-    fn rope(&self, x: &mut CpuAct, positions: &[i32], head_dim: usize, rope: &Rope) -> Result<()> {
+    fn rope(
+        &self,
+        ex: &mut CpuExec,
+        x: &mut CpuAct,
+        positions: &[i32],
+        head_dim: usize,
+        rope: &Rope,
+    ) -> Result<()> {
         if positions.len() != x.rows
             || head_dim == 0
             || !x.cols.is_multiple_of(head_dim)
@@ -274,8 +375,11 @@ impl Ops for CpuOps {
         }
         let half = rope.n_rot / 2;
         let theta_scale = rope.base.powf(-2.0 / rope.n_rot as f32);
-        let mut cs = vec![(0f32, 0f32); half];
-        for (row, &pos) in x.data.chunks_exact_mut(x.cols).zip(positions) {
+        let cs = &mut ex.rope;
+        cs.clear();
+        cs.resize(half, (0.0, 0.0));
+        let cols = x.cols;
+        for (row, &pos) in x.live_mut().chunks_exact_mut(cols).zip(positions) {
             let mut theta = pos as f32;
             for c in cs.iter_mut() {
                 let t = theta * rope.freq_scale;
@@ -297,32 +401,45 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn glu(&self, gate: &mut CpuAct, up: &CpuAct, act: Activation) -> Result<()> {
-        if gate.data.len() != up.data.len() {
+    fn glu(&self, _: &mut CpuExec, gate: &mut CpuAct, up: &CpuAct, act: Activation) -> Result<()> {
+        if gate.rows != up.rows || gate.cols != up.cols {
             return Err(shape_err("glu"));
         }
         match act {
-            Activation::Silu => gate.data.iter_mut().zip(&up.data).for_each(|(g, &u)| {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }),
+            Activation::Silu => gate
+                .live_mut()
+                .iter_mut()
+                .zip(up.live())
+                .for_each(|(g, &u)| {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }),
             Activation::GeluTanh => {
                 let table = gelu_table();
-                gate.data.iter_mut().zip(&up.data).for_each(|(g, &u)| {
-                    let x = *g;
-                    *g = if x <= -10.0 {
-                        0.0
-                    } else if x >= 10.0 {
-                        x * u
-                    } else {
-                        f16_bits_to_f32(table[half::f16::from_f32(x).to_bits() as usize]) * u
-                    };
-                })
+                gate.live_mut()
+                    .iter_mut()
+                    .zip(up.live())
+                    .for_each(|(g, &u)| {
+                        let x = *g;
+                        *g = if x <= -10.0 {
+                            0.0
+                        } else if x >= 10.0 {
+                            x * u
+                        } else {
+                            f16_bits_to_f32(table[half::f16::from_f32(x).to_bits() as usize]) * u
+                        };
+                    })
             }
         }
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CpuAct, rows: &[usize], out: &mut CpuAct) -> Result<()> {
+    fn gather_rows(
+        &self,
+        _: &mut CpuExec,
+        x: &CpuAct,
+        rows: &[usize],
+        out: &mut CpuAct,
+    ) -> Result<()> {
         if out.rows != rows.len() || out.cols != x.cols {
             return Err(shape_err("gather_rows"));
         }
@@ -348,8 +465,8 @@ impl Ops for CpuOps {
                         BackendError::new(ErrorKind::OutOfMemory, "KV cache size overflows")
                     })
             };
-            let k = alloc_zeroed_u16(size(shape.head_dim_k)?)?;
-            let v = alloc_zeroed_u16(size(shape.head_dim_v)?)?;
+            let k = alloc_zeroed::<u16>(size(shape.head_dim_k)?, "the KV cache")?;
+            let v = alloc_zeroed::<u16>(size(shape.head_dim_v)?, "the KV cache")?;
             out.push(KvLayer { shape, k, v });
         }
         Ok(CpuKv {
@@ -366,7 +483,14 @@ impl Ops for CpuOps {
             .sum()
     }
 
-    fn kv_copy(&self, kv: &mut CpuKv, src: usize, dst: usize, n: usize) -> Result<()> {
+    fn kv_copy(
+        &self,
+        _: &mut CpuExec,
+        kv: &mut CpuKv,
+        src: usize,
+        dst: usize,
+        n: usize,
+    ) -> Result<()> {
         if src >= kv.n_seq || dst >= kv.n_seq || n > kv.n_ctx {
             return Err(shape_err("kv_copy"));
         }
@@ -385,6 +509,7 @@ impl Ops for CpuOps {
 
     fn attention(
         &self,
+        _: &mut CpuExec,
         kv: &mut CpuKv,
         layer: usize,
         q: &CpuAct,
@@ -427,72 +552,76 @@ impl Ops for CpuOps {
         let out_ptr = SharedMut(out.data.as_mut_ptr());
         let out_cols = out.cols;
         self.pool.run(|t, nt| {
-            let mut qh16 = vec![0f32; hk];
-            let mut acc = vec![0f32; hv];
-            let per = n_tasks.div_ceil(nt);
-            for task in t * per..((t + 1) * per).min(n_tasks) {
-                let (i, h) = (task / p.n_head, task % p.n_head);
-                let r = rows[i];
-                let kvh = h / group;
-                let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
-                let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
-                // The query meets the f16 cache in f16, as in llama.cpp.
-                qh16.copy_from_slice(qh);
-                f16acc::round_slice(&mut qh16);
-                // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
-                // greedy decoding follows llama.cpp's.
-                let base = r.seq * n_ctx;
-                let head = f16acc::Head {
-                    k: &kc[base * kw + kvh * hk..],
-                    v: &vc[base * vw + kvh * hv..],
-                    k_stride: kw,
-                    v_stride: vw,
-                    q: &qh16,
-                    scale: p.scale,
-                    softcap: p.softcap,
-                };
-                let sum = head.attend(lo, r.pos, &mut acc);
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
-                unsafe {
-                    let dst = std::slice::from_raw_parts_mut(
-                        out_ptr.get().add(i * out_cols + h * hv),
-                        hv,
-                    );
-                    dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a * inv);
+            HEAD.with(|cell| {
+                let mut bufs = cell.borrow_mut();
+                let (qh16, acc) = &mut *bufs;
+                qh16.resize(hk, 0.0);
+                acc.resize(hv, 0.0);
+                let (qh16, acc) = (&mut qh16[..hk], &mut acc[..hv]);
+                let per = n_tasks.div_ceil(nt);
+                for task in t * per..((t + 1) * per).min(n_tasks) {
+                    let (i, h) = (task / p.n_head, task % p.n_head);
+                    let r = rows[i];
+                    let kvh = h / group;
+                    let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                    let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
+                    // The query meets the f16 cache in f16, as in llama.cpp.
+                    qh16.copy_from_slice(qh);
+                    f16acc::round_slice(qh16);
+                    // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
+                    // greedy decoding follows llama.cpp's.
+                    let base = r.seq * n_ctx;
+                    let head = f16acc::Head {
+                        k: &kc[base * kw + kvh * hk..],
+                        v: &vc[base * vw + kvh * hv..],
+                        k_stride: kw,
+                        v_stride: vw,
+                        q: qh16,
+                        scale: p.scale,
+                        softcap: p.softcap,
+                    };
+                    let sum = head.attend(lo, r.pos, acc);
+                    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                    // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
+                    unsafe {
+                        let dst = std::slice::from_raw_parts_mut(
+                            out_ptr.get().add(i * out_cols + h * hv),
+                            hv,
+                        );
+                        dst.iter_mut()
+                            .zip(acc.iter())
+                            .for_each(|(d, &a)| *d = a * inv);
+                    }
                 }
-            }
+            })
         });
         Ok(())
     }
 
-    fn read(&self, x: &CpuAct, out: &mut [f32]) -> Result<()> {
-        if out.len() != x.data.len() {
+    fn read(&self, _: &mut CpuExec, x: &CpuAct, out: &mut [f32]) -> Result<()> {
+        if out.len() != x.rows * x.cols {
             return Err(shape_err("read"));
         }
-        out.copy_from_slice(&x.data);
+        out.copy_from_slice(x.live());
         Ok(())
     }
 
-    fn top_n(
+    fn outputs(
         &self,
-        x: &CpuAct,
-        n: usize,
-        ids: &mut [i32],
-        vals: &mut [f32],
-        lse: &mut [f32],
+        ex: &mut CpuExec,
+        logits: &mut CpuAct,
+        outs: &mut [RowOutput<'_>],
     ) -> Result<()> {
-        if ids.len() != x.rows * n || vals.len() != x.rows * n || lse.len() != x.rows {
-            return Err(shape_err("top_n"));
+        if outs.len() != logits.rows {
+            return Err(shape_err("outputs"));
         }
-        for (r, row) in x.data.chunks_exact(x.cols).enumerate() {
-            kiln_sdk::model::ops::top_n_row(
-                row,
-                n,
-                &mut ids[r * n..(r + 1) * n],
-                &mut vals[r * n..(r + 1) * n],
-            );
-            lse[r] = kiln_sdk::model::ops::log_sum_exp(row);
+        let cols = logits.cols;
+        for (row, req) in logits
+            .live_mut()
+            .chunks_exact_mut(cols)
+            .zip(outs.iter_mut())
+        {
+            write_output(row, req, &mut ex.top)?;
         }
         Ok(())
     }

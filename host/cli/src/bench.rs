@@ -1,9 +1,14 @@
-//! `kiln bench`: prompt-processing and generation throughput, in the manner of llama-bench
-//! (a warm-up, then `-r` repetitions; median, mean and spread of tokens/s).
+//! `kiln bench`: prompt-processing and generation throughput in the manner of llama-bench (a
+//! warm-up, then `-r` repetitions; median, mean and spread of tokens/s), through the engine
+//! that `kiln run` uses: the same scheduler, the same sampler (llama.cpp's default chain on
+//! its top-N view, or the full row with `--full-logits`). With `--parallel N`, N sequences
+//! decode together and the aggregate and per-sequence rates are reported.
 
 use crate::cli::ModelArgs;
 use anyhow::{bail, Result};
 use clap::Args;
+use kiln_runtime::engine::{Engine, EngineOptions, Event, Finish, Input, Request, SamplerSpec};
+use kiln_runtime::sampler::SamplingParams;
 use std::time::Instant;
 
 /// `kiln bench` options.
@@ -20,6 +25,15 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
+    /// Sequences that generate together in the generation test.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// The sampler takes the full row of logits instead of the backend's top-N view.
+    #[arg(long)]
+    pub full_logits: bool,
+    /// Prompt tokens per step (the engine's batch).
+    #[arg(short = 'b', long = "batch", default_value_t = 512)]
+    pub batch: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -29,26 +43,29 @@ pub struct BenchArgs {
 struct TestResult {
     name: String,
     n_tokens: usize,
+    parallel: usize,
+    /// Aggregate tok/s of each repetition.
     samples: Vec<f64>,
+    /// Per-sequence tok/s of each repetition (the median over its sequences).
+    per_seq: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 impl TestResult {
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-    fn median(&self) -> f64 {
-        let s = self.sorted();
-        let n = s.len();
-        if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        }
-    }
     fn mean(&self) -> f64 {
-        self.samples.iter().sum::<f64>() / self.samples.len() as f64
+        self.samples.iter().sum::<f64>() / self.samples.len().max(1) as f64
     }
     fn stddev(&self) -> f64 {
         let m = self.mean();
@@ -60,80 +77,139 @@ impl TestResult {
     }
 }
 
-/// A deterministic token stream for benchmarks (valid ids, no special meaning).
-fn bench_tokens(n: usize, n_vocab: usize) -> Vec<i32> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+/// A deterministic token stream for benchmarks (valid ids, no special meaning); `salt`
+/// changes it, so repetitions do not share a cached prefix.
+fn bench_tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ salt.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let range = n_vocab.clamp(1, 32_000) as u64;
     (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % n_vocab.min(32_000) as u64) as i32
+            (x % range) as u32
         })
         .collect()
 }
 
+/// Runs requests to completion; returns each one's (completion tokens, prompt ms, gen ms).
+fn run_all(engine: &Engine, reqs: Vec<(Vec<u32>, Request)>) -> Result<Vec<(usize, f64, f64)>> {
+    let mut handles = Vec::new();
+    for (prompt, req) in reqs {
+        handles.push(engine.submit_tokens(prompt, req)?);
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        loop {
+            match h.recv() {
+                Some(Event::Token { .. }) => {}
+                Some(Event::Done {
+                    finish,
+                    usage,
+                    timings,
+                    ..
+                }) => {
+                    if let Finish::Error(e) = finish {
+                        bail!("{e}");
+                    }
+                    out.push((usage.completion_tokens, timings.prompt_ms, timings.gen_ms));
+                    break;
+                }
+                None => bail!("the engine stopped during the benchmark"),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the benchmark.
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.reps == 0 {
-        bail!("-r must be at least 1");
+    if a.reps == 0 || a.parallel == 0 || a.batch == 0 {
+        bail!("-r, --parallel and --batch must be at least 1");
     }
-    let engine = a.model.load()?;
-    let n_vocab = engine.model.info().n_vocab as usize;
-    let n_ctx = (a.n_prompt + a.n_gen).max(16) as u32;
-    let mut ctx = engine.context(n_ctx)?;
-    let mut logits = Vec::new();
+    let model = a.model.load()?;
+    let n_vocab = model.n_vocab();
+    let n_ctx = (a.n_prompt.max(a.n_gen + 1)).max(16) as u32;
+    let engine = Engine::start(
+        model.clone(),
+        EngineOptions {
+            n_ctx,
+            n_slots: a.parallel as u32,
+            n_batch: a.batch as u32,
+            queue: a.parallel,
+        },
+    )?;
+    let params = SamplingParams {
+        seed: 42,
+        top_k: if a.full_logits { 0 } else { 40 },
+        ..SamplingParams::default()
+    };
+    let sampler = SamplerSpec::from_params(&params)?;
+    let request = |max: usize| {
+        let mut r = Request::new(Input::Tokens(Vec::new()), sampler.clone());
+        r.seed = 42;
+        r.max_tokens = Some(max);
+        r.ignore_eos = true;
+        r
+    };
     let mut results = Vec::new();
+    let mut salt = 0u64;
     if a.n_prompt > 0 {
-        let toks = bench_tokens(a.n_prompt, n_vocab);
-        let pos: Vec<i32> = (0..a.n_prompt as i32).collect();
-        let seq = vec![0i32; a.n_prompt];
-        let mut want = vec![0u8; a.n_prompt];
-        want[a.n_prompt - 1] = 1;
         let mut samples = Vec::new();
         for rep in 0..=a.reps {
-            ctx.seq_clear(0)?;
-            let t = Instant::now();
-            for start in (0..a.n_prompt).step_by(kiln_runtime::engine::PROMPT_BATCH) {
-                let end = (start + kiln_runtime::engine::PROMPT_BATCH).min(a.n_prompt);
-                ctx.forward_logits(
-                    &toks[start..end],
-                    &pos[start..end],
-                    &seq[start..end],
-                    &want[start..end],
-                    &mut logits,
-                )?;
-            }
+            salt += 1;
+            let prompt = bench_tokens(a.n_prompt, n_vocab, salt);
+            let r = run_all(&engine, vec![(prompt, request(1))])?;
             if rep > 0 {
-                samples.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+                samples.push(a.n_prompt as f64 * 1e3 / r[0].1.max(1e-9));
             }
         }
         results.push(TestResult {
             name: format!("pp{}", a.n_prompt),
             n_tokens: a.n_prompt,
+            parallel: 1,
+            per_seq: samples.clone(),
             samples,
         });
     }
     if a.n_gen > 0 {
-        let toks = bench_tokens(a.n_gen, n_vocab);
         let mut samples = Vec::new();
+        let mut per_seq = Vec::new();
         for rep in 0..=a.reps {
-            ctx.seq_clear(0)?;
-            let t = Instant::now();
-            for (i, &tok) in toks.iter().enumerate() {
-                ctx.forward_logits(&[tok], &[i as i32], &[0], &[1], &mut logits)?;
-            }
+            // One-token prompts: every sequence generates `n_gen` tokens, one forward each.
+            let reqs = (0..a.parallel)
+                .map(|_| {
+                    salt += 1;
+                    (bench_tokens(1, n_vocab, salt), request(a.n_gen))
+                })
+                .collect();
+            let t0 = Instant::now();
+            let r = run_all(&engine, reqs)?;
+            let wall = t0.elapsed().as_secs_f64();
             if rep > 0 {
-                samples.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+                let total: usize = r.iter().map(|x| x.0).sum();
+                samples.push(total as f64 / wall);
+                let rates: Vec<f64> = r
+                    .iter()
+                    .map(|&(n, p, g)| n as f64 * 1e3 / (p + g).max(1e-9))
+                    .collect();
+                per_seq.push(median(&rates));
             }
         }
+        let name = if a.parallel > 1 {
+            format!("tg{} x{}", a.n_gen, a.parallel)
+        } else {
+            format!("tg{}", a.n_gen)
+        };
         results.push(TestResult {
-            name: format!("tg{}", a.n_gen),
+            name,
             n_tokens: a.n_gen,
+            parallel: a.parallel,
             samples,
+            per_seq,
         });
     }
-    let model_name = engine
+    let model_name = model
         .file
         .path
         .file_name()
@@ -146,42 +222,47 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         a.model.threads as usize
     };
+    let view = if a.full_logits { "full" } else { "top-n" };
     if a.json {
         let rows: Vec<serde_json::Value> = results
             .iter()
             .map(|r| {
+                let mut sorted = r.samples.clone();
+                sorted.sort_by(f64::total_cmp);
                 serde_json::json!({
-                    "model": model_name, "backend": engine.backend, "device": engine.device,
+                    "model": model_name, "backend": model.backend, "device": model.device,
                     "threads": threads, "test": r.name, "n_tokens": r.n_tokens,
-                    "median_ts": r.median(), "avg_ts": r.mean(), "stddev_ts": r.stddev(),
-                    "min_ts": r.sorted()[0], "max_ts": r.sorted()[r.samples.len() - 1],
-                    "samples_ts": r.samples,
+                    "parallel": r.parallel, "sampler_view": view,
+                    "median_ts": median(&r.samples), "avg_ts": r.mean(), "stddev_ts": r.stddev(),
+                    "min_ts": sorted.first(), "max_ts": sorted.last(),
+                    "samples_ts": r.samples, "per_seq_median_ts": median(&r.per_seq),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "| {:<40} | {:<12} | {:>7} | {:>6} | {:>10} | {:>18} |",
-            "model", "backend", "threads", "test", "median t/s", "mean ± sd t/s"
+            "| {:<40} | {:<12} | {:>7} | {:>10} | {:>10} | {:>18} | {:>11} |",
+            "model", "backend", "threads", "test", "median t/s", "mean ± sd t/s", "per seq t/s"
         );
         println!(
-            "|{:-<42}|{:-<14}|{:->9}|{:->8}|{:->12}|{:->20}|",
-            "", "", "", "", "", ""
+            "|{:-<42}|{:-<14}|{:->9}|{:->12}|{:->12}|{:->20}|{:->13}|",
+            "", "", "", "", "", "", ""
         );
         for r in &results {
             println!(
-                "| {:<40} | {:<12} | {:>7} | {:>6} | {:>10.2} | {:>9.2} ± {:>6.2} |",
+                "| {:<40} | {:<12} | {:>7} | {:>10} | {:>10.2} | {:>9.2} ± {:>6.2} | {:>11.2} |",
                 model_name,
-                engine.backend,
+                model.backend,
                 threads,
                 r.name,
-                r.median(),
+                median(&r.samples),
                 r.mean(),
-                r.stddev()
+                r.stddev(),
+                median(&r.per_seq)
             );
         }
-        println!("device: {}", engine.device);
+        println!("device: {} | sampler view: {view}", model.device);
     }
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! The subcommands of `kiln` (clap definitions and their implementations).
 
 use crate::catalog;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
-use kiln_runtime::chat::{ChatTemplate, Message};
-use kiln_runtime::engine::{Engine, GenOptions};
-use kiln_runtime::sampler::{builtin, SamplerModule, SequenceSampler};
+use kiln_runtime::chat::Message;
+use kiln_runtime::engine::{Engine, EngineOptions, Event, Finish, Input, Request, SamplerSpec};
+use kiln_runtime::model::{LoadOptions, Model};
+use kiln_runtime::sampler::{builtin, SamplerModule};
 use kiln_runtime::sampler::{random_seed, SamplingParams};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Kiln: run LLMs (GGUF) on pluggable backends.
 #[derive(Parser)]
@@ -36,10 +38,13 @@ pub enum Command {
     Pull(PullArgs),
     /// List the catalog and which models are downloaded.
     List,
-    /// Measure prompt and generation speed (like llama-bench).
+    /// Measure prompt and generation speed (like llama-bench), one or many sequences.
     Bench(crate::bench::BenchArgs),
-    /// List the backend libraries found, with their devices and scores, or why each was refused.
-    Backends,
+    /// Score a text file (perplexity, as llama.cpp's llama-perplexity computes it).
+    Perplexity(crate::perplexity::PerplexityArgs),
+    /// List the backend libraries found, with their devices and scores (for a model with -m),
+    /// or why each was refused.
+    Backends(BackendsArgs),
 }
 
 /// Model and backend selection shared by the subcommands that run a model.
@@ -67,9 +72,15 @@ impl ModelArgs {
         catalog::resolve(name, true)
     }
 
-    /// Loads the model.
-    pub fn load(&self) -> Result<Engine> {
-        Engine::load(&self.path()?, self.backend.as_deref(), self.threads)
+    /// Loads the model on the best backend for it (or the one asked for).
+    pub fn load(&self) -> Result<Arc<Model>> {
+        Model::load(
+            &self.path()?,
+            &LoadOptions {
+                backend: self.backend.clone(),
+                threads: self.threads,
+            },
+        )
     }
 }
 
@@ -118,27 +129,23 @@ pub struct SamplingArgs {
     pub sampler_deadline_ms: u64,
 }
 
-/// The sampler chosen on the command line: module, configuration, seed, deadline.
+/// The sampler chosen on the command line and the seed.
 pub struct SamplerChoice {
-    module: std::sync::Arc<SamplerModule>,
-    config: Vec<u8>,
-    seed: u64,
-    deadline_ms: u64,
-}
-
-impl SamplerChoice {
-    /// An instance for one sequence of `engine`'s model.
-    pub fn instantiate(&self, engine: &Engine) -> Result<SequenceSampler> {
-        engine.sampler(&self.module, &self.config, self.seed, self.deadline_ms)
-    }
+    /// Module, configuration and deadline.
+    pub spec: SamplerSpec,
+    /// Seed of the sequence.
+    pub seed: u64,
 }
 
 impl SamplingArgs {
     /// Loads the sampler these options choose.
     pub fn choice(&self) -> Result<SamplerChoice> {
         let params = self.params()?;
-        if self.sampler_deadline_ms == 0 {
-            bail!("--sampler-deadline-ms must be at least 1");
+        if !(1..=crate::MAX_SAMPLER_DEADLINE_MS).contains(&self.sampler_deadline_ms) {
+            bail!(
+                "--sampler-deadline-ms must be between 1 and {} ms",
+                crate::MAX_SAMPLER_DEADLINE_MS
+            );
         }
         let (module, config) = match &self.sampler {
             Some(name) => {
@@ -158,18 +165,20 @@ impl SamplingArgs {
                 (module, self.sampler_config.clone().unwrap_or_default())
             }
             None => {
-                let (name, config) = builtin::for_params(&params);
-                let module = builtin::load(name).with_context(|| {
-                    format!("this build of kiln has no built-in `{name}` sampler")
-                })??;
-                (module, config)
+                let spec = SamplerSpec::from_params(&params)?;
+                (
+                    spec.module,
+                    String::from_utf8_lossy(&spec.config).into_owned(),
+                )
             }
         };
         Ok(SamplerChoice {
-            module,
-            config: config.into_bytes(),
+            spec: SamplerSpec {
+                module,
+                config: config.into_bytes(),
+                deadline_ms: self.sampler_deadline_ms,
+            },
             seed: params.seed,
-            deadline_ms: self.sampler_deadline_ms,
         })
     }
 
@@ -271,6 +280,14 @@ pub struct InspectArgs {
     pub all: bool,
 }
 
+/// `kiln backends`.
+#[derive(Args)]
+pub struct BackendsArgs {
+    /// Score every backend for this model (a GGUF path or a catalog name).
+    #[arg(short, long)]
+    pub model: Option<String>,
+}
+
 /// `kiln pull`.
 #[derive(Args)]
 pub struct PullArgs {
@@ -295,128 +312,143 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::List => list(),
         Command::Bench(a) => crate::bench::bench(a),
-        Command::Backends => backends(),
+        Command::Perplexity(a) => crate::perplexity::perplexity(a),
+        Command::Backends(a) => backends(a),
     }
 }
 
-fn template_for(engine: &Engine) -> Result<ChatTemplate> {
-    match engine.tokenizer.chat_template() {
-        Some(src) => ChatTemplate::new(src).context("the model's chat template is invalid"),
-        None => Ok(ChatTemplate::fallback(engine.model.info().arch.as_str())),
-    }
-}
-
-fn special_text(engine: &Engine, id: Option<u32>) -> String {
-    id.and_then(|i| engine.tokenizer.token_text(i))
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Tokenizes rendered chat text; a template that writes the BOS text itself must not get a
-/// second BOS from the tokenizer.
-fn encode_chat(engine: &Engine, text: &str) -> Result<Vec<u32>> {
-    let mut ids = engine.tokenizer.encode(text, true)?;
-    if let Some(bos) = engine.tokenizer.bos() {
-        if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
-            ids.remove(0);
-        }
-    }
-    Ok(ids)
-}
-
-fn print_stats(engine: &Engine, s: &kiln_runtime::engine::GenStats, kv_line: &str) {
+/// Prints the statistics line of a finished request to stderr.
+fn print_stats(
+    model: &Model,
+    engine: &Engine,
+    finish: &Finish,
+    usage: &kiln_runtime::engine::Usage,
+    t: &kiln_runtime::engine::Timings,
+) {
     let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    let evaluated = usage.prompt_tokens - usage.cached_tokens;
+    let cached = if usage.cached_tokens > 0 {
+        format!(" ({} cached)", usage.cached_tokens)
+    } else {
+        String::new()
+    };
+    // The first generated token comes with the prompt; the rate counts the others.
+    let gen_rate = rate(usage.completion_tokens.saturating_sub(1), t.gen_ms);
     eprintln!(
-        "\n[kiln] load {:.0} ms | prompt {} tok, {:.1} tok/s | generation {} tok, {:.1} tok/s | {} | backend {} on {} | stop: {}",
-        engine.load_ms,
-        s.prompt_tokens,
-        rate(s.prompt_tokens, s.prompt_ms),
-        s.gen_tokens,
-        rate(s.gen_tokens, s.gen_ms),
-        kv_line,
-        engine.backend,
-        engine.device,
-        s.stop.describe()
+        "\n[kiln] load {:.0} ms | prompt {} tok{cached}, {:.1} tok/s | generation {} tok, {:.1} tok/s | {} | backend {} on {} | stop: {}",
+        model.load_ms,
+        usage.prompt_tokens,
+        rate(evaluated, t.prompt_ms),
+        usage.completion_tokens,
+        gen_rate,
+        kv_line(engine),
+        model.backend,
+        model.device,
+        describe_stop(finish)
     );
 }
 
-fn kv_line(n_ctx: u32, kv_bytes: u64) -> String {
+fn describe_stop(f: &Finish) -> String {
+    match f {
+        Finish::ContextFull => "context full (raise --ctx)".into(),
+        other => other.describe(),
+    }
+}
+
+fn kv_line(engine: &Engine) -> String {
+    let o = engine.options();
+    let per_token = engine.model().backend_model.info().kv_bytes_per_token;
     format!(
-        "ctx {n_ctx}, KV cache {:.1} MiB",
-        kv_bytes as f64 / (1 << 20) as f64
+        "ctx {}, KV cache {:.1} MiB",
+        o.n_ctx,
+        (per_token * u64::from(o.n_ctx) * u64::from(o.n_slots)) as f64 / (1 << 20) as f64
     )
 }
 
-fn run(a: RunArgs) -> Result<()> {
-    let choice = a.sampling.choice()?;
-    let engine = a.model.load()?;
-    let n_ctx = engine.context_size(a.model.ctx)?;
-    let mut ctx = engine.context(n_ctx)?;
-    let (_, _, kv_bytes) = ctx.info()?;
-    tracing::info!("{}", kv_line(n_ctx, kv_bytes));
-    let prompt = if a.chat {
-        let tpl = template_for(&engine)?;
-        let mut msgs = Vec::new();
-        if let Some(s) = &a.system {
-            msgs.push(Message {
-                role: "system".into(),
-                content: s.clone(),
-            });
-        }
-        msgs.push(Message {
-            role: "user".into(),
-            content: a.prompt.clone(),
-        });
-        let bos = special_text(&engine, engine.tokenizer.bos());
-        let eos = special_text(&engine, engine.tokenizer.eos());
-        encode_chat(&engine, &tpl.render(&msgs, true, &bos, &eos)?)?
-    } else {
-        engine.tokenizer.encode(&a.prompt, !a.no_special)?
-    };
-    let mut sampler = choice.instantiate(&engine)?;
-    let opts = GenOptions {
-        n_predict: a.n_predict,
-        ignore_eos: a.ignore_eos,
-    };
+/// Streams one request's text to stdout; returns how it ended (and the reply's text).
+fn stream(engine: &Engine, req: Request) -> Result<(Finish, String)> {
+    let handle = engine.submit(req)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let (_, stats) = engine.generate(&mut ctx, 0, &prompt, &mut sampler, &opts, &mut |piece| {
-        match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+    let mut reply = String::new();
+    let mut write = |text: &str, reply: &mut String| -> Result<bool> {
+        reply.push_str(text);
+        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
             Ok(()) => Ok(true),
             // A closed pipe (e.g. `| head`) just ends the generation.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
             Err(e) => Err(e.into()),
         }
-    })?;
-    let _ = writeln!(out);
-    print_stats(&engine, &stats, &kv_line(n_ctx, kv_bytes));
+    };
+    while let Some(ev) = handle.recv() {
+        match ev {
+            Event::Token { text, .. } => {
+                if !write(&text, &mut reply)? {
+                    handle.cancel();
+                }
+            }
+            Event::Done {
+                finish,
+                text,
+                usage,
+                timings,
+            } => {
+                write(&text, &mut reply)?;
+                let _ = writeln!(out);
+                drop(out);
+                if let Finish::Error(e) = &finish {
+                    bail!("{e}");
+                }
+                print_stats(engine.model(), engine, &finish, &usage, &timings);
+                return Ok((finish, reply));
+            }
+        }
+    }
+    bail!("the engine stopped before the request finished")
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let choice = a.sampling.choice()?;
+    let model = a.model.load()?;
+    let n_ctx = model.context_size(a.model.ctx, 1)?;
+    let engine = Engine::start(model, EngineOptions::single(n_ctx))?;
+    tracing::info!("{}", kv_line(&engine));
+    let input = if a.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(Message::new("system", s.clone()));
+        }
+        msgs.push(Message::new("user", a.prompt.clone()));
+        Input::Chat(msgs)
+    } else {
+        Input::Text {
+            text: a.prompt.clone(),
+            parse_special: !a.no_special,
+        }
+    };
+    let mut req = Request::new(input, choice.spec);
+    req.seed = choice.seed;
+    req.max_tokens = a.n_predict;
+    req.ignore_eos = a.ignore_eos;
+    stream(&engine, req)?;
     Ok(())
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
     let choice = a.sampling.choice()?;
-    let engine = a.model.load()?;
-    let n_ctx = engine.context_size(a.model.ctx)?;
-    let mut ctx = engine.context(n_ctx)?;
-    let (_, _, kv_bytes) = ctx.info()?;
-    let tpl = template_for(&engine)?;
-    let bos = special_text(&engine, engine.tokenizer.bos());
-    let eos = special_text(&engine, engine.tokenizer.eos());
+    let model = a.model.load()?;
+    let n_ctx = model.context_size(a.model.ctx, 1)?;
+    let engine = Engine::start(model, EngineOptions::single(n_ctx))?;
     let mut msgs: Vec<Message> = Vec::new();
     if let Some(s) = &a.system {
-        msgs.push(Message {
-            role: "system".into(),
-            content: s.clone(),
-        });
+        msgs.push(Message::new("system", s.clone()));
     }
     eprintln!(
         "[kiln] {} | {} | backend {} — type a message; /clear resets, /exit or Ctrl-D quits",
-        engine.file.path.display(),
-        kv_line(n_ctx, kv_bytes),
-        engine.backend
+        engine.model().file.path.display(),
+        kv_line(&engine),
+        engine.model().backend
     );
-    let mut cached: Vec<u32> = Vec::new();
-    let mut sampler = choice.instantiate(&engine)?;
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -432,81 +464,25 @@ fn chat(a: ChatArgs) -> Result<()> {
             "/exit" | "/quit" => return Ok(()),
             "/clear" => {
                 msgs.retain(|m| m.role == "system");
-                ctx.seq_clear(0)?;
-                cached.clear();
                 continue;
             }
             _ => {}
         }
-        msgs.push(Message {
-            role: "user".into(),
-            content: line.to_string(),
-        });
-        let ids = encode_chat(&engine, &tpl.render(&msgs, true, &bos, &eos)?)?;
-        // Reuse the cached prefix of the conversation; evaluate only what changed.
-        let common = cached
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        ctx.seq_truncate(0, common as u32)?;
-        cached.truncate(common);
-        // The sampler sees the whole conversation as this reply's prompt.
-        let primed = sampler.reset().map_err(anyhow::Error::from).and_then(|()| {
-            ids[..common]
-                .iter()
-                .try_for_each(|&t| sampler.accept(t))
-                .map_err(anyhow::Error::from)
-        });
-        if let Err(e) = primed {
-            eprintln!("error: {e:#}");
-            msgs.pop();
-            continue;
-        }
-        let opts = GenOptions {
-            n_predict: a.n_predict,
-            ignore_eos: false,
-        };
-        let mut reply = String::new();
-        let stdout = std::io::stdout();
-        let result = engine.generate(
-            &mut ctx,
-            common,
-            &ids[common..],
-            &mut sampler,
-            &opts,
-            &mut |piece| {
-                reply.push_str(piece);
-                let mut o = stdout.lock();
-                o.write_all(piece.as_bytes())?;
-                o.flush()?;
-                Ok(true)
-            },
-        );
-        println!();
-        match result {
-            Ok((generated, stats)) => {
-                // The KV cache holds the prompt and every generated token that was evaluated.
-                cached = ids
-                    .iter()
-                    .chain(&generated)
-                    .copied()
-                    .take(stats.n_cached)
-                    .collect();
-                if stats.stop == kiln_runtime::engine::StopReason::ContextFull {
+        msgs.push(Message::new("user", line));
+        // The engine reuses the cached conversation: only the new turn is evaluated.
+        let mut req = Request::new(Input::Chat(msgs.clone()), choice.spec.clone());
+        req.seed = choice.seed;
+        req.max_tokens = a.n_predict;
+        match stream(&engine, req) {
+            Ok((finish, reply)) => {
+                if finish == Finish::ContextFull {
                     eprintln!("[kiln] the context is full; /clear to start over");
                 }
-                msgs.push(Message {
-                    role: "assistant".into(),
-                    content: reply,
-                });
+                msgs.push(Message::new("assistant", reply));
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 msgs.pop();
-                ctx.seq_clear(0)?;
-                cached.clear();
             }
         }
     }
@@ -551,16 +527,27 @@ fn list() -> Result<()> {
     Ok(())
 }
 
-fn backends() -> Result<()> {
-    let found = kiln_runtime::plugins::discover();
+fn backends(a: BackendsArgs) -> Result<()> {
+    use kiln_runtime::plugins::{self, sanitize};
+    let found = plugins::discover();
     if found.is_empty() {
-        let dirs: Vec<String> = kiln_runtime::plugins::search_paths()
+        let dirs: Vec<String> = plugins::search_paths()
             .iter()
             .map(|p| p.display().to_string())
             .collect();
         println!("no backend libraries found in {}", dirs.join(", "));
         return Ok(());
     }
+    let file = match &a.model {
+        Some(m) => Some(kiln_runtime::model_file::ModelFile::open(
+            &catalog::resolve(m, false)?,
+        )?),
+        None => None,
+    };
+    if let Some(f) = &file {
+        println!("model: {}", f.path.display());
+    }
+    let mut best: Option<(u32, String)> = None;
     for c in found {
         match c.outcome {
             Ok(b) => {
@@ -568,12 +555,23 @@ fn backends() -> Result<()> {
                     "{} {} — {}",
                     b.desc.name, b.desc.version, b.desc.description
                 );
-                println!("  library: {}", c.path.display());
+                println!(
+                    "  library: {} (ABI 2.{})",
+                    c.path.display(),
+                    b.lib.abi_minor()
+                );
                 println!("  score:   {} ({})", b.score, b.reason);
+                if let Some(f) = &file {
+                    let (s, why) = b.score_model(f.gguf());
+                    println!("  model:   {s} ({why})");
+                    if s > 0 && best.as_ref().is_none_or(|(bs, _)| s > *bs) {
+                        best = Some((s, b.desc.name.clone()));
+                    }
+                }
                 for d in &b.devices {
                     println!(
                         "  device:  {} [{}] {:.1} GiB total, {:.1} GiB free",
-                        d.name,
+                        sanitize(&d.name),
                         if d.is_gpu { "gpu" } else { "cpu" },
                         d.total_memory as f64 / (1u64 << 30) as f64,
                         d.free_memory as f64 / (1u64 << 30) as f64
@@ -584,6 +582,12 @@ fn backends() -> Result<()> {
                 println!("refused: {}", c.path.display());
                 println!("  reason:  {why}");
             }
+        }
+    }
+    if file.is_some() {
+        match best {
+            Some((_, name)) => println!("chosen for this model: {name}"),
+            None => println!("no backend can run this model"),
         }
     }
     Ok(())

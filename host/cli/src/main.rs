@@ -4,6 +4,10 @@ mod bench;
 mod catalog;
 mod cli;
 mod inspect;
+mod perplexity;
+
+/// The longest `--sampler-deadline-ms` accepted (ten seconds of CPU per call).
+pub const MAX_SAMPLER_DEADLINE_MS: u64 = 10_000;
 
 use clap::Parser;
 

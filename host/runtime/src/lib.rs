@@ -5,10 +5,31 @@
 //! - [`tokenizer`]: tokenizers built from GGUF metadata, byte-exact with llama.cpp.
 //! - [`chat`]: chat templates (sandboxed Jinja).
 //! - [`sampler`]: the WebAssembly sampler runtime.
-//! - [`engine`]: a loaded model and its generation loop.
+//! - [`model`]: a model loaded on the backend that suits it, with its tokenizer and template.
+//! - [`engine`]: the multi-sequence scheduler: submit requests, stream their events.
+//!
+//! ```no_run
+//! use kiln_runtime::engine::{Engine, EngineOptions, Event, Input, Request, SamplerSpec};
+//! use kiln_runtime::model::{LoadOptions, Model};
+//! # fn main() -> anyhow::Result<()> {
+//! let model = Model::load("model.gguf".as_ref(), &LoadOptions::default())?;
+//! let engine = Engine::start(model, EngineOptions::single(4096))?;
+//! let input = Input::Text { text: "The capital of France is".into(), parse_special: true };
+//! let mut req = Request::new(input, SamplerSpec::greedy()?);
+//! req.max_tokens = Some(16);
+//! let handle = engine.submit(req)?;
+//! while let Some(event) = handle.recv() {
+//!     match event {
+//!         Event::Token { text, .. } => print!("{text}"),
+//!         Event::Done { finish, text, .. } => println!("{text}\n[{}]", finish.describe()),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod chat;
 pub mod engine;
+pub mod model;
 pub mod model_file;
 pub mod plugins;
 pub mod sampler;

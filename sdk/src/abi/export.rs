@@ -4,7 +4,8 @@
 
 use super::types::*;
 use crate::backend::{
-    Backend, BackendError, BackendOptions, Batch, Context, ContextParams, ErrorKind, Model, Outputs,
+    Backend, BackendError, BackendOptions, Batch, Context, ContextParams, ErrorKind, Model,
+    RowOutput, Want,
 };
 use crate::gguf::{parse_value, Gguf, MetaEntry, TensorInfo, ValueType};
 use crate::quant::GgmlType;
@@ -62,6 +63,84 @@ fn null(what: &str) -> BackendError {
     BackendError::invalid(format!("null pointer: {what}"))
 }
 
+/// A struct of the ABI that may grow in later minors: `BASE` is its size in the major's base
+/// layout (the least a peer may give), and it starts with its `struct_size`.
+pub(crate) trait Grows: Sized {
+    /// Size in the base layout of the major version.
+    const BASE: usize;
+    /// Name for error messages.
+    const NAME: &'static str;
+}
+
+macro_rules! grows {
+    ($($t:ty),*) => {$(
+        impl Grows for $t {
+            const BASE: usize = std::mem::size_of::<$t>();
+            const NAME: &'static str = stringify!($t);
+        }
+    )*};
+}
+grows!(
+    KilnBackendInfo,
+    KilnDeviceInfo,
+    KilnScore,
+    KilnBackendOptions,
+    KilnGgufView,
+    KilnModelParams,
+    KilnModelInfo,
+    KilnContextParams,
+    KilnContextInfo,
+    KilnBatch,
+    KilnOutputs,
+    KilnProfile
+);
+
+/// The `struct_size` a peer wrote at the start of `p`, checked against `T`'s base size.
+///
+/// # Safety
+/// `p` must be null or point to at least 4 readable bytes.
+unsafe fn given_size<T: Grows>(p: *const T) -> Result<usize, BackendError> {
+    let n = (p as *const u32)
+        .as_ref()
+        .map(|&n| n as usize)
+        .ok_or_else(|| null(T::NAME))?;
+    if n < T::BASE {
+        return Err(BackendError::invalid(format!(
+            "{}: struct_size {n} is smaller than the {} bytes of ABI {ABI_MAJOR}.0",
+            T::NAME,
+            T::BASE
+        )));
+    }
+    Ok(n)
+}
+
+/// Reads a struct the host filled: the bytes both sides know; fields past the host's
+/// `struct_size` read as zero.
+///
+/// # Safety
+/// `p` must point to `struct_size` readable bytes; an all-zero `T` must be valid.
+unsafe fn read_in<T: Grows>(p: *const T) -> Result<T, BackendError> {
+    let n = given_size(p)?.min(std::mem::size_of::<T>());
+    let mut v = std::mem::MaybeUninit::<T>::zeroed();
+    std::ptr::copy_nonoverlapping(p as *const u8, v.as_mut_ptr() as *mut u8, n);
+    Ok(v.assume_init())
+}
+
+/// Writes `value` into a struct the host allocated: only the bytes both sides know, and never
+/// its `struct_size` (the first 4 bytes).
+///
+/// # Safety
+/// `p` must point to `struct_size` writable bytes.
+unsafe fn write_out<T: Grows>(p: *mut T, value: &T) -> Result<(), BackendError> {
+    let n = given_size(p)?.min(std::mem::size_of::<T>());
+    std::ptr::copy_nonoverlapping(
+        (value as *const T as *const u8).add(4),
+        (p as *mut u8).add(4),
+        n - 4,
+    );
+    Ok(())
+}
+
 unsafe fn bytes<'a>(s: KilnStr, what: &str) -> Result<&'a [u8], BackendError> {
     if s.len == 0 {
         return Ok(&[]);
@@ -101,12 +180,8 @@ unsafe fn slice_mut<'a, T>(p: *mut T, n: usize, what: &str) -> Result<&'a mut [T
 /// # Safety
 /// `view` and everything it points to must stay valid and unchanged for `'static` — in ABI
 /// terms, until the model loaded from it is freed.
-pub unsafe fn gguf_from_view(view: &KilnGgufView) -> Result<Gguf<'static>, BackendError> {
-    if (view.struct_size as usize) < std::mem::size_of::<KilnGgufView>() {
-        return Err(BackendError::invalid(
-            "GGUF view struct is smaller than ABI 1.0's",
-        ));
-    }
+pub unsafe fn gguf_from_view(view: *const KilnGgufView) -> Result<Gguf<'static>, BackendError> {
+    let view = read_in(view)?;
     let kvs = slice(view.kv, view.n_kv, "view.kv")?;
     let mut metadata = Vec::with_capacity(kvs.len());
     for kv in kvs {
@@ -179,16 +254,23 @@ struct ModelHandle<M: Model> {
 struct ContextHandle<C: Context> {
     ctx: C,
     n_vocab: usize,
+    /// The output requests of a call, kept for their capacity (empty between calls).
+    outs: Vec<RowOutput<'static>>,
 }
 
 unsafe extern "C" fn get_info<B: Backend>(out: *mut KilnBackendInfo, err: *mut KilnError) -> i32 {
     guard(err, || {
-        let out = out.as_mut().ok_or_else(|| null("out"))?;
-        write_c_str(&mut out.name, B::NAME);
-        write_c_str(&mut out.version, B::VERSION);
-        write_c_str(&mut out.description, B::DESCRIPTION);
-        out.n_devices = B::devices().len() as u32;
-        Ok(())
+        let mut v = KilnBackendInfo {
+            struct_size: 0,
+            name: [0; 64],
+            version: [0; 64],
+            description: [0; 256],
+            n_devices: B::devices().len() as u32,
+        };
+        write_c_str(&mut v.name, B::NAME);
+        write_c_str(&mut v.version, B::VERSION);
+        write_c_str(&mut v.description, B::DESCRIPTION);
+        write_out(out, &v)
     })
 }
 
@@ -198,26 +280,49 @@ unsafe extern "C" fn get_device<B: Backend>(
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
-        let out = out.as_mut().ok_or_else(|| null("out"))?;
+        given_size(out)?;
         let devs = B::devices();
         let d = devs.get(index as usize).ok_or_else(|| {
             BackendError::invalid(format!("no device {index} ({} devices)", devs.len()))
         })?;
-        write_c_str(&mut out.name, &d.name);
-        out.kind = if d.is_gpu { DEVICE_GPU } else { DEVICE_CPU };
-        out.total_memory = d.total_memory;
-        out.free_memory = d.free_memory;
-        Ok(())
+        let mut v = KilnDeviceInfo {
+            struct_size: 0,
+            name: [0; 128],
+            kind: if d.is_gpu { DEVICE_GPU } else { DEVICE_CPU },
+            total_memory: d.total_memory,
+            free_memory: d.free_memory,
+        };
+        write_c_str(&mut v.name, &d.name);
+        write_out(out, &v)
     })
 }
 
 unsafe extern "C" fn get_score<B: Backend>(out: *mut KilnScore, err: *mut KilnError) -> i32 {
     guard(err, || {
-        let out = out.as_mut().ok_or_else(|| null("out"))?;
-        let s = B::score();
-        out.score = s.score;
-        write_c_str(&mut out.reason, &s.reason);
-        Ok(())
+        given_size(out)?;
+        write_score(out, B::score())
+    })
+}
+
+unsafe fn write_score(out: *mut KilnScore, s: crate::backend::Score) -> Result<(), BackendError> {
+    let mut v = KilnScore {
+        struct_size: 0,
+        score: s.score,
+        reason: [0; 256],
+    };
+    write_c_str(&mut v.reason, &s.reason);
+    write_out(out, &v)
+}
+
+unsafe extern "C" fn score_model<B: Backend>(
+    view: *const KilnGgufView,
+    out: *mut KilnScore,
+    err: *mut KilnError,
+) -> i32 {
+    guard(err, || {
+        given_size(out)?;
+        let gguf = gguf_from_view(view)?;
+        write_score(out, B::score_model(&gguf))
     })
 }
 
@@ -235,7 +340,7 @@ unsafe extern "C" fn backend_create<B: Backend>(
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
-        let opts = opts.as_ref().ok_or_else(|| null("opts"))?;
+        let opts = read_in(opts)?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let o = BackendOptions {
             n_threads: opts.n_threads,
@@ -266,8 +371,7 @@ unsafe extern "C" fn model_load<B: Backend>(
         let h = (backend as *const BackendHandle<B>)
             .as_ref()
             .ok_or_else(|| null("backend"))?;
-        let view = view.as_ref().ok_or_else(|| null("view"))?;
-        params.as_ref().ok_or_else(|| null("params"))?;
+        read_in(params)?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let gguf = gguf_from_view(view)?;
         let model = h.backend.load_model(&gguf)?;
@@ -290,16 +394,19 @@ unsafe extern "C" fn model_info<B: Backend>(
         let h = (model as *const ModelHandle<B::Model>)
             .as_ref()
             .ok_or_else(|| null("model"))?;
-        let out = out.as_mut().ok_or_else(|| null("out"))?;
         let i = h.model.info();
-        out.n_vocab = i.n_vocab;
-        out.n_ctx_train = i.n_ctx_train;
-        out.n_layer = i.n_layer;
-        out.n_embd = i.n_embd;
-        out.weight_bytes = i.weight_bytes;
-        out.kv_bytes_per_token = i.kv_bytes_per_token;
-        write_c_str(&mut out.arch, &i.arch);
-        Ok(())
+        let mut v = KilnModelInfo {
+            struct_size: 0,
+            n_vocab: i.n_vocab,
+            n_ctx_train: i.n_ctx_train,
+            n_layer: i.n_layer,
+            n_embd: i.n_embd,
+            weight_bytes: i.weight_bytes,
+            kv_bytes_per_token: i.kv_bytes_per_token,
+            arch: [0; 32],
+        };
+        write_c_str(&mut v.arch, &i.arch);
+        write_out(out, &v)
     })
 }
 
@@ -321,7 +428,7 @@ unsafe extern "C" fn context_create<B: Backend>(
         let h = (model as *const ModelHandle<B::Model>)
             .as_ref()
             .ok_or_else(|| null("model"))?;
-        let p = params.as_ref().ok_or_else(|| null("params"))?;
+        let p = read_in(params)?;
         let out = out.as_mut().ok_or_else(|| null("out"))?;
         let kv_type = GgmlType::from_u32(p.kv_type)
             .ok_or_else(|| BackendError::invalid(format!("unknown KV type {}", p.kv_type)))?;
@@ -329,11 +436,14 @@ unsafe extern "C" fn context_create<B: Backend>(
             n_ctx: p.n_ctx,
             n_seq_max: p.n_seq_max,
             kv_type,
+            n_batch_max: p.n_batch_max,
+            n_outputs_max: p.n_outputs_max,
         };
         let ctx = h.model.create_context(&params)?;
         let handle = ContextHandle {
             ctx,
             n_vocab: h.n_vocab,
+            outs: Vec::with_capacity(p.n_outputs_max.min(4096) as usize),
         };
         *out = Box::into_raw(Box::new(handle)) as *mut KilnContext;
         Ok(())
@@ -349,12 +459,17 @@ unsafe extern "C" fn context_info<B: Backend>(
         let h = (ctx as *const ContextHandle<<B::Model as Model>::Context>)
             .as_ref()
             .ok_or_else(|| null("ctx"))?;
-        let out = out.as_mut().ok_or_else(|| null("out"))?;
         let i = h.ctx.info();
-        out.n_ctx = i.n_ctx;
-        out.n_seq_max = i.n_seq_max;
-        out.kv_bytes = i.kv_bytes;
-        Ok(())
+        let v = KilnContextInfo {
+            struct_size: 0,
+            n_ctx: i.n_ctx,
+            n_seq_max: i.n_seq_max,
+            n_batch_max: i.n_batch_max,
+            n_outputs_max: i.n_outputs_max,
+            kv_bytes: i.kv_bytes,
+            scratch_bytes: i.scratch_bytes,
+        };
+        write_out(out, &v)
     })
 }
 
@@ -403,53 +518,143 @@ unsafe extern "C" fn seq_copy<B: Backend>(
     guard(err, || ctx_mut::<B>(ctx)?.ctx.seq_copy(src, dst, n))
 }
 
+/// One host output request as the SDK's [`RowOutput`] (slices checked for null).
+unsafe fn row_output<'a>(r: &KilnRowOutput, n_vocab: usize) -> Result<RowOutput<'a>, BackendError> {
+    let want = match r.kind {
+        OUTPUT_LOGITS => Want::Logits(slice_mut(r.logits, n_vocab, "outputs.logits")?),
+        OUTPUT_TOP_N => {
+            let k = r.top_n as usize;
+            if k > n_vocab {
+                return Err(BackendError::invalid(format!(
+                    "top_n {k} is larger than the vocabulary ({n_vocab})"
+                )));
+            }
+            Want::TopN {
+                ids: slice_mut(r.top_ids, k, "outputs.top_ids")?,
+                logits: slice_mut(r.top_logits, k, "outputs.top_logits")?,
+            }
+        }
+        k => return Err(BackendError::invalid(format!("unknown output kind {k}"))),
+    };
+    let target = if r.target >= 0 && !r.target_logit.is_null() {
+        Some((r.target as u32, &mut *r.target_logit))
+    } else {
+        None
+    };
+    let allowed = if r.allowed.is_null() {
+        None
+    } else {
+        Some(slice(r.allowed, r.n_allowed as u64, "outputs.allowed")?)
+    };
+    Ok(RowOutput {
+        row: r.row as usize,
+        want,
+        banned: slice(r.banned, r.n_banned as u64, "outputs.banned")?,
+        allowed,
+        lse: r.lse.as_mut(),
+        target,
+    })
+}
+
 unsafe extern "C" fn forward<B: Backend>(
     ctx: *mut KilnContext,
     batch: *const KilnBatch,
-    out: *const KilnOutputs,
+    outputs: *const KilnOutputs,
     err: *mut KilnError,
 ) -> i32 {
     guard(err, || {
         let h = ctx_mut::<B>(ctx)?;
-        let b = batch.as_ref().ok_or_else(|| null("batch"))?;
-        let o = out.as_ref().ok_or_else(|| null("outputs"))?;
+        let b = read_in(batch)?;
+        let o = read_in(outputs)?;
         let n = b.n_tokens as u64;
         let batch = Batch {
             tokens: slice(b.tokens, n, "batch.tokens")?,
             positions: slice(b.positions, n, "batch.positions")?,
             seq_ids: slice(b.seq_ids, n, "batch.seq_ids")?,
-            want_output: slice(b.want_output, n, "batch.want_output")?,
         };
-        let n_out = batch.n_outputs();
-        if n_out != o.n_outputs as usize {
+        let stride = o.row_size as usize;
+        if o.n_rows > 0 && stride < std::mem::size_of::<KilnRowOutput>() {
             return Err(BackendError::invalid(format!(
-                "outputs.n_outputs is {} but the batch wants {n_out} rows",
-                o.n_outputs
+                "outputs.row_size {stride} is smaller than the {} bytes of ABI {ABI_MAJOR}.0",
+                std::mem::size_of::<KilnRowOutput>()
             )));
         }
-        let mut outputs = match o.mode {
-            OUTPUT_LOGITS => {
-                Outputs::Logits(slice_mut(o.logits, n_out * h.n_vocab, "outputs.logits")?)
+        let base = o.rows as *const u8;
+        if o.n_rows > 0 && base.is_null() {
+            return Err(null("outputs.rows"));
+        }
+        // Reuse the vector's capacity; it is emptied before returning, so no request outlives
+        // the call although the vector's type says 'static.
+        let mut outs: Vec<RowOutput<'static>> = std::mem::take(&mut h.outs);
+        outs.clear();
+        let mut r = (|| {
+            for i in 0..o.n_rows as usize {
+                let req = &*(base.add(i * stride) as *const KilnRowOutput);
+                outs.push(row_output(req, h.n_vocab)?);
             }
-            OUTPUT_TOP_N => {
-                let k = o.top_n as usize;
-                if k == 0 || k > h.n_vocab {
-                    return Err(BackendError::invalid(format!(
-                        "top_n {k} out of 1..={}",
-                        h.n_vocab
-                    )));
-                }
-                Outputs::TopN {
-                    n: k,
-                    ids: slice_mut(o.top_ids, n_out * k, "outputs.top_ids")?,
-                    logits: slice_mut(o.top_logits, n_out * k, "outputs.top_logits")?,
-                    lse: slice_mut(o.lse, n_out, "outputs.lse")?,
-                }
-            }
-            m => return Err(BackendError::invalid(format!("unknown output mode {m}"))),
-        };
-        h.ctx.forward(&batch, &mut outputs)
+            h.ctx.forward(&batch, &mut outs)
+        })();
+        outs.clear();
+        h.outs = outs;
+        if let Err(e) = &mut r {
+            e.message = format!("forward: {}", e.message);
+        }
+        r
     })
+}
+
+unsafe extern "C" fn profile<B: Backend>(
+    ctx: *mut KilnContext,
+    enable: u32,
+    out: *mut KilnProfile,
+    err: *mut KilnError,
+) -> i32 {
+    guard(err, || {
+        let h = ctx_mut::<B>(ctx)?;
+        if !out.is_null() {
+            given_size(out)?;
+        }
+        let p = h.ctx.profile(enable != 0)?;
+        if out.is_null() {
+            return Ok(());
+        }
+        let mut v = KilnProfile {
+            struct_size: 0,
+            n_forward: p.n_forward,
+            n_ops: p.ops.len().min(PROFILE_MAX_OPS) as u32,
+            ops: std::array::from_fn(|_| KilnOpStat {
+                name: [0; 32],
+                calls: 0,
+                nanos: 0,
+            }),
+        };
+        for (dst, src) in v.ops.iter_mut().zip(&p.ops) {
+            write_c_str(&mut dst.name, src.name);
+            dst.calls = src.calls;
+            dst.nanos = src.nanos;
+        }
+        write_out(out, &v)
+    })
+}
+
+unsafe extern "C" fn get_proc_address<B: Backend>(name: *const u8) -> *const std::ffi::c_void {
+    let found = catch_unwind(|| {
+        if name.is_null() {
+            return std::ptr::null();
+        }
+        // Capability names are short; never read past 128 bytes of a missing terminator.
+        let mut n = 0;
+        while n < 128 && *name.add(n) != 0 {
+            n += 1;
+        }
+        let name = std::slice::from_raw_parts(name, n);
+        if name == CAP_PROFILE.as_bytes() {
+            profile::<B> as ProfileFn as *const std::ffi::c_void
+        } else {
+            std::ptr::null()
+        }
+    });
+    found.unwrap_or(std::ptr::null())
 }
 
 /// The function table for backend `B` (used by `export_backend!`).
@@ -472,6 +677,8 @@ pub const fn api_table<B: Backend>() -> KilnBackendApi {
         seq_truncate: seq_truncate::<B>,
         seq_copy: seq_copy::<B>,
         forward: forward::<B>,
+        score_model: score_model::<B>,
+        get_proc_address: get_proc_address::<B>,
     }
 }
 

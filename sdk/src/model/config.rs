@@ -1,28 +1,113 @@
-//! Model hyper-parameters read from GGUF metadata, per architecture.
+//! Model hyper-parameters read from GGUF metadata. An architecture is data ([`ArchSpec`]):
+//! the facts in which it differs from the others. [`Config::from_gguf`] turns it and the file's
+//! keys into one [`LayerSpec`] per block, so the model code has no per-architecture branches and
+//! a new architecture adds a table entry (and new cases where it needs a new kind of block).
 
 use super::ops::{Activation, Rope, RopeStyle};
 use crate::backend::{BackendError, Result};
 use crate::gguf::Gguf;
 
-/// Architectures the SDK's model code implements (`general.architecture` values).
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "gemma3"];
+/// Which layers use sliding-window (local) attention, and how they rotate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Every `global_every`-th layer (1-based) is global; the others are local.
+    pub global_every: usize,
+    /// RoPE base of the local layers (they use no position scaling).
+    pub local_rope_base: f32,
+}
 
-/// A supported architecture.
+/// What distinguishes an architecture, as data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ArchSpec {
+    /// `general.architecture` value.
+    pub name: &'static str,
+    /// RoPE pairing.
+    pub rope_style: RopeStyle,
+    /// Activation of the gated feed-forward block.
+    pub act: Activation,
+    /// Per-head RMS norm of queries and keys (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMS norms after attention and after the feed-forward block (`post_attention_norm`,
+    /// `post_ffw_norm`), before the residual adds.
+    pub post_norms: bool,
+    /// Input embeddings are multiplied by `sqrt(n_embd)`.
+    pub embed_scale_sqrt: bool,
+    /// Local/global attention layout, when the file sets `<arch>.attention.sliding_window`.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// The architectures the SDK's model code runs.
+pub const ARCHS: &[ArchSpec] = &[
+    ArchSpec {
+        name: "llama",
+        rope_style: RopeStyle::Normal,
+        act: Activation::Silu,
+        qk_norm: false,
+        post_norms: false,
+        embed_scale_sqrt: false,
+        sliding_window: None,
+    },
+    ArchSpec {
+        name: "qwen2",
+        rope_style: RopeStyle::Neox,
+        act: Activation::Silu,
+        qk_norm: false,
+        post_norms: false,
+        embed_scale_sqrt: false,
+        sliding_window: None,
+    },
+    ArchSpec {
+        name: "gemma3",
+        rope_style: RopeStyle::Neox,
+        act: Activation::GeluTanh,
+        qk_norm: true,
+        post_norms: true,
+        embed_scale_sqrt: true,
+        sliding_window: Some(SlidingWindow {
+            global_every: 6,
+            local_rope_base: 10_000.0,
+        }),
+    },
+];
+
+/// Names of the supported architectures.
+pub fn supported_archs() -> Vec<&'static str> {
+    ARCHS.iter().map(|a| a.name).collect()
+}
+
+/// The feed-forward block of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// Llama family (SmolLM2, Llama 2/3...).
-    Llama,
-    /// Qwen2 / Qwen2.5: QKV bias.
-    Qwen2,
-    /// Gemma 3: local/global attention, QK-norm, sandwich norms, scaled embeddings, GELU.
-    Gemma3,
+pub enum Ffn {
+    /// `down(act(gate(x)) * up(x))`.
+    Glu(Activation),
+}
+
+/// One transformer block, as the model code runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    /// Biases on the Q, K and V projections (present in the file).
+    pub qkv_bias: bool,
+    /// Per-head RMS norm of queries and keys.
+    pub qk_norm: bool,
+    /// RMS norms on the attention and feed-forward outputs before the residual adds.
+    pub post_norms: bool,
+    /// Rotary embedding of this layer.
+    pub rope: Rope,
+    /// Sliding window of this layer's attention.
+    pub window: Option<usize>,
+    /// Multiplier of `q·k`.
+    pub attn_scale: f32,
+    /// Soft-capping of attention scores.
+    pub softcap: Option<f32>,
+    /// Feed-forward block.
+    pub ffn: Ffn,
 }
 
 /// Hyper-parameters of a transformer.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Architecture.
-    pub arch: Arch,
+    /// What the architecture is.
+    pub arch: &'static ArchSpec,
     /// Architecture name as in the file.
     pub arch_name: String,
     /// Vocabulary size (rows of the embedding table).
@@ -43,22 +128,12 @@ pub struct Config {
     pub head_dim_v: usize,
     /// RMS norm epsilon.
     pub eps: f32,
-    /// Rotary embedding of global-attention layers.
-    pub rope: Rope,
-    /// Rotary embedding of sliding-window layers (Gemma 3).
-    pub rope_local: Rope,
-    /// Sliding window size of local layers, if any.
-    pub sliding_window: Option<usize>,
-    /// Every `swa_pattern`-th layer is global when a sliding window is set.
-    pub swa_pattern: usize,
     /// Trained context length.
     pub n_ctx_train: usize,
-    /// Feed-forward activation.
-    pub act: Activation,
     /// Multiplier of the input embeddings, if any.
     pub embed_scale: Option<f32>,
-    /// Attention score multiplier.
-    pub attn_scale: f32,
+    /// One spec per block.
+    pub layers: Vec<LayerSpec>,
 }
 
 fn u(g: &Gguf<'_>, key: &str) -> Result<usize> {
@@ -67,7 +142,22 @@ fn u(g: &Gguf<'_>, key: &str) -> Result<usize> {
 }
 
 fn u_or(g: &Gguf<'_>, key: &str, default: usize) -> Result<usize> {
-    Ok(g.get_u64(key)?.map(|v| v as usize).unwrap_or(default))
+    match g.get_u64(key)? {
+        Some(v) => usize::try_from(v)
+            .map_err(|_| BackendError::invalid(format!("{key} = {v} is too large"))),
+        None => Ok(default),
+    }
+}
+
+/// The [`ArchSpec`] of `name`, or an error naming the supported ones.
+pub fn arch_spec(name: &str) -> Result<&'static ArchSpec> {
+    ARCHS.iter().find(|a| a.name == name).ok_or_else(|| {
+        BackendError::unsupported(format!(
+            "unsupported architecture '{}' (supported: {})",
+            name.escape_debug(),
+            supported_archs().join(", ")
+        ))
+    })
 }
 
 impl Config {
@@ -75,17 +165,7 @@ impl Config {
     /// the supported ones.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Config> {
         let name = g.require_str("general.architecture")?.to_string();
-        let arch = match name.as_str() {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "gemma3" => Arch::Gemma3,
-            other => {
-                return Err(BackendError::unsupported(format!(
-                    "unsupported architecture '{other}' (supported: {})",
-                    SUPPORTED_ARCHS.join(", ")
-                )))
-            }
-        };
+        let arch = arch_spec(&name)?;
         let k = |s: &str| format!("{name}.{s}");
         let n_embd = u(g, &k("embedding_length"))?;
         let n_layer = u(g, &k("block_count"))?;
@@ -97,6 +177,7 @@ impl Config {
             || !n_head.is_multiple_of(n_head_kv)
             || n_layer == 0
             || n_embd == 0
+            || n_layer > 4096
         {
             return Err(BackendError::invalid(format!(
                 "bad attention shape: {n_head} heads, {n_head_kv} KV heads, {n_layer} layers, {n_embd} hidden"
@@ -109,7 +190,7 @@ impl Config {
             .unwrap_or(1e-5);
         let base = g.get_f32(&k("rope.freq_base"))?.unwrap_or(10_000.0);
         let n_rot = u_or(g, &k("rope.dimension_count"), head_dim_k)?;
-        if n_rot > head_dim_k || !n_rot.is_multiple_of(2) || head_dim_k == 0 {
+        if n_rot > head_dim_k || !n_rot.is_multiple_of(2) || head_dim_k == 0 || head_dim_v == 0 {
             return Err(BackendError::invalid(format!(
                 "bad rope dimension {n_rot} for head size {head_dim_k}"
             )));
@@ -133,18 +214,46 @@ impl Config {
             )));
         }
         let n_vocab = emb.dims[1] as usize;
-        let style = if arch == Arch::Llama {
-            RopeStyle::Normal
-        } else {
-            RopeStyle::Neox
-        };
         let rope = Rope {
-            style,
+            style: arch.rope_style,
             n_rot,
             base,
             freq_scale,
         };
-        let mut cfg = Config {
+        let window = match arch.sliding_window {
+            Some(_) => g
+                .get_u64(&k("attention.sliding_window"))?
+                .map(|w| w as usize)
+                .filter(|&w| w > 0),
+            None => None,
+        };
+        let layers = (0..n_layer)
+            .map(|l| {
+                let local = match (arch.sliding_window, window) {
+                    (Some(sw), Some(_)) => !(l + 1).is_multiple_of(sw.global_every.max(1)),
+                    _ => false,
+                };
+                let layer_rope = match arch.sliding_window {
+                    Some(sw) if local => Rope {
+                        base: sw.local_rope_base,
+                        freq_scale: 1.0,
+                        ..rope
+                    },
+                    _ => rope,
+                };
+                LayerSpec {
+                    qkv_bias: g.tensor(&format!("blk.{l}.attn_q.bias")).is_some(),
+                    qk_norm: arch.qk_norm,
+                    post_norms: arch.post_norms,
+                    rope: layer_rope,
+                    window: if local { window } else { None },
+                    attn_scale: 1.0 / (head_dim_k as f32).sqrt(),
+                    softcap: None,
+                    ffn: Ffn::Glu(arch.act),
+                }
+            })
+            .collect();
+        Ok(Config {
             arch,
             arch_name: name.clone(),
             n_vocab,
@@ -156,38 +265,38 @@ impl Config {
             head_dim_k,
             head_dim_v,
             eps,
-            rope,
-            rope_local: rope,
-            sliding_window: None,
-            swa_pattern: 1,
             n_ctx_train,
-            act: Activation::Silu,
-            embed_scale: None,
-            attn_scale: 1.0 / (head_dim_k as f32).sqrt(),
-        };
-        if arch == Arch::Gemma3 {
-            cfg.act = Activation::GeluTanh;
-            cfg.embed_scale = Some((n_embd as f32).sqrt());
-            cfg.sliding_window = g
-                .get_u64(&k("attention.sliding_window"))?
-                .map(|w| w as usize);
-            cfg.swa_pattern = 6;
-            cfg.rope_local = Rope {
-                base: 10_000.0,
-                freq_scale: 1.0,
-                ..rope
-            };
-        }
-        Ok(cfg)
-    }
-
-    /// Whether layer `l` uses sliding-window (local) attention.
-    pub fn is_local(&self, l: usize) -> bool {
-        self.sliding_window.is_some() && !(l + 1).is_multiple_of(self.swa_pattern)
+            embed_scale: arch.embed_scale_sqrt.then(|| (n_embd as f32).sqrt()),
+            layers,
+        })
     }
 
     /// KV-cache bytes per position per sequence with an f16 cache.
     pub fn kv_bytes_per_token(&self) -> u64 {
         (self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * 2) as u64
     }
+}
+
+/// Whether the SDK's model code can run the model in `g` with a backend that supports the
+/// weight types `supports` accepts: a one-line summary, or the reason it cannot.
+pub fn check_support(
+    g: &Gguf<'_>,
+    supports: impl Fn(crate::quant::GgmlType) -> bool,
+) -> std::result::Result<String, String> {
+    let cfg = Config::from_gguf(g).map_err(|e| e.message)?;
+    let mut types: Vec<crate::quant::GgmlType> = Vec::new();
+    for t in &g.tensors {
+        if !supports(t.ty) {
+            return Err(format!(
+                "no kernel for tensor {} of type {}",
+                t.name.escape_debug(),
+                t.ty
+            ));
+        }
+        if !types.contains(&t.ty) {
+            types.push(t.ty);
+        }
+    }
+    let names: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    Ok(format!("{} with {}", cfg.arch_name, names.join("/")))
 }

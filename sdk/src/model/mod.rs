@@ -1,12 +1,23 @@
 //! Model architectures, written once over [`Ops`] so that every backend runs every architecture.
 //!
-//! [`Config`] reads hyper-parameters from GGUF metadata; [`TransformerModel`] holds the weights
-//! and implements the SDK's `Model`/`Context` traits (KV bookkeeping, batch validation).
+//! - [`config`]: architectures as data ([`ArchSpec`]) and the per-layer specs ([`LayerSpec`])
+//!   read from GGUF metadata.
+//! - [`ops`]: the operations a backend provides, and their contract.
+//! - [`transformer`]: [`TransformerModel`], the model code over `Ops` (weights, scratch, KV
+//!   bookkeeping, batch validation, outputs, profiling).
+//! - [`reference`]: [`RefOps`], every operation in plain f32 Rust (the yardstick).
+//! - [`select`]: bans, top-N and log-sum-exp on host rows.
 
 pub mod config;
 pub mod ops;
+pub mod reference;
+pub mod select;
 pub mod transformer;
 
-pub use config::{Arch, Config, SUPPORTED_ARCHS};
-pub use ops::{Activation, Attention, KvShape, Ops, Rope, RopeStyle, RowPos};
+pub use config::{
+    arch_spec, check_support, supported_archs, ArchSpec, Config, Ffn, LayerSpec, SlidingWindow,
+    ARCHS,
+};
+pub use ops::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, Step};
+pub use reference::RefOps;
 pub use transformer::{TransformerContext, TransformerModel};

@@ -1,7 +1,26 @@
-//! The small set of operations a backend provides so that every architecture in
-//! [`crate::model`] runs on it. Activations are 2-D f32 tensors `[rows × cols]`, row-major.
+//! The operations a backend provides so that every architecture in [`crate::model`] runs on
+//! it, and the contract they keep.
+//!
+//! # The contract
+//! - **Resources are allocated up front.** Weights when the model loads; activations, the KV
+//!   cache and the per-context execution state ([`Ops::Exec`]: a stream, a workspace, captured
+//!   graphs...) when a context is created, sized from its parameters ([`ExecSpec`]). A step
+//!   then only changes the rows in use of each activation ([`Ops::set_rows`]): buffers keep
+//!   their addresses from step to step, so a GPU backend can capture a decode step once and
+//!   replay it. Allocation is fallible: out of memory is an error, never a panic.
+//! - **Steps are bracketed.** The model code calls [`Ops::begin`] before the first operation
+//!   of a `forward` (with everything the step will read from the host) and [`Ops::end`] after
+//!   the last one; a GPU backend synchronizes its stream or captures/replays a graph there.
+//! - **Rows are independent.** Activations are 2-D f32 tensors `[rows × cols]`, row-major. The
+//!   result for a row depends only on that row's inputs (and, for attention, its sequence's
+//!   cache): not on the other rows, their number or their order, bit for bit. A kernel that
+//!   takes another path for one row than for many must compute the same bits either way; the
+//!   scheduler relies on it to give a request the same tokens whatever else is in the batch.
+//! - **Accuracy** is checked against the plain f32 reference ([`crate::model::reference`]) by
+//!   the per-op conformance check ([`crate::conformance::ops`]), whose tolerances are stated
+//!   there.
 
-use crate::backend::Result;
+use crate::backend::{Result, RowOutput};
 use crate::gguf::TensorInfo;
 
 /// Activation function of a gated feed-forward block.
@@ -23,7 +42,7 @@ pub enum RopeStyle {
 }
 
 /// Rotary embedding parameters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rope {
     /// Pairing style.
     pub style: RopeStyle,
@@ -36,7 +55,7 @@ pub struct Rope {
 }
 
 /// Shape of one attention layer's KV cache entries.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
     /// KV heads.
     pub n_head_kv: usize,
@@ -44,10 +63,13 @@ pub struct KvShape {
     pub head_dim_k: usize,
     /// Value head size.
     pub head_dim_v: usize,
+    /// The layer's sliding window, if any: queries never look further back than this, so a
+    /// backend may keep only the last `window` positions of each sequence.
+    pub window: Option<usize>,
 }
 
 /// Parameters of one attention call.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attention {
     /// Query heads.
     pub n_head: usize,
@@ -74,68 +96,155 @@ pub struct RowPos {
     pub pos: usize,
 }
 
+/// The sizes a context's execution state must serve, known when the context is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Most rows per step.
+    pub n_batch_max: usize,
+    /// Most rows of one logits activation (the output head runs in chunks of this many rows).
+    pub n_logit_rows: usize,
+    /// Columns of a logits row.
+    pub n_vocab: usize,
+    /// Widest activation (columns).
+    pub max_cols: usize,
+}
+
+/// What one step will read from the host, given to [`Ops::begin`]. The slices later passed to
+/// `embed`, `rope` and `attention` within the step are these (or row subsets of them).
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    /// Token ids, one per row.
+    pub tokens: &'a [i32],
+    /// Positions, one per row.
+    pub positions: &'a [i32],
+    /// Sequence and position of each row.
+    pub rows: &'a [RowPos],
+    /// Output rows of the step.
+    pub n_outputs: usize,
+}
+
 /// Backend operations used by the model code. Implement these and every architecture of the SDK
-/// runs on your backend (see `backends/cpu` for the reference implementation).
+/// runs on your backend (see `backends/cpu` for an implementation, and [`crate::model::reference`]
+/// for the plain f32 one). Read the module documentation for the contract.
 pub trait Ops: Send + Sync + Sized + 'static {
     /// A weight tensor as the backend stores it (a view into the mapped file, or device memory).
     type Weight: Send + Sync;
-    /// A 2-D f32 activation tensor.
+    /// A 2-D f32 activation tensor with a fixed capacity of rows.
     type Act: Send;
     /// The KV cache of one context: every layer, every sequence.
     type Kv: Send;
+    /// Per-context execution state: scratch, streams, captured graphs.
+    type Exec: Send;
 
     /// Prepares a weight tensor (zero-copy views are fine: tensor data outlives the model).
     fn weight(&self, t: &TensorInfo<'static>) -> Result<Self::Weight>;
     /// Bytes the weight takes.
     fn weight_bytes(&self, w: &Self::Weight) -> u64;
-    /// A new activation tensor of `rows × cols` (contents unspecified).
-    fn act(&self, rows: usize, cols: usize) -> Self::Act;
-    /// Rows and columns of an activation.
+    /// A new activation with room for `rows × cols` (rows in use: `rows`; contents
+    /// unspecified).
+    fn act(&self, rows: usize, cols: usize) -> Result<Self::Act>;
+    /// Sets the rows in use (at most the capacity); the buffer does not move.
+    fn set_rows(&self, x: &mut Self::Act, rows: usize) -> Result<()>;
+    /// Rows in use and columns of an activation.
     fn act_shape(&self, x: &Self::Act) -> (usize, usize);
+    /// Bytes the activation reserves.
+    fn act_bytes(&self, x: &Self::Act) -> u64;
+    /// Allocates a KV cache for `layers`, `n_seq` sequences of `n_ctx` positions.
+    fn kv_alloc(&self, layers: &[KvShape], n_ctx: usize, n_seq: usize) -> Result<Self::Kv>;
+    /// Bytes of the cache.
+    fn kv_bytes(&self, kv: &Self::Kv) -> u64;
+    /// The execution state of a new context.
+    fn exec(&self, spec: &ExecSpec) -> Result<Self::Exec>;
+    /// Bytes the execution state reserves.
+    fn exec_bytes(&self, ex: &Self::Exec) -> u64;
 
+    /// Called before the first operation of a step.
+    fn begin(&self, ex: &mut Self::Exec, step: &Step<'_>) -> Result<()> {
+        let _ = (ex, step);
+        Ok(())
+    }
+    /// Called after the last operation of a step (also after a failed one).
+    fn end(&self, ex: &mut Self::Exec) -> Result<()> {
+        let _ = ex;
+        Ok(())
+    }
+
+    /// Copies `data` (`rows × cols` floats of the rows in use) into `x`.
+    fn write(&self, ex: &mut Self::Exec, x: &mut Self::Act, data: &[f32]) -> Result<()>;
+    /// Copies the rows in use of `x` to host memory.
+    fn read(&self, ex: &mut Self::Exec, x: &Self::Act, out: &mut [f32]) -> Result<()>;
     /// `out[i] = table[ids[i]]` (embedding lookup from a possibly quantized table).
-    fn embed(&self, table: &Self::Weight, ids: &[i32], out: &mut Self::Act) -> Result<()>;
+    fn embed(
+        &self,
+        ex: &mut Self::Exec,
+        table: &Self::Weight,
+        ids: &[i32],
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// Row-wise RMS norm over groups of `w.len()` columns (a full row, or per head for QK-norm),
     /// times `w`: `out = x / sqrt(mean(x²) + eps) * w`.
     fn rms_norm(
         &self,
+        ex: &mut Self::Exec,
         x: &Self::Act,
         w: &Self::Weight,
         eps: f32,
         out: &mut Self::Act,
     ) -> Result<()>;
     /// `out[i] = W · x[i]` for a weight of shape `[out_features, in_features]`.
-    fn matmul(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) -> Result<()>;
+    fn matmul(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        w: &Self::Weight,
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// Adds a bias vector to every row.
-    fn add_bias(&self, x: &mut Self::Act, b: &Self::Weight) -> Result<()>;
+    fn add_bias(&self, ex: &mut Self::Exec, x: &mut Self::Act, b: &Self::Weight) -> Result<()>;
     /// `x += y`.
-    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    fn add(&self, ex: &mut Self::Exec, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// `x *= s`.
-    fn scale(&self, x: &mut Self::Act, s: f32) -> Result<()>;
+    fn scale(&self, ex: &mut Self::Exec, x: &mut Self::Act, s: f32) -> Result<()>;
     /// Applies rotary embeddings to every head (`head_dim` columns) of every row at `positions`.
     fn rope(
         &self,
+        ex: &mut Self::Exec,
         x: &mut Self::Act,
         positions: &[i32],
         head_dim: usize,
         rope: &Rope,
     ) -> Result<()>;
     /// `gate = act(gate) * up`.
-    fn glu(&self, gate: &mut Self::Act, up: &Self::Act, act: Activation) -> Result<()>;
+    fn glu(
+        &self,
+        ex: &mut Self::Exec,
+        gate: &mut Self::Act,
+        up: &Self::Act,
+        act: Activation,
+    ) -> Result<()>;
     /// Copies rows `rows` of `x` into `out` (in order).
-    fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act) -> Result<()>;
-
-    /// Allocates a KV cache for `layers` layers, `n_seq` sequences of `n_ctx` positions.
-    fn kv_alloc(&self, layers: &[KvShape], n_ctx: usize, n_seq: usize) -> Result<Self::Kv>;
-    /// Bytes of the cache.
-    fn kv_bytes(&self, kv: &Self::Kv) -> u64;
+    fn gather_rows(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        rows: &[usize],
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// Copies positions `0..n` of sequence `src` to `dst` in every layer.
-    fn kv_copy(&self, kv: &mut Self::Kv, src: usize, dst: usize, n: usize) -> Result<()>;
+    fn kv_copy(
+        &self,
+        ex: &mut Self::Exec,
+        kv: &mut Self::Kv,
+        src: usize,
+        dst: usize,
+        n: usize,
+    ) -> Result<()>;
     /// Stores `k`, `v` (one row per batch row) into layer `layer` at `rows`, then computes causal
     /// attention of `q` over each row's sequence positions `0..=pos` (within the window).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        ex: &mut Self::Exec,
         kv: &mut Self::Kv,
         layer: usize,
         q: &Self::Act,
@@ -145,71 +254,14 @@ pub trait Ops: Send + Sync + Sized + 'static {
         p: &Attention,
         out: &mut Self::Act,
     ) -> Result<()>;
-
-    /// Copies logits rows to host memory (`rows × cols` floats).
-    fn read(&self, x: &Self::Act, out: &mut [f32]) -> Result<()>;
-    /// For each row: the top `n` (ids, values), best first, and the row's log-sum-exp.
-    /// The default reads rows to the host and selects there; GPU backends override it.
-    fn top_n(
+    /// Writes what `outs[i]` asks for from row `i` of `logits` (rows in use = `outs.len()`):
+    /// bans first, then the full row or its top N, the log-sum-exp and the target logit.
+    /// The `row` field of each request is the batch row and is not used here. May modify
+    /// `logits` (it is scratch).
+    fn outputs(
         &self,
-        x: &Self::Act,
-        n: usize,
-        ids: &mut [i32],
-        vals: &mut [f32],
-        lse: &mut [f32],
-    ) -> Result<()> {
-        let (rows, cols) = self.act_shape(x);
-        let mut host = vec![0f32; rows * cols];
-        self.read(x, &mut host)?;
-        for r in 0..rows {
-            let row = &host[r * cols..(r + 1) * cols];
-            top_n_row(
-                row,
-                n,
-                &mut ids[r * n..(r + 1) * n],
-                &mut vals[r * n..(r + 1) * n],
-            );
-            lse[r] = log_sum_exp(row);
-        }
-        Ok(())
-    }
-}
-
-/// The `n` largest values of `row` (ties: lower id first), best first.
-pub fn top_n_row(row: &[f32], n: usize, ids: &mut [i32], vals: &mut [f32]) {
-    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    let n = n.min(row.len());
-    let cmp = |a: &u32, b: &u32| {
-        key(row[*b as usize])
-            .total_cmp(&key(row[*a as usize]))
-            .then(a.cmp(b))
-    };
-    if n < idx.len() {
-        idx.select_nth_unstable_by(n, cmp);
-        idx.truncate(n);
-    }
-    idx.sort_unstable_by(cmp);
-    for (i, &id) in idx.iter().enumerate() {
-        ids[i] = id as i32;
-        vals[i] = row[id as usize];
-    }
-}
-
-/// `log(sum(exp(row)))`, computed stably.
-pub fn log_sum_exp(row: &[f32]) -> f32 {
-    let m = row
-        .iter()
-        .copied()
-        .filter(|v| !v.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
-    if !m.is_finite() {
-        return m;
-    }
-    let s: f64 = row
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| ((v - m) as f64).exp())
-        .sum();
-    m + s.ln() as f32
+        ex: &mut Self::Exec,
+        logits: &mut Self::Act,
+        outs: &mut [RowOutput<'_>],
+    ) -> Result<()>;
 }

@@ -1,17 +1,27 @@
-//! The decoder-only transformer shared by every supported architecture, generic over [`Ops`].
-//! Implements [`Model`] and [`Context`], so a backend that provides `Ops` is a complete backend.
+//! The decoder-only transformer shared by every supported architecture, generic over [`Ops`]
+//! and driven by the per-layer [`LayerSpec`]s of its [`Config`]. Implements [`Model`] and
+//! [`Context`], so a backend that provides `Ops` is a complete backend.
+//!
+//! A context allocates everything a step needs when it is created (activations for
+//! `n_batch_max` rows, the KV cache, the backend's execution state); a `forward` then only
+//! sets the rows in use, so buffers keep their addresses and nothing grows with the model.
 
-use super::config::{Arch, Config};
-use super::ops::{Attention, KvShape, Ops, RowPos};
+use super::config::{Config, Ffn, LayerSpec};
+use super::ops::{Attention, ExecSpec, KvShape, Ops, RowPos, Step};
 use crate::backend::{
-    BackendError, Batch, Context, ContextInfo, ContextParams, ErrorKind, Model, ModelInfo, Outputs,
-    Result,
+    BackendError, Batch, Context, ContextInfo, ContextParams, ErrorKind, Model, ModelInfo, OpStat,
+    Profile, Result, RowOutput,
 };
 use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// Output rows evaluated together by the output head (its logits buffer holds this many).
+pub const LOGIT_ROWS: usize = 32;
 
 struct Layer<W> {
+    spec: LayerSpec,
     attn_norm: W,
     wq: W,
     wk: W,
@@ -69,13 +79,22 @@ impl<O: Ops> Loader<'_, '_, O> {
         self.opt(name, dims)?
             .ok_or_else(|| BackendError::invalid(format!("missing tensor {name}")))
     }
+
+    /// Required when `want`, absent otherwise.
+    fn when(&mut self, want: bool, name: &str, dims: &[usize]) -> Result<Option<O::Weight>> {
+        if want {
+            self.req(name, dims).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 impl<O: Ops> TransformerModel<O> {
     /// Reads the configuration and prepares every weight of the model in `g`.
     pub fn load(ops: Arc<O>, g: &Gguf<'static>) -> Result<Self> {
         let cfg = Config::from_gguf(g)?;
-        let (e, ff) = (cfg.n_embd, cfg.n_ff);
+        let (e, ff, hd) = (cfg.n_embd, cfg.n_ff, cfg.head_dim_k);
         let qd = cfg.n_head * cfg.head_dim_k;
         let kd = cfg.n_head_kv * cfg.head_dim_k;
         let vd = cfg.n_head_kv * cfg.head_dim_v;
@@ -88,56 +107,28 @@ impl<O: Ops> TransformerModel<O> {
         let tok_embd = ld.req("token_embd.weight", &[e, cfg.n_vocab])?;
         let output_norm = ld.req("output_norm.weight", &[e])?;
         let output = ld.opt("output.weight", &[e, cfg.n_vocab])?;
-        let gemma = cfg.arch == Arch::Gemma3;
         let mut layers = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
+        for (l, spec) in cfg.layers.iter().enumerate() {
             let n = |s: &str| format!("blk.{l}.{s}");
-            let bias = cfg.arch == Arch::Qwen2;
+            let Ffn::Glu(_) = spec.ffn;
             layers.push(Layer {
                 attn_norm: ld.req(&n("attn_norm.weight"), &[e])?,
                 wq: ld.req(&n("attn_q.weight"), &[e, qd])?,
                 wk: ld.req(&n("attn_k.weight"), &[e, kd])?,
                 wv: ld.req(&n("attn_v.weight"), &[e, vd])?,
                 wo: ld.req(&n("attn_output.weight"), &[od, e])?,
-                bq: if bias {
-                    ld.opt(&n("attn_q.bias"), &[qd])?
-                } else {
-                    None
-                },
-                bk: if bias {
-                    ld.opt(&n("attn_k.bias"), &[kd])?
-                } else {
-                    None
-                },
-                bv: if bias {
-                    ld.opt(&n("attn_v.bias"), &[vd])?
-                } else {
-                    None
-                },
-                q_norm: if gemma {
-                    Some(ld.req(&n("attn_q_norm.weight"), &[cfg.head_dim_k])?)
-                } else {
-                    None
-                },
-                k_norm: if gemma {
-                    Some(ld.req(&n("attn_k_norm.weight"), &[cfg.head_dim_k])?)
-                } else {
-                    None
-                },
-                post_attn_norm: if gemma {
-                    Some(ld.req(&n("post_attention_norm.weight"), &[e])?)
-                } else {
-                    None
-                },
+                bq: ld.when(spec.qkv_bias, &n("attn_q.bias"), &[qd])?,
+                bk: ld.when(spec.qkv_bias, &n("attn_k.bias"), &[kd])?,
+                bv: ld.when(spec.qkv_bias, &n("attn_v.bias"), &[vd])?,
+                q_norm: ld.when(spec.qk_norm, &n("attn_q_norm.weight"), &[hd])?,
+                k_norm: ld.when(spec.qk_norm, &n("attn_k_norm.weight"), &[hd])?,
+                post_attn_norm: ld.when(spec.post_norms, &n("post_attention_norm.weight"), &[e])?,
                 ffn_norm: ld.req(&n("ffn_norm.weight"), &[e])?,
                 gate: ld.req(&n("ffn_gate.weight"), &[e, ff])?,
                 up: ld.req(&n("ffn_up.weight"), &[e, ff])?,
                 down: ld.req(&n("ffn_down.weight"), &[ff, e])?,
-                post_ffn_norm: if gemma {
-                    Some(ld.req(&n("post_ffw_norm.weight"), &[e])?)
-                } else {
-                    None
-                },
+                post_ffn_norm: ld.when(spec.post_norms, &n("post_ffw_norm.weight"), &[e])?,
+                spec: spec.clone(),
             });
         }
         let weight_bytes = ld.bytes;
@@ -155,6 +146,46 @@ impl<O: Ops> TransformerModel<O> {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+}
+
+/// The activations of one context, allocated once.
+struct Work<A> {
+    x: A,
+    h: A,
+    o: A,
+    q: A,
+    k: A,
+    v: A,
+    att: A,
+    g: A,
+    up: A,
+    qn: Option<A>,
+    kn: Option<A>,
+    xo: A,
+    xn: A,
+    logits: A,
+}
+
+impl<A> Work<A> {
+    fn all(&self) -> impl Iterator<Item = &A> {
+        [
+            &self.x,
+            &self.h,
+            &self.o,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att,
+            &self.g,
+            &self.up,
+            &self.xo,
+            &self.xn,
+            &self.logits,
+        ]
+        .into_iter()
+        .chain(self.qn.iter())
+        .chain(self.kn.iter())
     }
 }
 
@@ -180,35 +211,136 @@ impl<O: Ops> Model for TransformerModel<O> {
                 p.kv_type
             )));
         }
-        if p.n_ctx == 0 || p.n_seq_max == 0 {
+        if p.n_ctx == 0 || p.n_seq_max == 0 || p.n_batch_max == 0 {
             return Err(BackendError::invalid(
-                "context needs n_ctx > 0 and n_seq_max > 0",
+                "context needs n_ctx, n_seq_max and n_batch_max > 0",
             ));
         }
-        let shape = KvShape {
-            n_head_kv: self.cfg.n_head_kv,
-            head_dim_k: self.cfg.head_dim_k,
-            head_dim_v: self.cfg.head_dim_v,
+        let c = &self.cfg;
+        let ops = &*self.ops;
+        let shapes: Vec<KvShape> = c
+            .layers
+            .iter()
+            .map(|l| KvShape {
+                n_head_kv: c.n_head_kv,
+                head_dim_k: c.head_dim_k,
+                head_dim_v: c.head_dim_v,
+                window: l.window,
+            })
+            .collect();
+        let kv = ops.kv_alloc(&shapes, p.n_ctx as usize, p.n_seq_max as usize)?;
+        let n = p.n_batch_max as usize;
+        let n_out = (p.n_outputs_max as usize).clamp(1, LOGIT_ROWS);
+        let (qd, kd, vd, od) = (
+            c.n_head * c.head_dim_k,
+            c.n_head_kv * c.head_dim_k,
+            c.n_head_kv * c.head_dim_v,
+            c.n_head * c.head_dim_v,
+        );
+        let qk_norm = c.layers.iter().any(|l| l.qk_norm);
+        let work = Work {
+            x: ops.act(n, c.n_embd)?,
+            h: ops.act(n, c.n_embd)?,
+            o: ops.act(n, c.n_embd)?,
+            q: ops.act(n, qd)?,
+            k: ops.act(n, kd)?,
+            v: ops.act(n, vd)?,
+            att: ops.act(n, od)?,
+            g: ops.act(n, c.n_ff)?,
+            up: ops.act(n, c.n_ff)?,
+            qn: if qk_norm { Some(ops.act(n, qd)?) } else { None },
+            kn: if qk_norm { Some(ops.act(n, kd)?) } else { None },
+            xo: ops.act(n_out, c.n_embd)?,
+            xn: ops.act(n_out, c.n_embd)?,
+            logits: ops.act(n_out, c.n_vocab)?,
         };
-        let layers = vec![shape; self.cfg.n_layer];
-        let kv = self
-            .ops
-            .kv_alloc(&layers, p.n_ctx as usize, p.n_seq_max as usize)?;
+        let max_cols = [c.n_embd, qd, kd, vd, od, c.n_ff, c.n_vocab]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let ex = ops.exec(&ExecSpec {
+            n_batch_max: n,
+            n_logit_rows: n_out,
+            n_vocab: c.n_vocab,
+            max_cols,
+        })?;
+        let scratch_bytes = work.all().map(|a| ops.act_bytes(a)).sum::<u64>() + ops.exec_bytes(&ex);
         Ok(TransformerContext {
             model: self.clone(),
             kv,
+            ex,
+            work,
             n_ctx: p.n_ctx as usize,
+            n_batch_max: n,
+            n_outputs_max: p.n_outputs_max as usize,
             seq_len: vec![0; p.n_seq_max as usize],
+            plan_len: Vec::with_capacity(p.n_seq_max as usize),
+            rows: Vec::with_capacity(n),
+            out_rows: Vec::with_capacity(n_out),
+            scratch_bytes,
+            prof: Prof::default(),
         })
     }
 }
 
-/// The KV cache and sequence bookkeeping of one context of a [`TransformerModel`].
+/// Profiling counters (kept only while enabled).
+#[derive(Default)]
+struct Prof {
+    on: bool,
+    n_forward: u64,
+    ops: Vec<OpStat>,
+}
+
+impl Prof {
+    #[inline]
+    fn start(&self) -> Option<Instant> {
+        self.on.then(Instant::now)
+    }
+
+    #[inline]
+    fn record(&mut self, name: &'static str, t0: Option<Instant>) {
+        let Some(t0) = t0 else { return };
+        let nanos = t0.elapsed().as_nanos() as u64;
+        match self.ops.iter_mut().find(|o| o.name == name) {
+            Some(o) => {
+                o.calls += 1;
+                o.nanos += nanos;
+            }
+            None => self.ops.push(OpStat {
+                name,
+                calls: 1,
+                nanos,
+            }),
+        }
+    }
+}
+
+/// Runs one `Ops` call, timing it when profiling is on.
+macro_rules! op {
+    ($prof:expr, $name:literal, $call:expr) => {{
+        let t0 = $prof.start();
+        let r = $call;
+        $prof.record($name, t0);
+        r
+    }};
+}
+
+/// The KV cache, scratch and sequence bookkeeping of one context of a [`TransformerModel`].
 pub struct TransformerContext<O: Ops> {
     model: Arc<TransformerModel<O>>,
     kv: O::Kv,
+    ex: O::Exec,
+    work: Work<O::Act>,
     n_ctx: usize,
+    n_batch_max: usize,
+    n_outputs_max: usize,
     seq_len: Vec<usize>,
+    /// Planning buffers, reused by every step.
+    plan_len: Vec<usize>,
+    rows: Vec<RowPos>,
+    out_rows: Vec<usize>,
+    scratch_bytes: u64,
+    prof: Prof,
 }
 
 impl<O: Ops> TransformerContext<O> {
@@ -224,12 +356,41 @@ impl<O: Ops> TransformerContext<O> {
             })
     }
 
-    /// Checks the batch and returns each row's place; nothing is changed on error.
-    fn plan(&self, batch: &Batch<'_>) -> Result<Vec<RowPos>> {
+    /// Checks the batch and its outputs and fills `rows`; nothing is changed on error.
+    fn plan(&mut self, batch: &Batch<'_>, outs: &[RowOutput<'_>]) -> Result<()> {
+        let n = batch.len();
+        if batch.positions.len() != n || batch.seq_ids.len() != n {
+            return Err(BackendError::invalid("batch slices differ in length"));
+        }
+        if n > self.n_batch_max {
+            return Err(BackendError::invalid(format!(
+                "the batch has {n} rows; this context takes at most {}",
+                self.n_batch_max
+            )));
+        }
+        if outs.len() > self.n_outputs_max {
+            return Err(BackendError::invalid(format!(
+                "{} output rows asked; this context returns at most {}",
+                outs.len(),
+                self.n_outputs_max
+            )));
+        }
         let n_vocab = self.model.cfg.n_vocab;
-        let mut len = self.seq_len.clone();
-        let mut rows = Vec::with_capacity(batch.len());
-        for i in 0..batch.len() {
+        let mut prev: Option<usize> = None;
+        for o in outs {
+            if o.row >= n || prev.is_some_and(|p| o.row <= p) {
+                return Err(BackendError::invalid(format!(
+                    "output row {} is out of order or outside the batch of {n} rows",
+                    o.row
+                )));
+            }
+            prev = Some(o.row);
+            super::select::check_output(o, n_vocab)?;
+        }
+        self.plan_len.clear();
+        self.plan_len.extend_from_slice(&self.seq_len);
+        self.rows.clear();
+        for i in 0..n {
             let tok = batch.tokens[i];
             if tok < 0 || tok as usize >= n_vocab {
                 return Err(BackendError::invalid(format!(
@@ -238,10 +399,10 @@ impl<O: Ops> TransformerContext<O> {
             }
             let seq = self.seq(batch.seq_ids[i])?;
             let pos = batch.positions[i];
-            if pos < 0 || pos as usize != len[seq] {
+            if pos < 0 || pos as usize != self.plan_len[seq] {
                 return Err(BackendError::invalid(format!(
                     "position {pos} of sequence {seq}: the next position is {} (truncate first to rewrite)",
-                    len[seq]
+                    self.plan_len[seq]
                 )));
             }
             if pos as usize >= self.n_ctx {
@@ -253,13 +414,167 @@ impl<O: Ops> TransformerContext<O> {
                     ),
                 ));
             }
-            len[seq] += 1;
-            rows.push(RowPos {
+            self.plan_len[seq] += 1;
+            self.rows.push(RowPos {
                 seq,
                 pos: pos as usize,
             });
         }
-        Ok(rows)
+        Ok(())
+    }
+
+    /// The layers and the output head of a planned step.
+    fn run(&mut self, batch: &Batch<'_>, outs: &mut [RowOutput<'_>]) -> Result<()> {
+        let m = &*self.model;
+        let (ops, c) = (&*m.ops, &m.cfg);
+        let n = batch.len();
+        let Self {
+            kv,
+            ex,
+            work: w,
+            rows,
+            out_rows,
+            prof,
+            ..
+        } = self;
+        for a in [
+            &mut w.x, &mut w.h, &mut w.o, &mut w.q, &mut w.k, &mut w.v, &mut w.att, &mut w.g,
+            &mut w.up,
+        ] {
+            ops.set_rows(a, n)?;
+        }
+        for a in [w.qn.as_mut(), w.kn.as_mut()].into_iter().flatten() {
+            ops.set_rows(a, n)?;
+        }
+        op!(
+            prof,
+            "embed",
+            ops.embed(ex, &m.tok_embd, batch.tokens, &mut w.x)
+        )?;
+        if let Some(s) = c.embed_scale {
+            op!(prof, "scale", ops.scale(ex, &mut w.x, s))?;
+        }
+        for (l, lw) in m.layers.iter().enumerate() {
+            let spec = &lw.spec;
+            op!(
+                prof,
+                "rms_norm",
+                ops.rms_norm(ex, &w.x, &lw.attn_norm, c.eps, &mut w.h)
+            )?;
+            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wq, &mut w.q))?;
+            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wk, &mut w.k))?;
+            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wv, &mut w.v))?;
+            for (b, t) in [(&lw.bq, &mut w.q), (&lw.bk, &mut w.k), (&lw.bv, &mut w.v)] {
+                if let Some(b) = b {
+                    op!(prof, "add_bias", ops.add_bias(ex, t, b))?;
+                }
+            }
+            // QK-norm writes into separate buffers (no swapping: every step uses the same
+            // buffers in the same roles).
+            let q = match (&lw.q_norm, w.qn.as_mut()) {
+                (Some(qw), Some(t)) => {
+                    op!(prof, "rms_norm", ops.rms_norm(ex, &w.q, qw, c.eps, t))?;
+                    t
+                }
+                _ => &mut w.q,
+            };
+            let k = match (&lw.k_norm, w.kn.as_mut()) {
+                (Some(kw), Some(t)) => {
+                    op!(prof, "rms_norm", ops.rms_norm(ex, &w.k, kw, c.eps, t))?;
+                    t
+                }
+                _ => &mut w.k,
+            };
+            let hd = c.head_dim_k;
+            op!(
+                prof,
+                "rope",
+                ops.rope(ex, q, batch.positions, hd, &spec.rope)
+            )?;
+            op!(
+                prof,
+                "rope",
+                ops.rope(ex, k, batch.positions, hd, &spec.rope)
+            )?;
+            let p = Attention {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim_k: c.head_dim_k,
+                head_dim_v: c.head_dim_v,
+                scale: spec.attn_scale,
+                window: spec.window,
+                softcap: spec.softcap,
+            };
+            op!(
+                prof,
+                "attention",
+                ops.attention(ex, kv, l, q, k, &w.v, rows, &p, &mut w.att)
+            )?;
+            op!(prof, "matmul", ops.matmul(ex, &w.att, &lw.wo, &mut w.o))?;
+            if let Some(pn) = &lw.post_attn_norm {
+                op!(
+                    prof,
+                    "rms_norm",
+                    ops.rms_norm(ex, &w.o, pn, c.eps, &mut w.h)
+                )?;
+                op!(prof, "add", ops.add(ex, &mut w.x, &w.h))?;
+            } else {
+                op!(prof, "add", ops.add(ex, &mut w.x, &w.o))?;
+            }
+            op!(
+                prof,
+                "rms_norm",
+                ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
+            )?;
+            match spec.ffn {
+                Ffn::Glu(act) => {
+                    op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.gate, &mut w.g))?;
+                    op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.up, &mut w.up))?;
+                    op!(prof, "glu", ops.glu(ex, &mut w.g, &w.up, act))?;
+                    op!(prof, "matmul", ops.matmul(ex, &w.g, &lw.down, &mut w.o))?;
+                }
+            }
+            if let Some(pn) = &lw.post_ffn_norm {
+                op!(
+                    prof,
+                    "rms_norm",
+                    ops.rms_norm(ex, &w.o, pn, c.eps, &mut w.h)
+                )?;
+                op!(prof, "add", ops.add(ex, &mut w.x, &w.h))?;
+            } else {
+                op!(prof, "add", ops.add(ex, &mut w.x, &w.o))?;
+            }
+        }
+        let head = m.output.as_ref().unwrap_or(&m.tok_embd);
+        let chunk = ops.act_shape(&w.logits).0.max(1);
+        let mut start = 0;
+        while start < outs.len() {
+            let end = (start + chunk).min(outs.len());
+            out_rows.clear();
+            out_rows.extend(outs[start..end].iter().map(|o| o.row));
+            let k = out_rows.len();
+            ops.set_rows(&mut w.xo, k)?;
+            ops.set_rows(&mut w.xn, k)?;
+            ops.set_rows(&mut w.logits, k)?;
+            op!(
+                prof,
+                "gather_rows",
+                ops.gather_rows(ex, &w.x, out_rows, &mut w.xo)
+            )?;
+            op!(
+                prof,
+                "rms_norm",
+                ops.rms_norm(ex, &w.xo, &m.output_norm, c.eps, &mut w.xn)
+            )?;
+            op!(prof, "matmul", ops.matmul(ex, &w.xn, head, &mut w.logits))?;
+            op!(
+                prof,
+                "outputs",
+                ops.outputs(ex, &mut w.logits, &mut outs[start..end])
+            )?;
+            start = end;
+        }
+        Ok(())
     }
 }
 
@@ -268,7 +583,10 @@ impl<O: Ops> Context for TransformerContext<O> {
         ContextInfo {
             n_ctx: self.n_ctx as u32,
             n_seq_max: self.seq_len.len() as u32,
+            n_batch_max: self.n_batch_max as u32,
+            n_outputs_max: self.n_outputs_max as u32,
             kv_bytes: self.model.ops.kv_bytes(&self.kv),
+            scratch_bytes: self.scratch_bytes,
         }
     }
 
@@ -288,121 +606,57 @@ impl<O: Ops> Context for TransformerContext<O> {
         let (s, d) = (self.seq(src)?, self.seq(dst)?);
         let n = (n as usize).min(self.seq_len[s]);
         if s != d {
-            self.model.ops.kv_copy(&mut self.kv, s, d, n)?;
+            let ops = &*self.model.ops;
+            ops.kv_copy(&mut self.ex, &mut self.kv, s, d, n)?;
         }
         self.seq_len[d] = n;
         Ok(())
     }
 
-    fn forward(&mut self, batch: &Batch<'_>, out: &mut Outputs<'_>) -> Result<()> {
+    fn forward(&mut self, batch: &Batch<'_>, outs: &mut [RowOutput<'_>]) -> Result<()> {
         if batch.is_empty() {
-            return Ok(());
+            if outs.is_empty() {
+                return Ok(());
+            }
+            return Err(BackendError::invalid("outputs asked of an empty batch"));
         }
-        let rows = self.plan(batch)?;
-        let m = &*self.model;
-        let (ops, c) = (&*m.ops, &m.cfg);
-        let n = batch.len();
-        let positions = batch.positions;
-        let (qd, kd, vd, od) = (
-            c.n_head * c.head_dim_k,
-            c.n_head_kv * c.head_dim_k,
-            c.n_head_kv * c.head_dim_v,
-            c.n_head * c.head_dim_v,
-        );
-        let mut x = ops.act(n, c.n_embd);
-        let mut h = ops.act(n, c.n_embd);
-        let mut o = ops.act(n, c.n_embd);
-        let mut q = ops.act(n, qd);
-        let mut k = ops.act(n, kd);
-        let mut v = ops.act(n, vd);
-        let mut att = ops.act(n, od);
-        let mut g = ops.act(n, c.n_ff);
-        let mut up = ops.act(n, c.n_ff);
-        let (mut qn, mut kn) = if c.arch == Arch::Gemma3 {
-            (Some(ops.act(n, qd)), Some(ops.act(n, kd)))
-        } else {
-            (None, None)
-        };
-        ops.embed(&m.tok_embd, batch.tokens, &mut x)?;
-        if let Some(s) = c.embed_scale {
-            ops.scale(&mut x, s)?;
-        }
-        for (l, w) in m.layers.iter().enumerate() {
-            let local = c.is_local(l);
-            ops.rms_norm(&x, &w.attn_norm, c.eps, &mut h)?;
-            ops.matmul(&h, &w.wq, &mut q)?;
-            ops.matmul(&h, &w.wk, &mut k)?;
-            ops.matmul(&h, &w.wv, &mut v)?;
-            if let Some(b) = &w.bq {
-                ops.add_bias(&mut q, b)?;
-            }
-            if let Some(b) = &w.bk {
-                ops.add_bias(&mut k, b)?;
-            }
-            if let Some(b) = &w.bv {
-                ops.add_bias(&mut v, b)?;
-            }
-            if let (Some(qw), Some(tmp)) = (&w.q_norm, qn.as_mut()) {
-                ops.rms_norm(&q, qw, c.eps, tmp)?;
-                std::mem::swap(&mut q, tmp);
-            }
-            if let (Some(kw), Some(tmp)) = (&w.k_norm, kn.as_mut()) {
-                ops.rms_norm(&k, kw, c.eps, tmp)?;
-                std::mem::swap(&mut k, tmp);
-            }
-            let rope = if local { &c.rope_local } else { &c.rope };
-            ops.rope(&mut q, positions, c.head_dim_k, rope)?;
-            ops.rope(&mut k, positions, c.head_dim_k, rope)?;
-            let p = Attention {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim_k: c.head_dim_k,
-                head_dim_v: c.head_dim_v,
-                scale: c.attn_scale,
-                window: if local { c.sliding_window } else { None },
-                softcap: None,
-            };
-            ops.attention(&mut self.kv, l, &q, &k, &v, &rows, &p, &mut att)?;
-            ops.matmul(&att, &w.wo, &mut o)?;
-            if let Some(pn) = &w.post_attn_norm {
-                ops.rms_norm(&o, pn, c.eps, &mut h)?;
-                ops.add(&mut x, &h)?;
-            } else {
-                ops.add(&mut x, &o)?;
-            }
-            ops.rms_norm(&x, &w.ffn_norm, c.eps, &mut h)?;
-            ops.matmul(&h, &w.gate, &mut g)?;
-            ops.matmul(&h, &w.up, &mut up)?;
-            ops.glu(&mut g, &up, c.act)?;
-            ops.matmul(&g, &w.down, &mut o)?;
-            if let Some(pn) = &w.post_ffn_norm {
-                ops.rms_norm(&o, pn, c.eps, &mut h)?;
-                ops.add(&mut x, &h)?;
-            } else {
-                ops.add(&mut x, &o)?;
-            }
-        }
-        for r in &rows {
+        self.plan(batch, outs)?;
+        let ops = self.model.ops.clone();
+        ops.begin(
+            &mut self.ex,
+            &Step {
+                tokens: batch.tokens,
+                positions: batch.positions,
+                rows: &self.rows,
+                n_outputs: outs.len(),
+            },
+        )?;
+        let r = self.run(batch, outs);
+        let e = ops.end(&mut self.ex);
+        r?;
+        e?;
+        for r in &self.rows {
             self.seq_len[r.seq] = self.seq_len[r.seq].max(r.pos + 1);
         }
-        let wanted: Vec<usize> = (0..n).filter(|&i| batch.want_output[i] != 0).collect();
-        if wanted.is_empty() {
-            return Ok(());
+        if self.prof.on {
+            self.prof.n_forward += 1;
         }
-        let mut xo = ops.act(wanted.len(), c.n_embd);
-        ops.gather_rows(&x, &wanted, &mut xo)?;
-        let mut xn = ops.act(wanted.len(), c.n_embd);
-        ops.rms_norm(&xo, &m.output_norm, c.eps, &mut xn)?;
-        let mut logits = ops.act(wanted.len(), c.n_vocab);
-        ops.matmul(&xn, m.output.as_ref().unwrap_or(&m.tok_embd), &mut logits)?;
-        match out {
-            Outputs::Logits(buf) => ops.read(&logits, buf),
-            Outputs::TopN {
-                n,
-                ids,
-                logits: vals,
-                lse,
-            } => ops.top_n(&logits, *n, ids, vals, lse),
+        Ok(())
+    }
+
+    fn profile(&mut self, enable: bool) -> Result<Profile> {
+        let out = Profile {
+            n_forward: self.prof.n_forward,
+            ops: self.prof.ops.clone(),
+        };
+        if enable {
+            self.prof = Prof {
+                on: true,
+                ..Prof::default()
+            };
+        } else {
+            self.prof.on = false;
         }
+        Ok(out)
     }
 }

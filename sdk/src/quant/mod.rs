@@ -2,6 +2,7 @@
 
 pub mod blocks;
 pub mod dequant;
+pub mod random;
 pub mod types;
 
 pub use blocks::{as_blocks, f16_to_f32, f32_to_f16, Block};

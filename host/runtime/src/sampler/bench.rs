@@ -66,8 +66,9 @@ fn top_view(row: &[f32], n: usize) -> (Vec<i32>, Vec<f32>, f32) {
     let n = n.min(row.len());
     let mut ids = vec![0i32; n];
     let mut vals = vec![0f32; n];
-    kiln_sdk::model::ops::top_n_row(row, n, &mut ids, &mut vals);
-    (ids, vals, kiln_sdk::model::ops::log_sum_exp(row))
+    let mut scratch = kiln_sdk::model::select::TopNScratch::default();
+    kiln_sdk::model::select::top_n(row, &mut ids, &mut vals, &mut scratch);
+    (ids, vals, kiln_sdk::model::select::log_sum_exp(row))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

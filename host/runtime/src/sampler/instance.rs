@@ -626,6 +626,14 @@ impl SequenceSampler {
         })
     }
 
+    /// Appends a whole prompt: each token is recorded for `seq_tokens` and accepted in order.
+    pub fn accept_prompt(&mut self, tokens: &[u32]) -> Result<(), SamplerError> {
+        for &t in tokens {
+            self.accept(t)?;
+        }
+        Ok(())
+    }
+
     /// Starts a new sequence with the same config and seed (`kiln_reset`); a poisoned sampler
     /// gets a fresh instance instead.
     pub fn reset(&mut self) -> Result<(), SamplerError> {
@@ -780,8 +788,9 @@ impl SequenceSampler {
                 let n = n.min(logits.len()).max(1);
                 let mut ids = vec![0i32; n];
                 let mut vals = vec![0f32; n];
-                kiln_sdk::model::ops::top_n_row(logits, n, &mut ids, &mut vals);
-                let lse = kiln_sdk::model::ops::log_sum_exp(logits);
+                let mut scratch = kiln_sdk::model::select::TopNScratch::default();
+                kiln_sdk::model::select::top_n(logits, &mut ids, &mut vals, &mut scratch);
+                let lse = kiln_sdk::model::select::log_sum_exp(logits);
                 self.sample_top(&ids, &vals, lse)
             }
         }
