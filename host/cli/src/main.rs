@@ -6,8 +6,8 @@ mod cli;
 mod inspect;
 mod perplexity;
 
-/// The longest `--sampler-deadline-ms` accepted (ten seconds of CPU per call).
-pub const MAX_SAMPLER_DEADLINE_MS: u64 = 10_000;
+/// The longest `--sampler-deadline-ms` accepted.
+pub const MAX_SAMPLER_DEADLINE_MS: u64 = kiln_runtime::sampler::MAX_DEADLINE_MS;
 
 use clap::Parser;
 

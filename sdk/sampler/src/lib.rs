@@ -52,6 +52,11 @@ use core::fmt;
 /// The version of the sampler ABI this crate implements (`kiln_abi_version`).
 pub const ABI_VERSION: i32 = 1;
 
+/// The minor version of the ABI this crate implements: 1.1 adds the optional export
+/// `kiln_accept_prompt` (a whole prompt in one call). Modules keep returning
+/// [`ABI_VERSION`] from `kiln_abi_version`; the host finds the optional exports by name.
+pub const ABI_MINOR: i32 = 1;
+
 /// The largest top-N view the ABI allows.
 pub const MAX_TOP_N: usize = 4096;
 
@@ -144,6 +149,14 @@ pub trait Sampler: Sized {
     /// Records a token appended to the sequence: the prompt's first, then each chosen one.
     fn accept(&mut self, token: u32);
 
+    /// Records a whole prompt at once (ABI 1.1, `kiln_accept_prompt`); the default accepts
+    /// its tokens one by one. Override it when a prompt can be taken in faster than that.
+    fn accept_prompt(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            self.accept(t);
+        }
+    }
+
     /// Starts a new sequence with the same configuration and seed.
     fn reset(&mut self);
 
@@ -155,8 +168,9 @@ pub trait Sampler: Sized {
 }
 
 /// Generates the module's exports (`kiln_abi_version`, `kiln_alloc`, `kiln_init`,
-/// `kiln_sample`, `kiln_accept`, `kiln_reset`, and with `, mask` also `kiln_mask`) for a type
-/// implementing [`Sampler`]. The exports exist only when compiling for wasm32.
+/// `kiln_sample`, `kiln_accept`, `kiln_accept_prompt`, `kiln_reset`, and with `, mask` also
+/// `kiln_mask`) for a type implementing [`Sampler`]. The exports exist only when compiling for
+/// wasm32.
 ///
 /// ```
 /// use kiln_sampler::{export_sampler, Choice, Error, Sampler, View, ViewKind};
@@ -226,6 +240,15 @@ macro_rules! export_sampler {
         #[unsafe(no_mangle)]
         pub extern "C" fn kiln_accept(token: i32) {
             $crate::rt::accept(&__KILN_SAMPLER, token)
+        }
+
+        /// ABI 1.1: records the `n` prompt tokens (i32) at `ptr`.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_accept_prompt(ptr: i32, n: i32) {
+            // SAFETY: the host wrote `n` tokens at `ptr` (the range is checked against the
+            // memory's size).
+            unsafe { $crate::rt::accept_prompt(&__KILN_SAMPLER, ptr, n) }
         }
 
         /// ABI: starts a new sequence.

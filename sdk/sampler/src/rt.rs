@@ -245,6 +245,29 @@ pub fn accept<T: Sampler>(slot: &Slot<T>, token: i32) {
     }
 }
 
+/// `kiln_accept_prompt` (ABI 1.1): the `n` tokens at `ptr`, in order. Out-of-range
+/// arguments accept nothing (the host never sends them).
+///
+/// # Safety
+/// `ptr` must point to `n` readable i32 values (checked against the memory's size).
+pub unsafe fn accept_prompt<T: Sampler>(slot: &Slot<T>, ptr: i32, n: i32) {
+    let Some(instance) = slot.get().as_mut() else {
+        return;
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
+    let Some(p) = n.checked_mul(4).and_then(|len| range(ptr, len, 4)) else {
+        return;
+    };
+    // SAFETY: the range lies in linear memory and is 4-aligned; any bits are a valid u32.
+    let tokens = unsafe { core::slice::from_raw_parts(p.cast::<u32>(), n) };
+    instance.sampler.accept_prompt(tokens);
+}
+
 /// `kiln_reset`.
 pub fn reset<T: Sampler>(slot: &Slot<T>) {
     if let Some(instance) = slot.get().as_mut() {

@@ -398,6 +398,7 @@ impl Scheduler {
         });
         self.clock += 1;
         self.slots[i].last_used = self.clock;
+        self.publish();
     }
 
     /// One `forward`: decoding rows, then prompt chunks within the token budget; then

@@ -379,9 +379,46 @@ struct Inner {
     accept: TypedFunc<i32, ()>,
     reset: TypedFunc<(), ()>,
     mask: Option<TypedFunc<(), i32>>,
+    alloc: TypedFunc<i32, i32>,
+    /// `kiln_accept_prompt` (ABI 1.1), when the module exports it.
+    accept_prompt: Option<TypedFunc<(i32, i32), ()>>,
     view: View,
     /// Offset of the step buffer.
     buf: usize,
+    /// Offset and size in bytes of the prompt buffer (0 until a prompt needs one).
+    prompt_buf: usize,
+    prompt_cap: usize,
+}
+
+/// Calls `kiln_alloc(size)` and checks the buffer it returns: non-null, 8-byte aligned, inside
+/// memory.
+fn alloc_buffer(
+    store: &mut Store<SeqState>,
+    memory: &Memory,
+    alloc: &TypedFunc<i32, i32>,
+    size: usize,
+    what: &str,
+) -> Result<usize, Cause> {
+    let p = guarded(store, "kiln_alloc", INIT_DEADLINE_MS, |s| {
+        alloc.call(s, size as i32)
+    })?;
+    let at = p as u32 as usize;
+    if p == 0 {
+        return Err(Cause::Abi(format!(
+            "kiln_alloc({size}) for the {what} returned 0 (out of memory)"
+        )));
+    }
+    if !at.is_multiple_of(8) {
+        return Err(Cause::Abi(format!(
+            "kiln_alloc({size}) returned {at:#x}, which is not 8-byte aligned"
+        )));
+    }
+    if at + size > memory.data_size(&*store) {
+        return Err(Cause::Abi(format!(
+            "kiln_alloc({size}) returned {at:#x}, outside the module's memory"
+        )));
+    }
+    Ok(at)
 }
 
 /// The sampler of one sequence: an instance of a [`SamplerModule`] with its configuration
@@ -448,30 +485,18 @@ fn create(
     } else {
         None
     };
+    let accept_prompt = if module.has_accept_prompt() {
+        Some(
+            instance
+                .get_typed_func(&mut store, "kiln_accept_prompt")
+                .map_err(abi)?,
+        )
+    } else {
+        None
+    };
     let n_vocab = vocab.n_vocab();
-
-    // kiln_alloc(size) → an 8-byte-aligned buffer inside memory.
-    let allocate = |store: &mut Store<SeqState>, size: usize, what: &str| -> Result<usize, Cause> {
-        let p = guarded(store, "kiln_alloc", INIT_DEADLINE_MS, |s| {
-            alloc.call(s, size as i32)
-        })?;
-        let at = p as u32 as usize;
-        if p == 0 {
-            return Err(Cause::Abi(format!(
-                "kiln_alloc({size}) for the {what} returned 0 (out of memory)"
-            )));
-        }
-        if !at.is_multiple_of(8) {
-            return Err(Cause::Abi(format!(
-                "kiln_alloc({size}) returned {at:#x}, which is not 8-byte aligned"
-            )));
-        }
-        if at + size > memory.data_size(&*store) {
-            return Err(Cause::Abi(format!(
-                "kiln_alloc({size}) returned {at:#x}, outside the module's memory"
-            )));
-        }
-        Ok(at)
+    let allocate = |store: &mut Store<SeqState>, size: usize, what: &str| {
+        alloc_buffer(store, &memory, &alloc, size, what)
     };
     let cfg_ptr = if config.is_empty() {
         0
@@ -520,8 +545,12 @@ fn create(
         accept,
         reset,
         mask,
+        alloc,
+        accept_prompt,
         view,
         buf,
+        prompt_buf: 0,
+        prompt_cap: 0,
     })
 }
 
@@ -566,9 +595,9 @@ impl SequenceSampler {
     }
 
     /// Sets the deadline of `kiln_sample`, `kiln_accept` and `kiln_mask` (milliseconds of CPU
-    /// time, at least 1).
+    /// time, clamped to 1..=[`MAX_DEADLINE_MS`](super::MAX_DEADLINE_MS)).
     pub fn set_deadline_ms(&mut self, ms: u64) {
-        self.deadline_ms = ms.max(1);
+        self.deadline_ms = ms.clamp(1, super::MAX_DEADLINE_MS);
     }
 
     /// The view the module asked for at init.
@@ -626,12 +655,53 @@ impl SequenceSampler {
         })
     }
 
-    /// Appends a whole prompt: each token is recorded for `seq_tokens` and accepted in order.
+    /// Appends a whole prompt: its tokens are recorded for `seq_tokens` and accepted in order
+    /// — in one `kiln_accept_prompt` call when the module exports it (ABI 1.1), else one
+    /// `kiln_accept` per token.
     pub fn accept_prompt(&mut self, tokens: &[u32]) -> Result<(), SamplerError> {
-        for &t in tokens {
-            self.accept(t)?;
+        if tokens.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        if self.live()?.accept_prompt.is_none() {
+            for &t in tokens {
+                self.accept(t)?;
+            }
+            return Ok(());
+        }
+        let bytes = tokens.len() * 4;
+        let inner = self.live()?;
+        if bytes > inner.prompt_cap {
+            let cap = bytes.max(2 * inner.prompt_cap).max(4096);
+            let at = alloc_buffer(
+                &mut inner.store,
+                &inner.memory,
+                &inner.alloc,
+                cap,
+                "prompt buffer",
+            );
+            match at {
+                Ok(at) => {
+                    inner.prompt_buf = at;
+                    inner.prompt_cap = cap;
+                }
+                Err(c) => return Err(self.fail(c)),
+            }
+        }
+        let inner = self.live()?;
+        let at = inner.prompt_buf;
+        inner.store.data_mut().history.extend_from_slice(tokens);
+        let data = inner.memory.data_mut(&mut inner.store);
+        for (dst, &t) in data[at..at + bytes].chunks_exact_mut(4).zip(tokens) {
+            dst.copy_from_slice(&t.to_le_bytes());
+        }
+        let n = tokens.len() as i32;
+        // One call for the whole prompt: the init deadline applies (a prompt is long work).
+        self.call("kiln_accept_prompt", INIT_DEADLINE_MS, |i| {
+            match &i.accept_prompt {
+                Some(f) => f.call(&mut i.store, (at as i32, n)),
+                None => Ok(()),
+            }
+        })
     }
 
     /// Starts a new sequence with the same config and seed (`kiln_reset`); a poisoned sampler

@@ -42,6 +42,8 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 pub const TABLE_ELEMENTS_LIMIT: usize = 10_000;
 /// Default deadline of `kiln_sample`, `kiln_accept` and `kiln_mask`, in milliseconds.
 pub const DEFAULT_DEADLINE_MS: u64 = 5;
+/// The longest per-call deadline accepted, in milliseconds (ten seconds of CPU).
+pub const MAX_DEADLINE_MS: u64 = 10_000;
 /// Deadline of `kiln_init` (and `kiln_reset`, `kiln_abi_version`), in milliseconds.
 pub const INIT_DEADLINE_MS: u64 = 1000;
 

@@ -165,6 +165,8 @@ pub struct SamplerModule {
     pub(crate) pre: InstancePre<SeqState>,
     /// Whether it exports `kiln_mask`.
     has_mask: bool,
+    /// Whether it exports `kiln_accept_prompt` (ABI 1.1).
+    has_accept_prompt: bool,
 }
 
 impl std::fmt::Debug for SamplerModule {
@@ -172,11 +174,13 @@ impl std::fmt::Debug for SamplerModule {
         f.debug_struct("SamplerModule")
             .field("name", &self.name)
             .field("has_mask", &self.has_mask)
+            .field("has_accept_prompt", &self.has_accept_prompt)
             .finish()
     }
 }
 
-/// The exports of ABI version 1, their signatures, and whether they are required.
+/// The exports of ABI version 1 (1.1 adds `kiln_accept_prompt`), their signatures, and
+/// whether they are required.
 const EXPORTS: &[(&str, &str, bool)] = &[
     ("kiln_abi_version", "() -> (i32)", true),
     ("kiln_alloc", "(i32) -> (i32)", true),
@@ -185,7 +189,15 @@ const EXPORTS: &[(&str, &str, bool)] = &[
     ("kiln_accept", "(i32) -> ()", true),
     ("kiln_reset", "() -> ()", true),
     ("kiln_mask", "() -> (i32)", false),
+    ("kiln_accept_prompt", "(i32, i32) -> ()", false),
 ];
+
+/// The optional exports a module has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Optional {
+    mask: bool,
+    accept_prompt: bool,
+}
 
 /// The imports of module `kiln` and their signatures.
 const IMPORTS: &[(&str, &str)] = &[
@@ -232,7 +244,7 @@ fn kind_name(t: &ExternType) -> &'static str {
 }
 
 /// Checks a compiled module's imports and exports against the ABI (not yet its version).
-fn check_interface(module: &Module) -> Result<bool, String> {
+fn check_interface(module: &Module) -> Result<Optional, String> {
     for imp in module.imports() {
         let what = format!("{}.{}", imp.module(), imp.name());
         let known = IMPORTS
@@ -279,10 +291,13 @@ fn check_interface(module: &Module) -> Result<bool, String> {
         }
         None => return Err("it does not export `memory`".into()),
     }
-    let mut has_mask = false;
+    let mut opt = Optional::default();
     for &(name, want, required) in EXPORTS {
         match module.get_export(name) {
-            Some(ExternType::Func(f)) if signature(&f) == want => has_mask |= name == "kiln_mask",
+            Some(ExternType::Func(f)) if signature(&f) == want => {
+                opt.mask |= name == "kiln_mask";
+                opt.accept_prompt |= name == "kiln_accept_prompt";
+            }
             Some(ExternType::Func(f)) => {
                 return Err(format!(
                     "its export `{name}` has type {}, the ABI's is {want}",
@@ -299,7 +314,7 @@ fn check_interface(module: &Module) -> Result<bool, String> {
             None => {}
         }
     }
-    Ok(has_mask)
+    Ok(opt)
 }
 
 /// Where compiled modules are cached: `$KILN_SAMPLER_CACHE`, else `~/.cache/kiln/samplers`.
@@ -416,7 +431,7 @@ impl SamplerModule {
         }
         let engine = engine().map_err(|e| SamplerError::new(name, Cause::Host(e)))?;
         let module = compile(engine, bytes).map_err(invalid)?;
-        let has_mask = check_interface(&module).map_err(invalid)?;
+        let optional = check_interface(&module).map_err(invalid)?;
         let mut linker: Linker<SeqState> = Linker::new(engine);
         instance::define_imports(&mut linker)
             .map_err(|e| SamplerError::new(name, Cause::Host(e.to_string())))?;
@@ -426,7 +441,8 @@ impl SamplerModule {
         let sm = Arc::new(SamplerModule {
             name: name.to_string(),
             pre,
-            has_mask,
+            has_mask: optional.mask,
+            has_accept_prompt: optional.accept_prompt,
         });
         // The version check needs an instance; it runs no user code but start functions and
         // `kiln_abi_version`, both under the init deadline.
@@ -469,5 +485,10 @@ impl SamplerModule {
     /// Whether the module exports `kiln_mask` (a constraint).
     pub fn has_mask(&self) -> bool {
         self.has_mask
+    }
+
+    /// Whether the module takes a whole prompt in one call (`kiln_accept_prompt`, ABI 1.1).
+    pub fn has_accept_prompt(&self) -> bool {
+        self.has_accept_prompt
     }
 }

@@ -805,3 +805,74 @@ fn builtins_are_embedded_and_load() {
     }
     assert!(builtin::load("nope").is_none());
 }
+
+#[test]
+fn a_prompt_reaches_a_module_in_one_call_when_it_takes_prompts() {
+    // Globals count the calls; kiln_sample returns 1000 × prompt calls + single accepts, and
+    // checks the tokens and seq_len the prompt call saw.
+    let imports = r#"(import "kiln" "seq_len" (func $seq_len (result i32)))"#;
+    let extra = r#"
+        (global $prompts (mut i32) (i32.const 0))
+        (global $singles (mut i32) (i32.const 0))
+        (func (export "kiln_accept_prompt") (param $p i32) (param $n i32)
+          (global.set $prompts (i32.add (global.get $prompts) (i32.const 1)))
+          ;; the prompt is 10, 11, 12, ... and seq_len already counts it
+          (if (i32.ne (i32.load (local.get $p)) (i32.const 10)) (then (unreachable)))
+          (if (i32.ne (i32.load (i32.add (local.get $p) (i32.shl (i32.sub (local.get $n) (i32.const 1)) (i32.const 2))))
+                      (i32.add (i32.const 9) (local.get $n))) (then (unreachable)))
+          (if (i32.ne (call $seq_len) (local.get $n)) (then (unreachable))))"#;
+    let sample = "(i32.add (i32.mul (global.get $prompts) (i32.const 1000)) (global.get $singles))";
+    let accept = "(global.set $singles (i32.add (global.get $singles) (i32.const 1)))";
+    let with = load(
+        "prompt",
+        &wat(imports, "(i32.const 0)", sample, accept, extra),
+    )
+    .unwrap();
+    assert!(with.has_accept_prompt());
+    let without = load(
+        "single",
+        &wat(
+            "",
+            "(i32.const 0)",
+            "(global.get $singles)",
+            accept,
+            "(global $singles (mut i32) (i32.const 0))",
+        ),
+    )
+    .unwrap();
+    assert!(!without.has_accept_prompt());
+    let vocab = Arc::new(Vocab::synthetic(10_000));
+    let row = vec![0f32; 10_000];
+    for n in [1usize, 700, 3000] {
+        let prompt: Vec<u32> = (10..10 + n as u32).collect();
+        let mut s = with.instantiate(b"", 1, vocab.clone()).unwrap();
+        s.accept_prompt(&prompt).unwrap();
+        // A second, longer prompt after a reset reuses or grows the buffer.
+        assert_eq!(s.sample_full(&row).unwrap(), Step::Token(1000));
+        s.accept(5).unwrap();
+        assert_eq!(s.sample_full(&row).unwrap(), Step::Token(1001));
+        // A module without the export gets one kiln_accept per token.
+        let mut s = without.instantiate(b"", 1, vocab.clone()).unwrap();
+        s.accept_prompt(&prompt).unwrap();
+        assert_eq!(s.sample_full(&row).unwrap(), Step::Token(n as u32));
+    }
+    // Growing prompts on one instance.
+    let mut s = with.instantiate(b"", 1, vocab.clone()).unwrap();
+    for (k, n) in [10usize, 5000, 20].iter().enumerate() {
+        s.reset().unwrap();
+        let prompt: Vec<u32> = (10..10 + *n as u32).collect();
+        s.accept_prompt(&prompt).unwrap();
+        assert_eq!(
+            s.sample_full(&row).unwrap(),
+            Step::Token(1000 * (k as u32 + 1))
+        );
+    }
+}
+
+#[test]
+fn builtins_take_prompts_in_one_call() {
+    for name in builtin::names() {
+        let m = builtin::load(name).unwrap().unwrap();
+        assert!(m.has_accept_prompt(), "{name}");
+    }
+}
