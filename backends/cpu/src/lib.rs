@@ -6,6 +6,7 @@
 mod f16acc;
 pub mod kernels;
 pub mod ops;
+pub mod vexp;
 
 use kiln_sdk::backend::{Backend, BackendOptions, DeviceInfo, Result, Score};
 use kiln_sdk::export_backend;

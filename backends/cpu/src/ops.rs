@@ -10,7 +10,7 @@ use crate::f16acc;
 use crate::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::backend::{BackendError, ErrorKind, Result, RowOutput};
 use kiln_sdk::gguf::TensorInfo;
-use kiln_sdk::model::select::{write_output, TopNScratch};
+use kiln_sdk::model::select::{write_output_with, TopNScratch};
 use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
 use std::cell::RefCell;
@@ -621,7 +621,7 @@ impl Ops for CpuOps {
             .chunks_exact_mut(cols)
             .zip(outs.iter_mut())
         {
-            write_output(row, req, &mut ex.top)?;
+            write_output_with(row, req, &mut ex.top, crate::vexp::log_sum_exp)?;
         }
         Ok(())
     }

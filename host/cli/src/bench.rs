@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// After the tests, profile one generation pass: the backend's operations per token and
+    /// per layer, and where the time goes.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Statistics of one test.
@@ -209,6 +213,25 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             per_seq,
         });
     }
+    let profile = if a.profile && a.n_gen > 0 {
+        match engine.profile(true) {
+            None => {
+                eprintln!("[kiln] this backend cannot profile (no kiln.profile.v1)");
+                None
+            }
+            Some(r) => {
+                r?;
+                salt += 1;
+                run_all(
+                    &engine,
+                    vec![(bench_tokens(1, n_vocab, salt), request(a.n_gen))],
+                )?;
+                engine.profile(false).transpose()?
+            }
+        }
+    } else {
+        None
+    };
     let model_name = model
         .file
         .path
@@ -263,6 +286,54 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             );
         }
         println!("device: {} | sampler view: {view}", model.device);
+    }
+    if let Some(p) = profile {
+        print_profile(&p, model.backend_model.info().n_layer as usize, a.json)?;
+    }
+    Ok(())
+}
+
+/// Prints a profile of one generation pass: per operation, calls per token and per layer.
+fn print_profile(p: &kiln_sdk::backend::Profile, n_layer: usize, json: bool) -> Result<()> {
+    let steps = p.n_forward.max(1) as f64;
+    let total_ns: u64 = p.ops.iter().map(|o| o.nanos).sum();
+    let calls: u64 = p.ops.iter().map(|o| o.calls).sum();
+    if json {
+        let ops: Vec<serde_json::Value> = p
+            .ops
+            .iter()
+            .map(|o| {
+                serde_json::json!({"op": o.name, "calls": o.calls, "nanos": o.nanos,
+                    "calls_per_token": o.calls as f64 / steps})
+            })
+            .collect();
+        eprintln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "forwards": p.n_forward, "ops_per_token": calls as f64 / steps,
+                "ops_per_layer": calls as f64 / steps / n_layer.max(1) as f64, "ops": ops
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "\nprofile: {} forward calls, {:.1} operations per token ({:.1} per layer of {n_layer})",
+        p.n_forward,
+        calls as f64 / steps,
+        calls as f64 / steps / n_layer.max(1) as f64
+    );
+    println!(
+        "| {:<12} | {:>10} | {:>10} | {:>7} |",
+        "op", "per token", "µs/token", "time"
+    );
+    for o in &p.ops {
+        println!(
+            "| {:<12} | {:>10.1} | {:>10.1} | {:>6.1}% |",
+            o.name,
+            o.calls as f64 / steps,
+            o.nanos as f64 / 1e3 / steps,
+            100.0 * o.nanos as f64 / total_ns.max(1) as f64
+        );
     }
     Ok(())
 }

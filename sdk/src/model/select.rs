@@ -39,7 +39,7 @@ impl TopNScratch {
     /// Scratch that never needs to grow for rows of up to `n_vocab` values.
     pub fn with_vocab(n_vocab: usize) -> TopNScratch {
         TopNScratch {
-            heap: Vec::with_capacity(n_vocab.min(4096)),
+            heap: Vec::with_capacity(n_vocab.min(8 * 4096)),
             idx: Vec::with_capacity(n_vocab),
             keep: Vec::with_capacity(n_vocab),
         }
@@ -54,12 +54,22 @@ impl TopNScratch {
 /// Writes the `ids.len()` largest values of `row`, best first (ties: lower id first; NaN
 /// counts as −∞), into `ids` and `vals` (which must have the same length, at most
 /// `row.len()`).
+///
+/// One pass keeps the best `n` seen so far in a min-heap; blocks of 16 values that cannot
+/// enter it (none above its worst entry) are skipped with one vectorisable comparison, so
+/// the cost is close to a read of the row.
 pub fn top_n(row: &[f32], ids: &mut [i32], vals: &mut [f32], s: &mut TopNScratch) {
     let n = ids.len().min(vals.len()).min(row.len());
     if n == 0 {
         return;
     }
-    if n.saturating_mul(16) >= row.len() || n > 4096 {
+    if n == 1 {
+        let (id, v) = argmax(row);
+        ids[0] = id as i32;
+        vals[0] = v;
+        return;
+    }
+    if n.saturating_mul(4) >= row.len() || n > 4096 {
         // A large share of the row: select on an index array.
         s.idx.clear();
         s.idx.extend(0..row.len() as u32);
@@ -83,55 +93,134 @@ pub fn top_n(row: &[f32], ids: &mut [i32], vals: &mut [f32], s: &mut TopNScratch
         }
         return;
     }
-    // A min-heap (worst kept entry at the root) of the best `n` seen so far.
+    if n >= 64 && by_threshold(row, ids, vals, s) {
+        return;
+    }
+    // Min-heap by (key, then higher id = worse) of the best `n`; keys have NaN as −∞.
     let h = &mut s.heap;
     h.clear();
-    let worse = |a: (f32, u32), b: (f32, u32)| better(b.0, b.1, a.0, a.1);
-    for (i, &v) in row.iter().enumerate() {
-        let e = (v, i as u32);
-        if h.len() < n {
-            h.push(e);
-            let mut c = h.len() - 1;
-            while c > 0 {
-                let p = (c - 1) / 2;
-                if worse(h[c], h[p]) {
-                    h.swap(c, p);
-                    c = p;
-                } else {
-                    break;
+    for (i, &v) in row[..n].iter().enumerate() {
+        h.push((key(v), i as u32));
+    }
+    let worse = |a: (f32, u32), b: (f32, u32)| a.0 < b.0 || (a.0 == b.0 && a.1 > b.1);
+    // Heapify.
+    for start in (0..n / 2).rev() {
+        sift_down(h, start, worse);
+    }
+    // Scanning in id order, a later value that only ties the worst kept one is worse than
+    // it (larger id): only strictly larger values enter.
+    let mut t = h[0].0;
+    let mut i = n;
+    while i < row.len() {
+        let end = (i + 16).min(row.len());
+        let block = &row[i..end];
+        if block.iter().fold(false, |a, &v| a | (v > t)) {
+            for (j, &v) in block.iter().enumerate() {
+                if v > t {
+                    h[0] = (v, (i + j) as u32);
+                    sift_down(h, 0, worse);
+                    t = h[0].0;
                 }
-            }
-        } else if better(e.0, e.1, h[0].0, h[0].1) {
-            h[0] = e;
-            let mut p = 0;
-            loop {
-                let (l, r) = (2 * p + 1, 2 * p + 2);
-                let mut m = p;
-                if l < n && worse(h[l], h[m]) {
-                    m = l;
-                }
-                if r < n && worse(h[r], h[m]) {
-                    m = r;
-                }
-                if m == p {
-                    break;
-                }
-                h.swap(p, m);
-                p = m;
             }
         }
+        i = end;
     }
     h.sort_unstable_by(|a, b| {
-        if better(a.0, a.1, b.0, b.1) {
+        if worse(*b, *a) {
             Ordering::Less
+        } else if a.1 == b.1 {
+            Ordering::Equal
         } else {
             Ordering::Greater
         }
     });
-    for (k, &(v, id)) in h.iter().enumerate() {
+    for (k, &(_, id)) in h.iter().enumerate() {
+        ids[k] = id as i32;
+        vals[k] = row[id as usize];
+    }
+}
+
+/// Large `n`: estimates a threshold that about `2n` values exceed from an evenly spaced
+/// sample, collects those values, and selects exactly among them. Returns false (nothing
+/// written) when fewer than `n` values exceed the estimate.
+fn by_threshold(row: &[f32], ids: &mut [i32], vals: &mut [f32], s: &mut TopNScratch) -> bool {
+    let n = ids.len().min(vals.len());
+    let len = row.len();
+    let samples = (8 * n).min(len);
+    let stride = len / samples;
+    // The sample (in `heap`, as (value, id)), and its rank that maps to ~2n in the row.
+    let h = &mut s.heap;
+    h.clear();
+    h.extend((0..samples).map(|k| (key(row[k * stride]), (k * stride) as u32)));
+    let rank = ((2 * n * samples) / len).clamp(1, samples) - 1;
+    let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
+    h.select_nth_unstable_by(rank, desc);
+    let t = h[rank].0;
+    // Every value strictly above the threshold.
+    let c = &mut s.keep;
+    c.clear();
+    for (i, &v) in row.iter().enumerate() {
+        if v > t {
+            c.push((i as u32, v));
+        }
+    }
+    if c.len() < n {
+        return false;
+    }
+    // Candidates are above a threshold: no NaN among them, plain comparisons suffice.
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| {
+        if a.1 > b.1 || (a.1 == b.1 && a.0 < b.0) {
+            Ordering::Less
+        } else if a.0 == b.0 {
+            Ordering::Equal
+        } else {
+            Ordering::Greater
+        }
+    };
+    if c.len() > n {
+        c.select_nth_unstable_by(n, cmp);
+    }
+    let head = &mut c[..n];
+    head.sort_unstable_by(cmp);
+    for (k, &(id, v)) in head.iter().enumerate() {
         ids[k] = id as i32;
         vals[k] = v;
     }
+    true
+}
+
+/// Restores the heap property below `p`.
+#[inline]
+fn sift_down(h: &mut [(f32, u32)], mut p: usize, worse: impl Fn((f32, u32), (f32, u32)) -> bool) {
+    let n = h.len();
+    loop {
+        let (l, r) = (2 * p + 1, 2 * p + 2);
+        let mut m = p;
+        if l < n && worse(h[l], h[m]) {
+            m = l;
+        }
+        if r < n && worse(h[r], h[m]) {
+            m = r;
+        }
+        if m == p {
+            return;
+        }
+        h.swap(p, m);
+        p = m;
+    }
+}
+
+/// The first index of the largest value (NaN counts as −∞; index 0 if all are NaN/−∞).
+fn argmax(row: &[f32]) -> (usize, f32) {
+    let m = row
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+    let i = if m == f32::NEG_INFINITY {
+        0
+    } else {
+        row.iter().position(|&v| v == m).unwrap_or(0)
+    };
+    (i, row[i])
 }
 
 /// `log(sum(exp(row)))`, computed stably (NaN values are skipped; −∞ if nothing is finite).
@@ -235,6 +324,16 @@ pub fn check_output(req: &RowOutput<'_>, n_vocab: usize) -> Result<()> {
 
 /// Serves one output request from a logits row in host memory (which it modifies: bans).
 pub fn write_output(row: &mut [f32], req: &mut RowOutput<'_>, s: &mut TopNScratch) -> Result<()> {
+    write_output_with(row, req, s, log_sum_exp)
+}
+
+/// [`write_output`] with the backend's own log-sum-exp (e.g. a vectorised one).
+pub fn write_output_with(
+    row: &mut [f32],
+    req: &mut RowOutput<'_>,
+    s: &mut TopNScratch,
+    lse: impl Fn(&[f32]) -> f32,
+) -> Result<()> {
     apply_bans(row, req.banned)?;
     if let Some(a) = req.allowed {
         apply_allowed(row, a, s)?;
@@ -249,7 +348,7 @@ pub fn write_output(row: &mut [f32], req: &mut RowOutput<'_>, s: &mut TopNScratc
         Want::TopN { ids, logits } => top_n(row, ids, logits, s),
     }
     if let Some(l) = req.lse.as_deref_mut() {
-        *l = log_sum_exp(row);
+        *l = lse(row);
     }
     if let Some((t, out)) = req.target.as_mut() {
         **out = *row
@@ -298,6 +397,23 @@ mod tests {
                     assert_eq!(g.1.to_bits(), w.1.to_bits());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn top_n_handles_ties_and_empty_rows_on_the_threshold_path() {
+        let mut s = TopNScratch::with_vocab(4000);
+        for fill in [1.0f32, f32::NEG_INFINITY, f32::NAN] {
+            let mut row = vec![fill; 4000];
+            row[3999] = 2.0;
+            let (mut ids, mut vals) = (vec![0i32; 100], vec![0f32; 100]);
+            top_n(&row, &mut ids, &mut vals, &mut s);
+            assert_eq!(ids[0], 3999);
+            assert_eq!(&ids[1..4], &[0, 1, 2], "{fill}");
+            assert_eq!(
+                reference(&row, 100).iter().map(|p| p.0).collect::<Vec<_>>(),
+                ids
+            );
         }
     }
 

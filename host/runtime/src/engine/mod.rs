@@ -20,6 +20,7 @@ use crate::model::Model;
 use crate::sampler::SequenceSampler;
 use anyhow::{anyhow, Context as _, Result};
 use kiln_sdk::abi::client::ContextOptions;
+use kiln_sdk::backend::Profile;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -133,6 +134,9 @@ struct Pending {
 
 enum Msg {
     Submit(Box<Pending>),
+    /// Starts (true) or stops profiling the context; the reply carries the counts so far, or
+    /// `None` when the backend cannot profile.
+    Profile(bool, flume::Sender<Option<Result<Profile, String>>>),
     Shutdown,
 }
 
@@ -243,7 +247,19 @@ impl Engine {
         self.opts
     }
 
-    /// Bytes of the context's KV cache and scratch.
+    /// Starts (`true`, resetting the counts) or stops profiling the backend context, and
+    /// returns the counts so far (operations, calls, time); `None` when the backend lacks the
+    /// `kiln.profile.v1` capability.
+    pub fn profile(&self, enable: bool) -> Option<Result<Profile>> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send(Msg::Profile(enable, tx)).ok()?;
+        rx.recv()
+            .ok()
+            .flatten()
+            .map(|r| r.map_err(|e| anyhow!("{e}")))
+    }
+
+    /// Counters and gauges: requests, tokens, slots, queue, KV use.
     pub fn stats(&self) -> EngineStats {
         let mut s = self
             .shared

@@ -171,6 +171,13 @@ impl Scheduler {
             {
                 match msg {
                     Msg::Submit(p) => self.waiting.push_back(p),
+                    Msg::Profile(enable, reply) => {
+                        let r = self
+                            .ctx
+                            .profile(enable)
+                            .map(|r| r.map_err(|e| e.to_string()));
+                        let _ = reply.send(r);
+                    }
                     Msg::Shutdown => shutdown = true,
                 }
             }
