@@ -3,7 +3,7 @@
 //! [`kernels`] holds the SIMD quantized dot products, matmul and thread pool; [`ops`] maps the
 //! SDK's model operations onto them; this file describes the backend and exports it.
 
-mod f16acc;
+mod attend;
 pub mod kernels;
 pub mod ops;
 pub mod vexp;

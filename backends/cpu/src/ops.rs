@@ -6,7 +6,7 @@
 //! kernels give the same bits for a row alone or inside any batch), as the `Ops` contract
 //! requires.
 
-use crate::f16acc;
+use crate::attend;
 use crate::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::backend::{BackendError, ErrorKind, Result, RowOutput};
 use kiln_sdk::gguf::TensorInfo;
@@ -567,11 +567,10 @@ impl Ops for CpuOps {
                     let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
                     // The query meets the f16 cache in f16, as in llama.cpp.
                     qh16.copy_from_slice(qh);
-                    f16acc::round_slice(qh16);
-                    // Online softmax with f16 accumulators (llama.cpp's CPU flash attention), so
-                    // greedy decoding follows llama.cpp's.
+                    attend::round_slice(qh16);
+                    // Online softmax over the f16 cache with an f32 accumulator.
                     let base = r.seq * n_ctx;
-                    let head = f16acc::Head {
+                    let head = attend::Head {
                         k: &kc[base * kw + kvh * hk..],
                         v: &vc[base * vw + kvh * hv..],
                         k_stride: kw,

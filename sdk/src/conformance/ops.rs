@@ -6,7 +6,7 @@
 //!
 //! Tolerances ([`OpsTolerance`]) are relative to the RMS of the reference result. The
 //! defaults fit a backend that computes in f32 with 8-bit quantized activations for
-//! quantized weights, an f16 KV cache with f16 accumulation in attention, and table-based
+//! quantized weights, an f16 KV cache (f16 query and accumulator in attention), and table-based
 //! GELU (as llama.cpp's CPU backend, and Kiln's, do):
 //!
 //! | operation | default limit (× RMS of the reference) |
