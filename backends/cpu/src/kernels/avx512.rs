@@ -6,7 +6,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use super::quantize::{ActMode, ActRow};
+use super::quantize::{ActMode, ActRow, Extras};
 use core::arch::x86_64::*;
 use kiln_sdk::quant::GgmlType;
 
@@ -915,14 +915,22 @@ unsafe fn legacy_steps<
     }
 }
 
-/// Extras the AVX-512 decode kernel of `ty` wants: (`off` factor, `xsl`).
-pub(super) fn decode_extras(ty: GgmlType) -> (Option<i32>, bool) {
+/// Activation extras the AVX-512 kernels of `ty` read: `off` for the legacy types stored as
+/// `u - c`, `xs32` for those with a min.
+pub(super) fn act_extras(ty: GgmlType) -> Extras {
+    let off = |c| Extras {
+        off: Some(c),
+        xs32: false,
+    };
     match ty {
-        GgmlType::Q4_0 => (Some(8), false),
-        GgmlType::Q5_0 => (Some(16), false),
-        GgmlType::Q8_0 | GgmlType::MXFP4 => (Some(128), false),
-        GgmlType::Q4_1 | GgmlType::Q5_1 => (None, true),
-        _ => (None, false),
+        GgmlType::Q4_0 => off(8),
+        GgmlType::Q5_0 => off(16),
+        GgmlType::Q8_0 | GgmlType::MXFP4 => off(128),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Extras {
+            off: None,
+            xs32: true,
+        },
+        _ => Extras::default(),
     }
 }
 

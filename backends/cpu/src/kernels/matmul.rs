@@ -1,7 +1,7 @@
 //! The matmul driver: argument checks, activation quantization, row chunking across the
 //! pool's threads, and the choice between the one-row dot kernels and the tiled GEMM.
 
-use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Line};
+use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Extras, Line};
 use super::{scalar, SimdLevel, ThreadPool};
 use kiln_sdk::quant::GgmlType;
 use std::cell::RefCell;
@@ -394,6 +394,17 @@ fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
     }
 }
 
+/// The extras every activation row gets for the kernels of `level` and `ty` (the same for
+/// every row of every call, so a row's quantized form never depends on `n`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn act_extras(level: SimdLevel, ty: GgmlType) -> Extras {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => super::avx512::act_extras(ty),
+        _ => Extras::default(),
+    }
+}
+
 /// How activation scales are rounded for weights of type `ty`: legacy types meet ggml-style
 /// `Q8_0`/`Q8_1` activation blocks (f16 scales); k-quants meet `Q8_K` blocks, whose f32 scale
 /// needs no rounding.
@@ -428,7 +439,7 @@ fn quant_matmul(
     let kp = padded(cols);
     let nt = pool.n_threads();
     with_acts(|acts| {
-        acts.reset(n, kp);
+        acts.reset(n, kp, act_extras(level, w.ty));
         let ptrs = acts.ptrs();
         let quant = |i: usize| {
             // SAFETY: `i < n` rows were reserved above; each row is written by one thread.
@@ -440,11 +451,6 @@ fn quant_matmul(
             (0..n).for_each(quant);
         }
         if n == 1 {
-            #[cfg(target_arch = "x86_64")]
-            if level == SimdLevel::Avx512 {
-                let (c, block_sums) = super::avx512::decode_extras(w.ty);
-                acts.prepare_decode(level, c, block_sums);
-            }
             let acts: &ActBuf = acts;
             let dot = RowDot::new(level, w.ty);
             let a = acts.row(0);

@@ -9,7 +9,10 @@
 //! min term uses ggml's f16-rounded `Q8_1` block sums, the reference adds that term exactly.
 
 use super::matmul::act_block_sums;
-use super::quantize::{padded, quantize_row, quantize_row_scalar, round_scales_like_ggml, ActMode};
+use super::quantize::{
+    padded, quantize_row, quantize_row_scalar, round_scales_like_ggml, ActBuf, ActMode, BlockSums,
+    Extras,
+};
 use super::{matmul_with, supports, KernelError, SimdLevel, ThreadPool, WeightMatrix};
 use kiln_sdk::quant::{dequantize_row, f32_to_f16, GgmlType};
 use rand::rngs::StdRng;
@@ -426,4 +429,64 @@ fn rejects_bad_arguments() {
         data: &[],
     };
     assert!(super::matmul(&pool, &empty, &x, 1, &mut []).is_ok());
+}
+
+#[test]
+fn activation_rows_do_not_depend_on_n() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let cols = 544;
+    let xs: Vec<Vec<f32>> = (0..5).map(|_| random_x(cols, &mut rng)).collect();
+    let configs = [
+        (
+            ActMode::B32,
+            Some(BlockSums::Exact),
+            Extras {
+                off: Some(8),
+                xs32: false,
+            },
+        ),
+        (
+            ActMode::B32,
+            Some(BlockSums::Q8_1),
+            Extras {
+                off: None,
+                xs32: true,
+            },
+        ),
+        (
+            ActMode::B32,
+            Some(BlockSums::Exact),
+            Extras {
+                off: Some(128),
+                xs32: true,
+            },
+        ),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for level in levels() {
+        for (mode, sums, extras) in configs {
+            let quantize = |rows: &[&Vec<f32>]| {
+                let mut buf = ActBuf::default();
+                buf.reset(rows.len(), padded(cols), extras);
+                let ptrs = buf.ptrs();
+                for (i, x) in rows.iter().enumerate() {
+                    // SAFETY: row `i` was reserved by `reset`; the level is available.
+                    unsafe { ptrs.quantize_row(level, mode, sums, i, x) };
+                }
+                buf
+            };
+            let batch = quantize(&xs.iter().collect::<Vec<_>>());
+            for (i, x) in xs.iter().enumerate() {
+                let alone = quantize(&[x]);
+                let (a, b) = (alone.row(0), batch.row(i));
+                assert_eq!(a.qs, b.qs, "{level:?} {extras:?} row {i} bytes");
+                assert_eq!(bits(a.d), bits(b.d), "{level:?} row {i} scales");
+                assert_eq!(bits(a.xsum), bits(b.xsum), "{level:?} row {i} sums");
+                assert_eq!(a.off, b.off, "{level:?} row {i} offsets");
+                assert_eq!(bits(a.xs32), bits(b.xs32), "{level:?} row {i} block sums");
+                assert_eq!(a.off.is_empty(), extras.off.is_none());
+                assert_eq!(a.xs32.is_empty(), !extras.xs32);
+            }
+        }
+    }
 }
