@@ -520,10 +520,12 @@ fn quant_matmul(
                         }
                     }
                     None => {
+                        let bs = w.ty.block_size();
                         for j in 0..nr {
                             let (u, wl, mw) = tile.row(j);
                             for i in 0..n {
-                                let v = scalar::dot_unpacked(u, &wl[..kp / 16], mw, acts.row(i));
+                                let a = acts.row(i);
+                                let v = scalar::dot_unpacked_row(bs, u, &wl[..kp / 16], mw, a);
                                 // SAFETY: rows `r0..r1` belong to this chunk only.
                                 unsafe { out.write(i, r0 + j, v) };
                             }
