@@ -1,5 +1,8 @@
 //! The matmul driver: argument checks, activation quantization, row chunking across the
 //! pool's threads, and the choice between the one-row dot kernels and the tiled GEMM.
+//!
+//! Both paths compute every output with the same per-type arithmetic at a given level (see
+//! the module docs of [`super`]), so the choice never changes a result's bits.
 
 use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Extras, Line};
 use super::{scalar, SimdLevel, ThreadPool};
@@ -145,8 +148,9 @@ pub fn matmul_with(
 pub(crate) type DotFn = unsafe fn(&[u8], usize, ActRow<'_>, &mut [f32]);
 /// Row unpacker: `(row bytes, u, wl, mw)`, see [`W8Tile`].
 pub(crate) type UnpackFn = unsafe fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
-/// `rr x cc` quantized micro-kernel, see `micro_q8_dyn` in the SIMD modules.
-type MicroQ8Fn =
+/// `rr x cc` (each 1..=4) quantized micro-kernel: `(rr, cc, tile, first tile row, activation
+/// rows, cols)`, results in `[..rr][..cc]`; see `micro_dyn` in the SIMD modules.
+pub(crate) type MicroQ8Fn =
     unsafe fn(usize, usize, &W8Tile<'_>, usize, &[ActRow<'_>; 4], usize) -> [[f32; 4]; 4];
 /// `rr x cc` f32 micro-kernel.
 type MicroF32Fn = unsafe fn(usize, usize, &[&[f32]; 4], &[&[f32]; 4], usize) -> [[f32; 4]; 4];
@@ -187,19 +191,9 @@ pub(crate) struct W8Tile<'a> {
     wl: &'a [f32],
     mw: &'a [f32],
     kp: usize,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    signed: bool,
 }
 
 impl W8Tile<'_> {
-    /// Whether the bytes are signed values plus 128 (`Q8_0`, `MXFP4`) rather than small
-    /// unsigned values (at most 63).
-    #[inline]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn signed(&self) -> bool {
-        self.signed
-    }
-
     /// `(u, wl, mw)` of row `r`.
     #[inline]
     pub(crate) fn row(&self, r: usize) -> (&[u8], &[f32], &[f32]) {
@@ -327,28 +321,57 @@ fn for_chunks(pool: &ThreadPool, rows: usize, chunk: usize, f: impl Fn(usize, us
     });
 }
 
+/// The kernels of one level for one quantized type.
+struct QuantKernels {
+    /// Extras the kernels read from every activation row.
+    extras: Extras,
+    /// The one-row kernel for `n == 1`; without one, `n == 1` takes the tiled path too.
+    dot: Option<RowDot>,
+    /// The row unpacker of the tiled path (`None`: the scalar one, expanded).
+    unpack: Option<UnpackFn>,
+    /// The tiled path's micro-kernel (`None`: the scalar level).
+    micro: Option<MicroQ8Fn>,
+}
+
+impl QuantKernels {
+    fn new(level: SimdLevel, ty: GgmlType) -> Self {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => QuantKernels {
+                extras: super::avx512::act_extras(ty),
+                dot: super::avx512::dot_fn(ty).map(RowDot::Simd),
+                unpack: super::avx512::unpack_fn(ty),
+                micro: super::avx512::micro_fn(ty),
+            },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => QuantKernels {
+                extras: super::avx2::act_extras(ty),
+                dot: super::avx2::dot_fn(ty).map(RowDot::Simd),
+                unpack: super::avx2::unpack_fn(ty),
+                micro: super::avx2::micro_fn(ty),
+            },
+            _ => QuantKernels {
+                extras: Extras::default(),
+                dot: Some(RowDot::Scalar(ty)),
+                unpack: None,
+                micro: None,
+            },
+        }
+    }
+}
+
 enum RowDot {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Simd(DotFn),
     Scalar(GgmlType),
 }
 
 impl RowDot {
-    fn new(level: SimdLevel, ty: GgmlType) -> Self {
-        let simd = match level {
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => super::avx512::dot_fn(ty),
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => super::avx2::dot_fn(ty),
-            _ => None,
-        };
-        simd.map_or(RowDot::Scalar(ty), RowDot::Simd)
-    }
-
     /// Dot products of the `out.len()` rows in `rows` (`row_bytes` each) with `a`.
     ///
     /// # Safety
     /// The level this was made for must be available; rows are whole blocks and `a` has the
-    /// matching padded length.
+    /// matching padded length and extras.
     #[inline]
     unsafe fn call(&self, rows: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
         match self {
@@ -363,27 +386,6 @@ impl RowDot {
     }
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn unpack_fn(level: SimdLevel, ty: GgmlType) -> Option<UnpackFn> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => super::avx512::unpack_fn(ty),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => super::avx2::unpack_fn(ty),
-        _ => None,
-    }
-}
-
-fn micro_q8(level: SimdLevel) -> Option<MicroQ8Fn> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => Some(super::avx512::micro_q8_dyn),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => Some(super::avx2::micro_q8_dyn),
-        _ => None,
-    }
-}
-
 fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
     match level {
         #[cfg(target_arch = "x86_64")]
@@ -391,17 +393,6 @@ fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => Some(super::avx2::micro_f32_dyn),
         _ => None,
-    }
-}
-
-/// The extras every activation row gets for the kernels of `level` and `ty` (the same for
-/// every row of every call, so a row's quantized form never depends on `n`).
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn act_extras(level: SimdLevel, ty: GgmlType) -> Extras {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => super::avx512::act_extras(ty),
-        _ => Extras::default(),
     }
 }
 
@@ -438,8 +429,9 @@ fn quant_matmul(
     let (rows, cols) = (w.rows, w.cols);
     let kp = padded(cols);
     let nt = pool.n_threads();
+    let kernels = QuantKernels::new(level, w.ty);
     with_acts(|acts| {
-        acts.reset(n, kp, act_extras(level, w.ty));
+        acts.reset(n, kp, kernels.extras);
         let ptrs = acts.ptrs();
         let quant = |i: usize| {
             // SAFETY: `i < n` rows were reserved above; each row is written by one thread.
@@ -450,9 +442,8 @@ fn quant_matmul(
         } else {
             (0..n).for_each(quant);
         }
-        if n == 1 {
-            let acts: &ActBuf = acts;
-            let dot = RowDot::new(level, w.ty);
+        let acts: &ActBuf = acts;
+        if let (1, Some(dot)) = (n, &kernels.dot) {
             let a = acts.row(0);
             for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
                 let mut res = [0f32; 64];
@@ -469,9 +460,13 @@ fn quant_matmul(
             });
             return;
         }
-        let acts: &ActBuf = acts;
-        let unpack = unpack_fn(level, w.ty);
-        let micro = micro_q8(level);
+        let (unpack, micro) = (kernels.unpack, kernels.micro);
+        // The activation rows in groups of 4 (the last one padded with its last row).
+        let groups: Vec<[ActRow<'_>; 4]> = (0..n)
+            .step_by(4)
+            .map(|c| std::array::from_fn(|j| acts.row((c + j).min(n - 1))))
+            .collect();
+        let bs = w.ty.block_size();
         let chunk = gemm_chunk(rows, nt);
         for_chunks(pool, rows, chunk, |r0, r1| {
             with_scratch(|s| {
@@ -492,24 +487,22 @@ fn quant_matmul(
                         (None, _) => scalar::unpack_row(w.ty, row, u, &mut wl[..kp / 16], mw),
                     }
                 }
-                let signed = matches!(w.ty, GgmlType::Q8_0 | GgmlType::MXFP4);
                 let tile = W8Tile {
                     u: ub,
                     wl: &s.wl,
                     mw: &s.mw,
                     kp,
-                    signed,
                 };
                 match micro {
                     Some(micro) => {
                         for r in (0..nr).step_by(4) {
                             let rr = (nr - r).min(4);
-                            for c in (0..n).step_by(4) {
+                            for (g, a) in groups.iter().enumerate() {
+                                let c = 4 * g;
                                 let cc = (n - c).min(4);
-                                let a: [ActRow<'_>; 4] =
-                                    std::array::from_fn(|j| acts.row((c + j).min(n - 1)));
-                                // SAFETY: level checked; `rr`, `cc` in 1..=4; rows in the tile.
-                                let res = unsafe { micro(rr, cc, &tile, r, &a, kp) };
+                                // SAFETY: level checked; `rr`, `cc` in 1..=4; rows in the tile;
+                                // the activation rows carry the extras the kernel asked for.
+                                let res = unsafe { micro(rr, cc, &tile, r, a, cols) };
                                 for (i, rv) in res.iter().enumerate().take(rr) {
                                     for (j, &v) in rv.iter().enumerate().take(cc) {
                                         // SAFETY: rows `r0..r1` belong to this chunk only.
@@ -520,7 +513,6 @@ fn quant_matmul(
                         }
                     }
                     None => {
-                        let bs = w.ty.block_size();
                         for j in 0..nr {
                             let (u, wl, mw) = tile.row(j);
                             for i in 0..n {
