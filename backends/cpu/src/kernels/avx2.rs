@@ -204,13 +204,6 @@ unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
     dot8!(a, b, n, load_f16x8, kiln_sdk::quant::f16_to_f32)
 }
 
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
-    dot8!(a, b, n, load_bf16x8, |v: u16| f32::from_bits(
-        (v as u32) << 16
-    ))
-}
-
 /// `sum(a * b)`, equal lengths.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -276,41 +269,78 @@ pub(super) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// Float codes of a weight row.
+const FLOAT_F32: u8 = 0;
+const FLOAT_F16: u8 = 1;
+const FLOAT_BF16: u8 = 2;
+
+/// 8 weights of a float row of type `TY` (F32/F16/BF16 bytes at `p`) from value `i`, or only
+/// the first `n` (< 8) of them, zero padded, when `n < 8`; converted by the same instructions
+/// either way.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_float<const TY: u8>(p: *const u8, i: usize, n: usize) -> __m256 {
+    if n >= 8 {
+        return match TY {
+            FLOAT_F16 => load_f16x8((p as *const u16).add(i)),
+            FLOAT_BF16 => load_bf16x8((p as *const u16).add(i)),
+            _ => _mm256_loadu_ps((p as *const f32).add(i)),
+        };
+    }
+    if TY == FLOAT_F32 {
+        let mut t = [0f32; 8];
+        core::ptr::copy_nonoverlapping(
+            (p as *const f32).add(i) as *const u8,
+            t.as_mut_ptr() as *mut u8,
+            4 * n,
+        );
+        return _mm256_loadu_ps(t.as_ptr());
+    }
+    let mut t = [0u16; 8];
+    core::ptr::copy_nonoverlapping(
+        (p as *const u16).add(i) as *const u8,
+        t.as_mut_ptr() as *mut u8,
+        2 * n,
+    );
+    match TY {
+        FLOAT_F16 => load_f16x8(t.as_ptr()),
+        _ => load_bf16x8(t.as_ptr()),
+    }
+}
+
+/// 8 f32 values from `x + i`, or the first `n` (< 8) zero padded.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_x(x: *const f32, i: usize, n: usize) -> __m256 {
+    if n >= 8 {
+        return _mm256_loadu_ps(x.add(i));
+    }
+    let mut t = [0f32; 8];
+    core::ptr::copy_nonoverlapping(x.add(i), t.as_mut_ptr(), n);
+    _mm256_loadu_ps(t.as_ptr())
+}
+
 /// Converts a float weight row (F32/F16/BF16 bytes) to f32.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let n = dst.len().min(src.len() / ty.type_size());
-    let o = dst.as_mut_ptr();
+    let (p, o) = (src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
-    while i + 8 <= n {
+    while i < n {
+        let m = n - i;
         let v = match ty {
-            GgmlType::F16 => load_f16x8((src.as_ptr() as *const u16).add(i)),
-            GgmlType::BF16 => load_bf16x8((src.as_ptr() as *const u16).add(i)),
-            _ => _mm256_loadu_ps((src.as_ptr() as *const f32).add(i)),
+            GgmlType::F16 => load_float::<FLOAT_F16>(p, i, m),
+            GgmlType::BF16 => load_float::<FLOAT_BF16>(p, i, m),
+            _ => load_float::<FLOAT_F32>(p, i, m),
         };
-        _mm256_storeu_ps(o.add(i), v);
-        i += 8;
-    }
-    if i < n {
-        super::scalar::float_row_to_f32(ty, &src[i * ty.type_size()..], &mut dst[i..n]);
-    }
-}
-
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(row.len() / ty.type_size());
-    match ty {
-        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        _ => {
-            // Rows may be unaligned for f32: copy through a buffer in chunks.
-            if (row.as_ptr() as usize).is_multiple_of(4) {
-                dot_f32_ptr(row.as_ptr() as *const f32, x.as_ptr(), n)
-            } else {
-                super::scalar::dot_float_row(ty, row, x)
-            }
+        if m >= 8 {
+            _mm256_storeu_ps(o.add(i), v);
+        } else {
+            let mut t = [0f32; 8];
+            _mm256_storeu_ps(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), o.add(i), m);
         }
+        i += 8;
     }
 }
 
@@ -984,37 +1014,140 @@ unsafe fn micro_dyn<const FORM: u8>(
     out
 }
 
+/// Dot product of a float weight row (raw bytes of type `TY` at `w`) with `x` over `k` values:
+/// 8-value chunk `q` (the last one zero padded) goes to accumulator `q % 4`, and the result is
+/// `hsum((acc0 + acc1) + (acc2 + acc3))`. [`micro_float_cm`] reproduces it for tiles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn micro_f32<const R: usize, const C: usize>(
-    w: [&[f32]; R],
-    x: [&[f32]; C],
+unsafe fn dot_float<const TY: u8>(w: *const u8, x: *const f32, k: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    macro_rules! chunk {
+        ($q:expr, $n:expr, $j:expr) => {{
+            let i = 8 * $q;
+            let xv = load_x(x, i, $n);
+            acc[$j] = _mm256_fmadd_ps(load_float::<TY>(w, i, $n), xv, acc[$j]);
+        }};
+    }
+    let (groups, nq) = (k / 32, k.div_ceil(8));
+    for g in 0..groups {
+        chunk!(4 * g, 8, 0);
+        chunk!(4 * g + 1, 8, 1);
+        chunk!(4 * g + 2, 8, 2);
+        chunk!(4 * g + 3, 8, 3);
+    }
+    // The last 1 to 3 chunks (the last one possibly partial; out of line: it copies), each the
+    // end of its chain.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let n = (k - 8 * (q + t)).min(8);
+        match t {
+            0 => chunk!(q, n, 0),
+            1 => chunk!(q + 1, n, 1),
+            _ => chunk!(q + 2, n, 2),
+        }
+    }
+    let s01 = _mm256_add_ps(acc[0], acc[1]);
+    let s23 = _mm256_add_ps(acc[2], acc[3]);
+    hsum(_mm256_add_ps(s01, s23))
+}
+
+/// Decode-path dot products of consecutive float weight rows (`row_bytes` apart, raw bytes
+/// of type `ty`) with `x` ([`dot_float`]), rows in memory order.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let k = x.len().min(row_bytes / ty.type_size());
+    macro_rules! rows {
+        ($ty:expr) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = dot_float::<{ $ty }>(w.as_ptr().add(r * row_bytes), x.as_ptr(), k);
+            }
+        };
+    }
+    match ty {
+        GgmlType::F16 => rows!(FLOAT_F16),
+        GgmlType::BF16 => rows!(FLOAT_BF16),
+        _ => rows!(FLOAT_F32),
+    }
+}
+
+/// [`dot_float`] for `R` f32 weight rows times `C` f32 rows over `k` values, all stored
+/// chain-major ([`super::matmul::chain_major`] with 8 lanes): each accumulator's chunks are
+/// contiguous, so the tile runs one sequential pass per accumulator with one register per
+/// pair.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn micro_float_cm<const R: usize, const C: usize>(
+    w: [*const f32; R],
+    x: [*const f32; C],
     k: usize,
 ) -> [[f32; C]; R] {
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut i = 0;
-    while i + 8 <= k {
-        for r in 0..R {
-            let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
+    // The chunk at value `i` (`$n` values, 8 or a zero-padded tail) into `acc`.
+    macro_rules! chunk {
+        ($i:expr, $n:expr, $acc:ident) => {{
+            let i = $i;
+            let mut xv = [_mm256_setzero_ps(); C];
             for c in 0..C {
-                acc[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[c].as_ptr().add(i)), acc[r][c]);
+                xv[c] = load_x(x[c], i, $n);
             }
+            for r in 0..R {
+                let wv = load_x(w[r], i, $n);
+                for c in 0..C {
+                    $acc[r][c] = _mm256_fmadd_ps(wv, xv[c], $acc[r][c]);
+                }
+            }
+        }};
+    }
+    let (groups, nq) = (k / 32, k.div_ceil(8));
+    let zero = [[_mm256_setzero_ps(); C]; R];
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    // Each pass's registers are parked in memory before the next one.
+    for g in 0..groups {
+        chunk!(8 * g, 8, a0);
+    }
+    a0 = core::hint::black_box(a0);
+    for g in 0..groups {
+        chunk!(8 * (groups + g), 8, a1);
+    }
+    a1 = core::hint::black_box(a1);
+    for g in 0..groups {
+        chunk!(8 * (2 * groups + g), 8, a2);
+    }
+    a2 = core::hint::black_box(a2);
+    for g in 0..groups {
+        chunk!(8 * (3 * groups + g), 8, a3);
+    }
+    // The tail chunks keep their places (out of line: they copy).
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let i = 8 * (q + t);
+        let n = (k - i).min(8);
+        match t {
+            0 => chunk!(i, n, a0),
+            1 => chunk!(i, n, a1),
+            _ => chunk!(i, n, a2),
         }
-        i += 8;
     }
     let mut out = [[0f32; C]; R];
     for r in 0..R {
         for c in 0..C {
-            let tail: f32 = (i..k).map(|j| w[r][j] * x[c][j]).sum();
-            out[r][c] = hsum(acc[r][c]) + tail;
+            let s01 = _mm256_add_ps(a0[r][c], a1[r][c]);
+            let s23 = _mm256_add_ps(a2[r][c], a3[r][c]);
+            out[r][c] = hsum(_mm256_add_ps(s01, s23));
         }
     }
     out
 }
 
-/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel (as 2-row halves) over `k` values.
+/// Runs the `rr` x `cc` (each 1..=4) chain-major float micro-kernel (as tiles of up to 2 x 4)
+/// for f32 rows `w[..rr]` and `x[..cc]` of `k` values.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_f32_dyn(
+pub(super) unsafe fn micro_float_dyn(
     rr: usize,
     cc: usize,
     w: &[&[f32]; 4],
@@ -1022,23 +1155,21 @@ pub(super) unsafe fn micro_f32_dyn(
     k: usize,
 ) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
-    let mut r = 0;
-    while r < rr {
-        let h = (rr - r).min(2);
+    let mut r0 = 0;
+    while r0 < rr {
+        let h = (rr - r0).min(2);
         macro_rules! go {
             ($r:literal, $c:literal) => {{
-                let res = micro_f32::<$r, $c>(
-                    core::array::from_fn(|j| w[r + j]),
-                    core::array::from_fn(|j| x[j]),
-                    k,
-                );
+                let wp = core::array::from_fn(|j| w[r0 + j].as_ptr());
+                let xp = core::array::from_fn(|j| x[j].as_ptr());
+                let res = micro_float_cm::<$r, $c>(wp, xp, k);
                 for i in 0..$r {
-                    out[r + i][..$c].copy_from_slice(&res[i]);
+                    out[r0 + i][..$c].copy_from_slice(&res[i]);
                 }
             }};
         }
         super::matmul::micro_match!(go, h, cc);
-        r += h;
+        r0 += h;
     }
     out
 }

@@ -278,36 +278,6 @@ unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))
 }
 
-/// `sum(bf16(a) * b)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
-    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut i = 0;
-    while i + 32 <= n {
-        s0 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i), 0xFFFF),
-            _mm512_loadu_ps(b.add(i)),
-            s0,
-        );
-        s1 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i + 16), 0xFFFF),
-            _mm512_loadu_ps(b.add(i + 16)),
-            s1,
-        );
-        i += 32;
-    }
-    while i < n {
-        let m = mask16(n - i);
-        s0 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i), m),
-            _mm512_maskz_loadu_ps(m, b.add(i)),
-            s0,
-        );
-        i += 16;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
-}
-
 /// `sum(f16(a) * b)`, equal lengths.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn dot_f16_f32(a: &[u16], b: &[f32]) -> f32 {
@@ -362,17 +332,6 @@ pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32])
         };
         _mm512_mask_storeu_ps(o.add(i), m, v);
         i += 16;
-    }
-}
-
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x` (`x.len()` values).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(row.len() / ty.type_size());
-    match ty {
-        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        _ => dot_f32_ptr(row.as_ptr(), x.as_ptr(), n),
     }
 }
 
@@ -1300,42 +1259,160 @@ unsafe fn micro_dyn<const FORM: u8>(
     out
 }
 
-/// `R` f32 weight rows times `C` f32 activation rows over `k` values.
+// ---------------------------------------------------------------------------------------------
+// Float weights
+// ---------------------------------------------------------------------------------------------
+
+/// 16 weights of a float row of type `ty` (F32/F16/BF16 bytes at `p`) from value `i`, lanes
+/// past `m` zero.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn micro_f32<const R: usize, const C: usize>(
-    w: [&[f32]; R],
-    x: [&[f32]; C],
+unsafe fn load_float<const TY: u8>(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    match TY {
+        FLOAT_F16 => load_f16x16((p as *const u16).add(i), m),
+        FLOAT_BF16 => load_bf16x16((p as *const u16).add(i), m),
+        _ => _mm512_maskz_loadu_ps(m, (p as *const f32).add(i)),
+    }
+}
+
+const FLOAT_F32: u8 = 0;
+const FLOAT_F16: u8 = 1;
+const FLOAT_BF16: u8 = 2;
+
+/// Dot product of a float weight row (raw bytes of type `TY` at `w`) with `x` over `k` values:
+/// 16-value chunk `q` (the last one masked) goes to accumulator `q % 4`, and the result is
+/// `reduce((acc0 + acc1) + (acc2 + acc3))`. [`micro_float_cm`] reproduces it for tiles.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn dot_float<const TY: u8>(w: *const u8, x: *const f32, k: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    macro_rules! chunk {
+        ($q:expr, $m:expr, $j:expr) => {{
+            let i = 16 * $q;
+            let m: __mmask16 = $m;
+            let xv = _mm512_maskz_loadu_ps(m, x.add(i));
+            acc[$j] = _mm512_fmadd_ps(load_float::<TY>(w, i, m), xv, acc[$j]);
+        }};
+    }
+    let (groups, nq) = (k / 64, k.div_ceil(16));
+    for g in 0..groups {
+        chunk!(4 * g, 0xFFFF, 0);
+        chunk!(4 * g + 1, 0xFFFF, 1);
+        chunk!(4 * g + 2, 0xFFFF, 2);
+        chunk!(4 * g + 3, 0xFFFF, 3);
+    }
+    // The last 1 to 3 chunks (the last one possibly partial), each the end of its chain.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let m = mask16(k - 16 * (q + t));
+        match t {
+            0 => chunk!(q, m, 0),
+            1 => chunk!(q + 1, m, 1),
+            _ => chunk!(q + 2, m, 2),
+        }
+    }
+    let s01 = _mm512_add_ps(acc[0], acc[1]);
+    let s23 = _mm512_add_ps(acc[2], acc[3]);
+    _mm512_reduce_add_ps(_mm512_add_ps(s01, s23))
+}
+
+/// Decode-path dot products of consecutive float weight rows (`row_bytes` apart, raw bytes
+/// of type `ty`) with `x` ([`dot_float`]), rows in memory order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let k = x.len().min(row_bytes / ty.type_size());
+    macro_rules! rows {
+        ($ty:expr) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = dot_float::<{ $ty }>(w.as_ptr().add(r * row_bytes), x.as_ptr(), k);
+            }
+        };
+    }
+    match ty {
+        GgmlType::F16 => rows!(FLOAT_F16),
+        GgmlType::BF16 => rows!(FLOAT_BF16),
+        _ => rows!(FLOAT_F32),
+    }
+}
+
+/// [`dot_float`] for `R` f32 weight rows times `C` f32 rows over `k` values, all stored
+/// chain-major ([`super::matmul::chain_major`] with 16 lanes): each accumulator's chunks are
+/// contiguous, so the tile runs one sequential pass per accumulator with one register per
+/// pair.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn micro_float_cm<const R: usize, const C: usize>(
+    w: [*const f32; R],
+    x: [*const f32; C],
     k: usize,
 ) -> [[f32; C]; R] {
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut i = 0;
-    while i < k {
-        let m = mask16(k - i);
-        let mut xv = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            xv[c] = _mm512_maskz_loadu_ps(m, x[c].as_ptr().add(i));
-        }
-        for r in 0..R {
-            let wv = _mm512_maskz_loadu_ps(m, w[r].as_ptr().add(i));
+    // The chunk at value `i` (lanes past mask `$m` zero) into `acc`.
+    macro_rules! chunk {
+        ($i:expr, $m:expr, $acc:ident) => {{
+            let (i, m): (usize, __mmask16) = ($i, $m);
+            let mut xv = [_mm512_setzero_ps(); C];
             for c in 0..C {
-                acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+                xv[c] = _mm512_maskz_loadu_ps(m, x[c].add(i));
             }
+            for r in 0..R {
+                let wv = _mm512_maskz_loadu_ps(m, w[r].add(i));
+                for c in 0..C {
+                    $acc[r][c] = _mm512_fmadd_ps(wv, xv[c], $acc[r][c]);
+                }
+            }
+        }};
+    }
+    let (groups, nq) = (k / 64, k.div_ceil(16));
+    let zero = [[_mm512_setzero_ps(); C]; R];
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    // Each pass's registers are parked in memory before the next one.
+    for g in 0..groups {
+        chunk!(16 * g, 0xFFFF, a0);
+    }
+    a0 = core::hint::black_box(a0);
+    for g in 0..groups {
+        chunk!(16 * (groups + g), 0xFFFF, a1);
+    }
+    a1 = core::hint::black_box(a1);
+    for g in 0..groups {
+        chunk!(16 * (2 * groups + g), 0xFFFF, a2);
+    }
+    a2 = core::hint::black_box(a2);
+    for g in 0..groups {
+        chunk!(16 * (3 * groups + g), 0xFFFF, a3);
+    }
+    // The tail chunks keep their places.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let i = 16 * (q + t);
+        let m = mask16(k - i);
+        match t {
+            0 => chunk!(i, m, a0),
+            1 => chunk!(i, m, a1),
+            _ => chunk!(i, m, a2),
         }
-        i += 16;
     }
     let mut out = [[0f32; C]; R];
     for r in 0..R {
         for c in 0..C {
-            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            let s01 = _mm512_add_ps(a0[r][c], a1[r][c]);
+            let s23 = _mm512_add_ps(a2[r][c], a3[r][c]);
+            out[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(s01, s23));
         }
     }
     out
 }
 
-/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel over `k` values.
+/// Runs the `rr` x `cc` (each 1..=4) chain-major float micro-kernel for f32 rows `w[..rr]`
+/// and `x[..cc]` of `k` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_f32_dyn(
+pub(super) unsafe fn micro_float_dyn(
     rr: usize,
     cc: usize,
     w: &[&[f32]; 4],
@@ -1345,11 +1422,9 @@ pub(super) unsafe fn micro_f32_dyn(
     let mut out = [[0f32; 4]; 4];
     macro_rules! go {
         ($r:literal, $c:literal) => {{
-            let res = micro_f32::<$r, $c>(
-                core::array::from_fn(|j| w[j]),
-                core::array::from_fn(|j| x[j]),
-                k,
-            );
+            let wp = core::array::from_fn(|j| w[j].as_ptr());
+            let xp = core::array::from_fn(|j| x[j].as_ptr());
+            let res = micro_float_cm::<$r, $c>(wp, xp, k);
             for i in 0..$r {
                 out[i][..$c].copy_from_slice(&res[i]);
             }

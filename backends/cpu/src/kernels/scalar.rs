@@ -341,13 +341,26 @@ pub(crate) fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
+/// Values per partial sum of the float dot products.
+const FLOAT_CHUNK: usize = 64;
+
+/// `sum(w * x)` over the shorter length: a partial sum per 64 values, added up in order.
+pub(crate) fn dot_f32_chunked(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (wc, xc) in w.chunks(FLOAT_CHUNK).zip(x.chunks(FLOAT_CHUNK)) {
+        acc += wc.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
+    }
+    acc
+}
+
+/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`: [`dot_f32_chunked`] of
+/// the converted row.
 pub(crate) fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let mut buf = [0f32; 64];
+    let mut buf = [0f32; FLOAT_CHUNK];
     let mut acc = 0f32;
     let es = ty.type_size();
-    for (c, xs) in row.chunks(64 * es).zip(x.chunks(64)) {
-        let m = xs.len();
+    for (c, xs) in row.chunks(FLOAT_CHUNK * es).zip(x.chunks(FLOAT_CHUNK)) {
+        let m = xs.len().min(c.len() / es);
         float_row_to_f32(ty, c, &mut buf[..m]);
         acc += buf[..m].iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
     }

@@ -591,3 +591,15 @@ fn matmul_is_batch_invariant_quantized() {
         }
     }
 }
+
+#[test]
+fn matmul_is_batch_invariant_float() {
+    for (t, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        for (k, &(rows, cols)) in invariance_shapes(ty).iter().enumerate() {
+            check_batch_invariance(ty, rows, cols, (100 + t * 10 + k) as u64);
+        }
+    }
+}
