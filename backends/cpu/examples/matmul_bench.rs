@@ -1,13 +1,20 @@
 //! Times `kernels::matmul` for the weight shapes of SmolLM2-135M (Q4_1) and Qwen2.5-0.5B
-//! (Q4_K_M: Q5_0, Q4_K, Q6_K, Q8_0), at n = 1 (decoding) and n = 64 (a prompt batch), with
-//! 1 and 2 threads, and prints weight bandwidth (GB/s) and GFLOP/s.
+//! (Q4_K_M: Q5_0, Q4_K, Q6_K, Q8_0), plus a few float-weight shapes (F32, F16, BF16), at
+//! n = 1 (decoding) and n = 64 (a prompt batch), with 1 and 2 threads, and prints weight
+//! bandwidth (GB/s) and GFLOP/s.
 //!
 //! Weights are rotated through at least 256 MiB of copies, so each call streams them from
 //! memory as a real model (larger than the caches) does. The per-model lines add up the
 //! matmuls of one token (decode; output layer included) or of 64 prompt tokens (output layer
 //! excluded, as only the last prompt token needs logits).
 //!
-//! `cargo run --release -p kiln-backend-cpu --example matmul_bench [-- --quick] [--filter TEXT]`
+//! With `--per-call`, each call is timed on its own and the median is reported instead of the
+//! best batch mean (steadier on a busy machine: a preempted call is an outlier, not a bias).
+//! `--copies N` rotates through `N` copies of each matrix instead (`--copies 1` keeps small
+//! matrices in cache, which times the kernels' arithmetic rather than memory).
+//!
+//! `cargo run --release -p kiln-backend-cpu --example matmul_bench [-- --quick] [--per-call]
+//! [--copies N] [--filter TEXT]`
 
 use kiln_backend_cpu::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::quant::{f32_to_f16, GgmlType};
@@ -134,6 +141,33 @@ const SHAPES: &[Shape] = &[
         count: 1,
         output_layer: true,
     },
+    Shape {
+        model: "float-weights",
+        name: "square",
+        ty: GgmlType::F32,
+        cols: 896,
+        rows: 896,
+        count: 1,
+        output_layer: false,
+    },
+    Shape {
+        model: "float-weights",
+        name: "up",
+        ty: GgmlType::F16,
+        cols: 896,
+        rows: 4864,
+        count: 1,
+        output_layer: false,
+    },
+    Shape {
+        model: "float-weights",
+        name: "square",
+        ty: GgmlType::BF16,
+        cols: 896,
+        rows: 896,
+        count: 1,
+        output_layer: false,
+    },
 ];
 
 /// Small deterministic generator (xorshift64*).
@@ -162,11 +196,34 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// `copies` random weight matrices of the shape, back to back, with sane scales.
+/// `copies` random weight matrices of the shape, back to back, with sane scales (or values,
+/// for float weights).
 fn random_weights(s: &Shape, copies: usize, rng: &mut Rng) -> Vec<u8> {
     let ts = s.ty.type_size();
     let bytes = s.rows * s.cols / s.ty.block_size() * ts * copies;
     let mut data = vec![0u8; bytes];
+    match s.ty {
+        GgmlType::F32 => {
+            for c in data.chunks_exact_mut(4) {
+                c.copy_from_slice(&(0.05 * rng.unit()).to_le_bytes());
+            }
+            return data;
+        }
+        GgmlType::F16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&f32_to_f16(0.05 * rng.unit()).to_le_bytes());
+            }
+            return data;
+        }
+        GgmlType::BF16 => {
+            for c in data.chunks_exact_mut(2) {
+                let b = ((0.05 * rng.unit()).to_bits() >> 16) as u16;
+                c.copy_from_slice(&b.to_le_bytes());
+            }
+            return data;
+        }
+        _ => {}
+    }
     for c in data.chunks_mut(8) {
         let v = rng.next().to_le_bytes();
         c.copy_from_slice(&v[..c.len()]);
@@ -180,7 +237,8 @@ fn random_weights(s: &Shape, copies: usize, rng: &mut Rng) -> Vec<u8> {
     data
 }
 
-/// Seconds per call: the best of several timed batches.
+/// Seconds per call: the best of several timed batches, or with `per_call` the median of
+/// individually timed calls.
 fn time(
     pool: &ThreadPool,
     mats: &[WeightMatrix<'_>],
@@ -188,6 +246,7 @@ fn time(
     n: usize,
     out: &mut [f32],
     budget: Duration,
+    per_call: bool,
 ) -> f64 {
     let mut i = 0;
     let mut call = |out: &mut [f32]| {
@@ -196,6 +255,17 @@ fn time(
     };
     for _ in 0..mats.len().clamp(2, 8) {
         call(out);
+    }
+    if per_call {
+        let mut times = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < budget || times.len() < 5 {
+            let t = Instant::now();
+            call(out);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        return times[times.len() / 2];
     }
     let mut best = f64::INFINITY;
     let start = Instant::now();
@@ -214,6 +284,12 @@ fn time(
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let per_call = args.iter().any(|a| a == "--per-call");
+    let copies_arg = args
+        .iter()
+        .position(|a| a == "--copies")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<usize>().ok());
     let filter = args
         .iter()
         .position(|a| a == "--filter")
@@ -245,7 +321,7 @@ fn main() {
             continue;
         }
         let mbytes = s.rows * s.cols / s.ty.block_size() * s.ty.type_size();
-        let copies = (256usize << 20).div_ceil(mbytes).clamp(1, 4096);
+        let copies = copies_arg.unwrap_or_else(|| (256usize << 20).div_ceil(mbytes).clamp(1, 4096));
         let data = random_weights(s, copies, &mut rng);
         let mats: Vec<WeightMatrix<'_>> = data
             .chunks_exact(mbytes)
@@ -260,7 +336,7 @@ fn main() {
             let x: Vec<f32> = (0..n * s.cols).map(|_| rng.unit()).collect();
             let mut out = vec![0f32; n * s.rows];
             for pool in &pools {
-                let t = time(pool, &mats, &x, n, &mut out, budget);
+                let t = time(pool, &mats, &x, n, &mut out, budget, per_call);
                 let gbs = mbytes as f64 / t / 1e9;
                 let gflops = 2.0 * (s.rows * s.cols * n) as f64 / t / 1e9;
                 println!(

@@ -8,7 +8,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use super::matmul::W8Tile;
-use super::quantize::{ActMode, ActRow};
+use super::quantize::{ActMode, ActRow, Extras};
 use core::arch::x86_64::*;
 use kiln_sdk::quant::GgmlType;
 
@@ -204,13 +204,6 @@ unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
     dot8!(a, b, n, load_f16x8, kiln_sdk::quant::f16_to_f32)
 }
 
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
-    dot8!(a, b, n, load_bf16x8, |v: u16| f32::from_bits(
-        (v as u32) << 16
-    ))
-}
-
 /// `sum(a * b)`, equal lengths.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -276,41 +269,78 @@ pub(super) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// Float codes of a weight row.
+const FLOAT_F32: u8 = 0;
+const FLOAT_F16: u8 = 1;
+const FLOAT_BF16: u8 = 2;
+
+/// 8 weights of a float row of type `TY` (F32/F16/BF16 bytes at `p`) from value `i`, or only
+/// the first `n` (< 8) of them, zero padded, when `n < 8`; converted by the same instructions
+/// either way.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_float<const TY: u8>(p: *const u8, i: usize, n: usize) -> __m256 {
+    if n >= 8 {
+        return match TY {
+            FLOAT_F16 => load_f16x8((p as *const u16).add(i)),
+            FLOAT_BF16 => load_bf16x8((p as *const u16).add(i)),
+            _ => _mm256_loadu_ps((p as *const f32).add(i)),
+        };
+    }
+    if TY == FLOAT_F32 {
+        let mut t = [0f32; 8];
+        core::ptr::copy_nonoverlapping(
+            (p as *const f32).add(i) as *const u8,
+            t.as_mut_ptr() as *mut u8,
+            4 * n,
+        );
+        return _mm256_loadu_ps(t.as_ptr());
+    }
+    let mut t = [0u16; 8];
+    core::ptr::copy_nonoverlapping(
+        (p as *const u16).add(i) as *const u8,
+        t.as_mut_ptr() as *mut u8,
+        2 * n,
+    );
+    match TY {
+        FLOAT_F16 => load_f16x8(t.as_ptr()),
+        _ => load_bf16x8(t.as_ptr()),
+    }
+}
+
+/// 8 f32 values from `x + i`, or the first `n` (< 8) zero padded.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn load_x(x: *const f32, i: usize, n: usize) -> __m256 {
+    if n >= 8 {
+        return _mm256_loadu_ps(x.add(i));
+    }
+    let mut t = [0f32; 8];
+    core::ptr::copy_nonoverlapping(x.add(i), t.as_mut_ptr(), n);
+    _mm256_loadu_ps(t.as_ptr())
+}
+
 /// Converts a float weight row (F32/F16/BF16 bytes) to f32.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let n = dst.len().min(src.len() / ty.type_size());
-    let o = dst.as_mut_ptr();
+    let (p, o) = (src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
-    while i + 8 <= n {
+    while i < n {
+        let m = n - i;
         let v = match ty {
-            GgmlType::F16 => load_f16x8((src.as_ptr() as *const u16).add(i)),
-            GgmlType::BF16 => load_bf16x8((src.as_ptr() as *const u16).add(i)),
-            _ => _mm256_loadu_ps((src.as_ptr() as *const f32).add(i)),
+            GgmlType::F16 => load_float::<FLOAT_F16>(p, i, m),
+            GgmlType::BF16 => load_float::<FLOAT_BF16>(p, i, m),
+            _ => load_float::<FLOAT_F32>(p, i, m),
         };
-        _mm256_storeu_ps(o.add(i), v);
-        i += 8;
-    }
-    if i < n {
-        super::scalar::float_row_to_f32(ty, &src[i * ty.type_size()..], &mut dst[i..n]);
-    }
-}
-
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(row.len() / ty.type_size());
-    match ty {
-        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        _ => {
-            // Rows may be unaligned for f32: copy through a buffer in chunks.
-            if (row.as_ptr() as usize).is_multiple_of(4) {
-                dot_f32_ptr(row.as_ptr() as *const f32, x.as_ptr(), n)
-            } else {
-                super::scalar::dot_float_row(ty, row, x)
-            }
+        if m >= 8 {
+            _mm256_storeu_ps(o.add(i), v);
+        } else {
+            let mut t = [0f32; 8];
+            _mm256_storeu_ps(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), o.add(i), m);
         }
+        i += 8;
     }
 }
 
@@ -383,15 +413,43 @@ unsafe fn blk_q5_1(p: *const u8) -> Legacy {
     )
 }
 
+/// `LANE_ONE[7 - j..15 - j]` selects lane `j`; `LANES_BELOW[8 - n..16 - n]` lanes `0..n`.
+const LANE_ONE: [i32; 15] = [0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0];
+const LANES_BELOW: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// Mask of lane `j` (< 8).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn lane_one(j: usize) -> __m256 {
+    _mm256_castsi256_ps(_mm256_loadu_si256(
+        LANE_ONE.as_ptr().add(7 - j) as *const __m256i
+    ))
+}
+
+/// Mask of lanes `0..n` (`n` clamped to 8).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn lanes_below(n: usize) -> __m256i {
+    _mm256_loadu_si256(LANES_BELOW.as_ptr().add(8 - n.min(8)) as *const __m256i)
+}
+
 macro_rules! legacy_kernels {
     ($dot:ident, $unpack:ident, $blk:ident, $ts:expr) => {
-        /// Dot product of one weight row (whole blocks) with a quantized activation row.
+        /// Dot product of one weight row (whole blocks) with a quantized activation row
+        /// carrying `xs32`.
+        ///
+        /// The arithmetic, which [`micro_legacy`] reproduces exactly: block `b` adds
+        /// `f32(dot4(u, q)) * (ws * d)` lane by lane to `acc`; its offset `mw` goes to lane
+        /// `b % 8` of a vector that, every 8 blocks (and after the last), accumulates
+        /// `mw * xs32` into `corr` (lanes past the row are zero). The result is
+        /// `hsum(acc + corr)`.
         #[target_feature(enable = "avx2,fma,f16c,bmi2")]
         unsafe fn $dot(row: &[u8], a: ActRow<'_>) -> f32 {
             let nblk = row.len() / $ts;
             let p = row.as_ptr();
             let mut acc = _mm256_setzero_ps();
-            let mut corr = 0f32;
+            let mut corr = _mm256_setzero_ps();
+            let mut mv = _mm256_setzero_ps();
             for b in 0..nblk {
                 let (z, ws, mw) = $blk(p.add(b * $ts));
                 let t = dot4(z, loadu256(a.qs.as_ptr().add(32 * b) as *const u8));
@@ -400,9 +458,19 @@ macro_rules! legacy_kernels {
                     _mm256_set1_ps(ws * *a.d.get_unchecked(b)),
                     acc,
                 );
-                corr += mw * (*a.xsum.get_unchecked(2 * b) + *a.xsum.get_unchecked(2 * b + 1));
+                mv = _mm256_blendv_ps(mv, _mm256_set1_ps(mw), lane_one(b % 8));
+                if b % 8 == 7 {
+                    let xs = _mm256_loadu_ps(a.xs32.as_ptr().add(b - 7));
+                    corr = _mm256_fmadd_ps(mv, xs, corr);
+                    mv = _mm256_setzero_ps();
+                }
             }
-            hsum(acc) + corr
+            if nblk % 8 != 0 {
+                let g = nblk / 8 * 8;
+                let xs = _mm256_maskload_ps(a.xs32.as_ptr().add(g), lanes_below(nblk - g));
+                corr = _mm256_fmadd_ps(mv, xs, corr);
+            }
+            hsum(_mm256_add_ps(acc, corr))
         }
 
         /// Unpacks one weight row to `u` (`kp`), `wl` (`kp / 4`), `mw` (`kp / 16`); padding
@@ -676,10 +744,16 @@ pub(super) unsafe fn unpack_q6_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
 
 /// Wraps one-row kernels into the multi-row [`super::matmul::DotFn`] form.
 macro_rules! multi_row {
-    ($($name:ident => $one:ident),* $(,)?) => {$(
+    ($($name:ident => $one:ident, $xs32:expr;)*) => {$(
         /// Dot products of `out.len()` consecutive weight rows with an activation row.
         #[target_feature(enable = "avx2,fma,f16c,bmi2")]
         unsafe fn $name(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
+            if $xs32 && a.xs32.len() * 32 < a.qs.len() {
+                // Extras not filled in: the matmul always fills them; this only keeps a
+                // misuse memory-safe.
+                out.fill(f32::NAN);
+                return;
+            }
             for (r, o) in out.iter_mut().enumerate() {
                 *o = $one(&w[r * row_bytes..(r + 1) * row_bytes], a);
             }
@@ -688,16 +762,27 @@ macro_rules! multi_row {
 }
 
 multi_row!(
-    rows_q4_0 => dot_q4_0,
-    rows_q4_1 => dot_q4_1,
-    rows_q5_0 => dot_q5_0,
-    rows_q5_1 => dot_q5_1,
-    rows_q8_0 => dot_q8_0,
-    rows_q4_k => dot_q4_k,
-    rows_q6_k => dot_q6_k,
+    rows_q4_0 => dot_q4_0, true;
+    rows_q4_1 => dot_q4_1, true;
+    rows_q5_0 => dot_q5_0, true;
+    rows_q5_1 => dot_q5_1, true;
+    rows_q8_0 => dot_q8_0, false;
+    rows_q4_k => dot_q4_k, false;
+    rows_q6_k => dot_q6_k, false;
 );
 
-/// Quantized-row dot product for `ty`, `None` where the scalar kernel is used instead.
+/// Activation extras the AVX2 kernels of `ty` read: `xs32` for the unsigned legacy types.
+pub(super) fn act_extras(ty: GgmlType) -> Extras {
+    Extras {
+        off: None,
+        xs32: matches!(
+            ty,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+        ),
+    }
+}
+
+/// Quantized-row dot product for `ty`; `None` where the tiled kernel serves one row too.
 pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
     Some(match ty {
         GgmlType::Q4_0 => rows_q4_0,
@@ -725,120 +810,344 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
     })
 }
 
+/// The tiled-path micro-kernel for `ty`: the arithmetic of its decode kernel.
+pub(super) fn micro_fn(ty: GgmlType) -> Option<super::matmul::MicroQ8Fn> {
+    Some(match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            micro_dyn::<{ LEGACY_UNSIGNED }>
+        }
+        GgmlType::Q8_0 | GgmlType::MXFP4 => micro_dyn::<{ LEGACY_SIGNED }>,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            micro_dyn::<{ KQUANT }>
+        }
+        _ => return None,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
-// GEMM micro-kernels
+// GEMM micro-kernels: the decode kernels' arithmetic per (weight row, activation row), on
+// unpacked weight rows, register-tiled over R rows and C activation rows.
 // ---------------------------------------------------------------------------------------------
 
+/// [`micro_dyn`] form: unsigned legacy types (offsets through `a.xs32`).
+const LEGACY_UNSIGNED: u8 = 0;
+/// [`micro_dyn`] form: `Q8_0` and `MXFP4` (signed bytes, no offsets).
+const LEGACY_SIGNED: u8 = 1;
+/// [`micro_dyn`] form: k-quants.
+const KQUANT: u8 = 2;
+
+/// The legacy decode kernels (`legacy_kernels`, [`dot_q8_0`] when `SIGNED`) for `R` unpacked
+/// rows (from `r0`) times `C` activation rows over `cols` values.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn micro_q8<const R: usize, const C: usize>(
+unsafe fn micro_legacy<const R: usize, const C: usize, const SIGNED: bool>(
     w: &W8Tile<'_>,
     r0: usize,
     a: [ActRow<'_>; C],
-    kp: usize,
+    cols: usize,
 ) -> [[f32; C]; R] {
-    let signed = w.signed();
+    let nblk = cols / 32;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut wq = [core::ptr::null::<u8>(); R];
     let mut wsc = [core::ptr::null::<f32>(); R];
+    let mut wmw = [core::ptr::null::<f32>(); R];
     for r in 0..R {
-        let (u, wl, _) = w.row(r0 + r);
+        let (u, wl, mw) = w.row(r0 + r);
         wq[r] = u.as_ptr();
         wsc[r] = wl.as_ptr();
+        wmw[r] = mw.as_ptr();
     }
-    for s in 0..kp / 32 {
+    for b in 0..nblk {
         for r in 0..R {
-            let mut wv = loadu256(wq[r].add(32 * s));
-            if signed {
+            let mut wv = loadu256(wq[r].add(32 * b));
+            if SIGNED {
                 wv = _mm256_xor_si256(wv, _mm256_set1_epi8(-128));
             }
-            let wlv = _mm256_loadu_ps(wsc[r].add(8 * s));
+            let wlv = _mm256_loadu_ps(wsc[r].add(8 * b));
             for c in 0..C {
-                let xv = loadu256(a[c].qs.as_ptr().add(32 * s) as *const u8);
-                let t = if signed {
+                let xv = loadu256(a[c].qs.as_ptr().add(32 * b) as *const u8);
+                let t = if SIGNED {
                     dot4_signed(wv, xv)
                 } else {
                     dot4(wv, xv)
                 };
-                let sc = _mm256_mul_ps(wlv, _mm256_broadcast_ss(a[c].d.get_unchecked(s)));
+                let sc = _mm256_mul_ps(wlv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, acc[r][c]);
             }
         }
     }
     let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        let (_, _, mw) = w.row(r0 + r);
-        for c in 0..C {
-            let mut v = hsum(acc[r][c]);
-            if !signed {
-                v += mw.iter().zip(a[c].xsum).map(|(m, x)| m * x).sum::<f32>();
+    if SIGNED {
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum(acc[r][c]);
             }
-            out[r][c] = v;
+        }
+        return out;
+    }
+    // The per-block offsets are the even entries of the per-16 ones.
+    let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for r in 0..R {
+        let mut corr = [_mm256_setzero_ps(); C];
+        for g in (0..nblk).step_by(8) {
+            let valid = nblk - g;
+            let lo = _mm256_maskload_ps(wmw[r].add(2 * g), lanes_below(2 * valid));
+            let hi = _mm256_maskload_ps(
+                wmw[r].add(2 * g + 8),
+                lanes_below((2 * valid).saturating_sub(8)),
+            );
+            let mb = _mm256_blend_ps::<0xF0>(
+                _mm256_permutevar8x32_ps(lo, even),
+                _mm256_permutevar8x32_ps(hi, even),
+            );
+            for c in 0..C {
+                let xs = _mm256_maskload_ps(a[c].xs32.as_ptr().add(g), lanes_below(valid));
+                corr[c] = _mm256_fmadd_ps(mb, xs, corr[c]);
+            }
+        }
+        for c in 0..C {
+            out[r][c] = hsum(_mm256_add_ps(acc[r][c], corr[c]));
         }
     }
     out
 }
 
+/// The k-quant decode kernels ([`dot_q4_k`], [`dot_q6_k`]) for `R` unpacked rows (from `r0`)
+/// times `C` activation rows over `cols` values (whole super-blocks): per super-block an
+/// 8-step `fma` chain of `f32(dot4(u, q)) * ws` scaled by `d` into `acc`, the offsets
+/// `mw * xsum` into `corr`, then `hsum(acc + corr)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn micro_f32<const R: usize, const C: usize>(
-    w: [&[f32]; R],
-    x: [&[f32]; C],
-    k: usize,
+unsafe fn micro_k<const R: usize, const C: usize>(
+    w: &W8Tile<'_>,
+    r0: usize,
+    a: [ActRow<'_>; C],
+    cols: usize,
 ) -> [[f32; C]; R] {
+    let nsb = cols / 256;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut i = 0;
-    while i + 8 <= k {
-        for r in 0..R {
-            let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
-            for c in 0..C {
-                acc[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[c].as_ptr().add(i)), acc[r][c]);
+    let mut wq = [core::ptr::null::<u8>(); R];
+    let mut wsc = [core::ptr::null::<f32>(); R];
+    let mut wmw = [core::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let (u, wl, mw) = w.row(r0 + r);
+        wq[r] = u.as_ptr();
+        wsc[r] = wl.as_ptr();
+        wmw[r] = mw.as_ptr();
+    }
+    for sb in 0..nsb {
+        let mut s = [[_mm256_setzero_ps(); C]; R];
+        for j in 0..8 {
+            for r in 0..R {
+                let wv = loadu256(wq[r].add(256 * sb + 32 * j));
+                let wlv = _mm256_loadu_ps(wsc[r].add(64 * sb + 8 * j));
+                for c in 0..C {
+                    let xv = loadu256(a[c].qs.as_ptr().add(256 * sb + 32 * j) as *const u8);
+                    let t = _mm256_cvtepi32_ps(dot4(wv, xv));
+                    s[r][c] = _mm256_fmadd_ps(t, wlv, s[r][c]);
+                }
             }
         }
-        i += 8;
+        for c in 0..C {
+            let d = _mm256_set1_ps(*a[c].d.get_unchecked(8 * sb));
+            for r in 0..R {
+                acc[r][c] = _mm256_fmadd_ps(s[r][c], d, acc[r][c]);
+            }
+        }
     }
     let mut out = [[0f32; C]; R];
     for r in 0..R {
+        let mut corr = [_mm256_setzero_ps(); C];
+        for sb in 0..nsb {
+            let m0 = _mm256_loadu_ps(wmw[r].add(16 * sb));
+            let m1 = _mm256_loadu_ps(wmw[r].add(16 * sb + 8));
+            for c in 0..C {
+                let xs = a[c].xsum.as_ptr().add(16 * sb);
+                corr[c] = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr[c]);
+                corr[c] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr[c]);
+            }
+        }
         for c in 0..C {
-            let tail: f32 = (i..k).map(|j| w[r][j] * x[c][j]).sum();
-            out[r][c] = hsum(acc[r][c]) + tail;
+            out[r][c] = hsum(_mm256_add_ps(acc[r][c], corr[c]));
         }
     }
     out
 }
 
-/// Runs the `rr` x `cc` (each 1..=4) micro-kernel (as 2-row halves) for rows `r0..` of `w`
-/// and activation rows `a[..cc]`.
+/// Runs the `rr` x `cc` (each 1..=4) micro-kernel of form `FORM` (as tiles of up to 2 x 4,
+/// or 2 x 2 for the k-quants) for rows `r0..` of `w` and activation rows `a[..cc]`.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_q8_dyn(
+unsafe fn micro_dyn<const FORM: u8>(
     rr: usize,
     cc: usize,
     w: &W8Tile<'_>,
     r0: usize,
     a: &[ActRow<'_>; 4],
-    kp: usize,
+    cols: usize,
 ) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
+    let cmax = if FORM == KQUANT { 2 } else { 4 };
     let mut r = 0;
     while r < rr {
         let h = (rr - r).min(2);
-        macro_rules! go {
-            ($r:literal, $c:literal) => {{
-                let res = micro_q8::<$r, $c>(w, r0 + r, core::array::from_fn(|j| a[j]), kp);
-                for i in 0..$r {
-                    out[r + i][..$c].copy_from_slice(&res[i]);
-                }
-            }};
+        let mut c0 = 0;
+        while c0 < cc {
+            let wd = (cc - c0).min(cmax);
+            macro_rules! go {
+                ($r:literal, $c:literal) => {{
+                    let act: [ActRow<'_>; $c] = core::array::from_fn(|j| a[c0 + j]);
+                    let res = match FORM {
+                        LEGACY_UNSIGNED => micro_legacy::<$r, $c, false>(w, r0 + r, act, cols),
+                        LEGACY_SIGNED => micro_legacy::<$r, $c, true>(w, r0 + r, act, cols),
+                        _ => micro_k::<$r, $c>(w, r0 + r, act, cols),
+                    };
+                    for i in 0..$r {
+                        out[r + i][c0..c0 + $c].copy_from_slice(&res[i]);
+                    }
+                }};
+            }
+            super::matmul::micro_match!(go, h, wd);
+            c0 += wd;
         }
-        super::matmul::micro_match!(go, h, cc);
         r += h;
     }
     out
 }
 
-/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel (as 2-row halves) over `k` values.
+/// Dot product of a float weight row (raw bytes of type `TY` at `w`) with `x` over `k` values:
+/// 8-value chunk `q` (the last one zero padded) goes to accumulator `q % 4`, and the result is
+/// `hsum((acc0 + acc1) + (acc2 + acc3))`. [`micro_float_cm`] reproduces it for tiles.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_f32_dyn(
+unsafe fn dot_float<const TY: u8>(w: *const u8, x: *const f32, k: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    macro_rules! chunk {
+        ($q:expr, $n:expr, $j:expr) => {{
+            let i = 8 * $q;
+            let xv = load_x(x, i, $n);
+            acc[$j] = _mm256_fmadd_ps(load_float::<TY>(w, i, $n), xv, acc[$j]);
+        }};
+    }
+    let (groups, nq) = (k / 32, k.div_ceil(8));
+    for g in 0..groups {
+        chunk!(4 * g, 8, 0);
+        chunk!(4 * g + 1, 8, 1);
+        chunk!(4 * g + 2, 8, 2);
+        chunk!(4 * g + 3, 8, 3);
+    }
+    // The last 1 to 3 chunks (the last one possibly partial; out of line: it copies), each the
+    // end of its chain.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let n = (k - 8 * (q + t)).min(8);
+        match t {
+            0 => chunk!(q, n, 0),
+            1 => chunk!(q + 1, n, 1),
+            _ => chunk!(q + 2, n, 2),
+        }
+    }
+    let s01 = _mm256_add_ps(acc[0], acc[1]);
+    let s23 = _mm256_add_ps(acc[2], acc[3]);
+    hsum(_mm256_add_ps(s01, s23))
+}
+
+/// Decode-path dot products of consecutive float weight rows (`row_bytes` apart, raw bytes
+/// of type `ty`) with `x` ([`dot_float`]), rows in memory order.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let k = x.len().min(row_bytes / ty.type_size());
+    macro_rules! rows {
+        ($ty:expr) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = dot_float::<{ $ty }>(w.as_ptr().add(r * row_bytes), x.as_ptr(), k);
+            }
+        };
+    }
+    match ty {
+        GgmlType::F16 => rows!(FLOAT_F16),
+        GgmlType::BF16 => rows!(FLOAT_BF16),
+        _ => rows!(FLOAT_F32),
+    }
+}
+
+/// [`dot_float`] for `R` f32 weight rows times `C` f32 rows over `k` values, all stored
+/// chain-major ([`super::matmul::chain_major`] with 8 lanes): each accumulator's chunks are
+/// contiguous, so the tile runs one sequential pass per accumulator with one register per
+/// pair.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn micro_float_cm<const R: usize, const C: usize>(
+    w: [*const f32; R],
+    x: [*const f32; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    // The chunk at value `i` (`$n` values, 8 or a zero-padded tail) into `acc`.
+    macro_rules! chunk {
+        ($i:expr, $n:expr, $acc:ident) => {{
+            let i = $i;
+            let mut xv = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = load_x(x[c], i, $n);
+            }
+            for r in 0..R {
+                let wv = load_x(w[r], i, $n);
+                for c in 0..C {
+                    $acc[r][c] = _mm256_fmadd_ps(wv, xv[c], $acc[r][c]);
+                }
+            }
+        }};
+    }
+    let (groups, nq) = (k / 32, k.div_ceil(8));
+    let zero = [[_mm256_setzero_ps(); C]; R];
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    // Each pass's registers are parked in memory before the next one.
+    for g in 0..groups {
+        chunk!(8 * g, 8, a0);
+    }
+    a0 = core::hint::black_box(a0);
+    for g in 0..groups {
+        chunk!(8 * (groups + g), 8, a1);
+    }
+    a1 = core::hint::black_box(a1);
+    for g in 0..groups {
+        chunk!(8 * (2 * groups + g), 8, a2);
+    }
+    a2 = core::hint::black_box(a2);
+    for g in 0..groups {
+        chunk!(8 * (3 * groups + g), 8, a3);
+    }
+    // The tail chunks keep their places (out of line: they copy).
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let i = 8 * (q + t);
+        let n = (k - i).min(8);
+        match t {
+            0 => chunk!(i, n, a0),
+            1 => chunk!(i, n, a1),
+            _ => chunk!(i, n, a2),
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let s01 = _mm256_add_ps(a0[r][c], a1[r][c]);
+            let s23 = _mm256_add_ps(a2[r][c], a3[r][c]);
+            out[r][c] = hsum(_mm256_add_ps(s01, s23));
+        }
+    }
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) chain-major float micro-kernel (as tiles of up to 2 x 4)
+/// for f32 rows `w[..rr]` and `x[..cc]` of `k` values.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_float_dyn(
     rr: usize,
     cc: usize,
     w: &[&[f32]; 4],
@@ -846,23 +1155,21 @@ pub(super) unsafe fn micro_f32_dyn(
     k: usize,
 ) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
-    let mut r = 0;
-    while r < rr {
-        let h = (rr - r).min(2);
+    let mut r0 = 0;
+    while r0 < rr {
+        let h = (rr - r0).min(2);
         macro_rules! go {
             ($r:literal, $c:literal) => {{
-                let res = micro_f32::<$r, $c>(
-                    core::array::from_fn(|j| w[r + j]),
-                    core::array::from_fn(|j| x[j]),
-                    k,
-                );
+                let wp = core::array::from_fn(|j| w[r0 + j].as_ptr());
+                let xp = core::array::from_fn(|j| x[j].as_ptr());
+                let res = micro_float_cm::<$r, $c>(wp, xp, k);
                 for i in 0..$r {
-                    out[r + i][..$c].copy_from_slice(&res[i]);
+                    out[r0 + i][..$c].copy_from_slice(&res[i]);
                 }
             }};
         }
         super::matmul::micro_match!(go, h, cc);
-        r += h;
+        r0 += h;
     }
     out
 }

@@ -6,7 +6,8 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use super::quantize::{ActMode, ActRow};
+use super::matmul::W8Tile;
+use super::quantize::{ActMode, ActRow, Extras};
 use core::arch::x86_64::*;
 use kiln_sdk::quant::GgmlType;
 
@@ -64,6 +65,16 @@ unsafe fn loadu256(p: *const u8) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 unsafe fn loadu128(p: *const u8) -> __m128i {
     _mm_loadu_si128(p as *const __m128i)
+}
+
+/// Mask of the first `n` (<= 8) lanes.
+#[inline]
+fn mask8(n: usize) -> __mmask8 {
+    if n >= 8 {
+        0xFF
+    } else {
+        ((1u32 << n) - 1) as __mmask8
+    }
 }
 
 /// Mask of the first `n` (<= 16) lanes.
@@ -267,36 +278,6 @@ unsafe fn dot_f16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))
 }
 
-/// `sum(bf16(a) * b)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn dot_bf16_ptr(a: *const u16, b: *const f32, n: usize) -> f32 {
-    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut i = 0;
-    while i + 32 <= n {
-        s0 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i), 0xFFFF),
-            _mm512_loadu_ps(b.add(i)),
-            s0,
-        );
-        s1 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i + 16), 0xFFFF),
-            _mm512_loadu_ps(b.add(i + 16)),
-            s1,
-        );
-        i += 32;
-    }
-    while i < n {
-        let m = mask16(n - i);
-        s0 = _mm512_fmadd_ps(
-            load_bf16x16(a.add(i), m),
-            _mm512_maskz_loadu_ps(m, b.add(i)),
-            s0,
-        );
-        i += 16;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
-}
-
 /// `sum(f16(a) * b)`, equal lengths.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn dot_f16_f32(a: &[u16], b: &[f32]) -> f32 {
@@ -351,17 +332,6 @@ pub(super) unsafe fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32])
         };
         _mm512_mask_storeu_ps(o.add(i), m, v);
         i += 16;
-    }
-}
-
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x` (`x.len()` values).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(row.len() / ty.type_size());
-    match ty {
-        GgmlType::F16 => dot_f16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        GgmlType::BF16 => dot_bf16_ptr(row.as_ptr() as *const u16, x.as_ptr(), n),
-        _ => dot_f32_ptr(row.as_ptr(), x.as_ptr(), n),
     }
 }
 
@@ -676,36 +646,6 @@ unsafe fn chunk_mxfp4(p0: *const u8, p1: *const u8) -> Legacy {
     (z, s, _mm_mul_ps(s, _mm_set1_ps(-128.0)))
 }
 
-/// `MXFP4` decode: per-step scales, the `-128 * sum(x)` offset from `a.off`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn dot_mxfp4(w: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
-    const TS: usize = 17;
-    let nblk = row_bytes / TS;
-    if a.off.len() * 4 < a.qs.len() || a.qs.len() < 32 * (nblk + nblk % 2) {
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = super::scalar::dot_row(GgmlType::MXFP4, &w[r * row_bytes..(r + 1) * row_bytes], a);
-        }
-        return;
-    }
-    let idx01 = idx_halves(0, 1);
-    for (r, o) in out.iter_mut().enumerate() {
-        let p = w.as_ptr().add(r * row_bytes);
-        let mut acc = _mm512_setzero_ps();
-        for s in 0..nblk.div_ceil(2) {
-            let b0 = 2 * s;
-            let b1 = (b0 + 1).min(nblk - 1);
-            let (z, sw, _) = chunk_mxfp4(p.add(b0 * TS), p.add(b1 * TS));
-            let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
-            let src = loadu512(a.off.as_ptr().add(16 * s) as *const u8);
-            let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(src, z, xq));
-            let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
-            let sc = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(_mm_mul_ps(sw, xd)));
-            acc = _mm512_fmadd_ps(f, sc, acc);
-        }
-        *o = _mm512_reduce_add_ps(acc);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Row kernels: dot product with one activation row, and unpacking to the byte form.
 // ---------------------------------------------------------------------------------------------
@@ -817,7 +757,8 @@ legacy_kernels!(unpack_q8_0, chunk_q8_0, 34);
 legacy_kernels!(unpack_mxfp4, chunk_mxfp4, 17);
 
 /// The 64 weight bytes of two legacy blocks at `p0`, `p1` (value order): 4-bit (`KIND` 4),
-/// 5-bit (`KIND` 5, high bits at `QH`) or 8-bit plus 128 (`KIND` 8); nibbles/bytes at `QS`.
+/// 5-bit (`KIND` 5, high bits at `QH`), 8-bit plus 128 (`KIND` 8) or MXFP4 codes plus 128
+/// (`KIND` 1); nibbles/bytes at `QS`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(
@@ -832,6 +773,19 @@ unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(
         return _mm512_xor_si512(z, _mm512_set1_epi8(-128));
     }
     let z = nib2(p0.add(QS), p1.add(QS));
+    if KIND == 1 {
+        const T: [u8; 16] = {
+            let mut t = [0u8; 16];
+            let mut i = 0;
+            while i < 16 {
+                t[i] = (super::scalar::MXFP4_DOUBLED[i] as u8) ^ 0x80;
+                i += 1;
+            }
+            t
+        };
+        let table = _mm512_broadcast_i32x4(loadu128(T.as_ptr()));
+        return _mm512_shuffle_epi8(table, z);
+    }
     if KIND == 5 {
         _mm512_mask_add_epi8(z, qh2(p0.add(QH), p1.add(QH)), z, _mm512_set1_epi8(16))
     } else {
@@ -839,15 +793,44 @@ unsafe fn bytes2<const KIND: u32, const QS: usize, const QH: usize>(
     }
 }
 
+/// The weight scales of two legacy blocks, `[s0, s1, 0, 0]`: f16 at offset 0, or the halved
+/// E8M0 byte for MXFP4 (`KIND` 1).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn scales2<const KIND: u32>(p0: *const u8, p1: *const u8) -> __m128 {
+    if KIND == 1 {
+        return e8m0x2(p0, p1);
+    }
+    let a = _mm_cvtsi32_si128((p0 as *const u16).read_unaligned() as i32);
+    _mm_cvtph_ps(_mm_insert_epi16::<1>(
+        a,
+        (p1 as *const u16).read_unaligned() as i32,
+    ))
+}
+
+/// The f16 scales and mins at offsets 0 and 2 of two legacy blocks, `[d0, m0, d1, m1]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn scales_mins2(p0: *const u8, p1: *const u8) -> __m128 {
+    let a = _mm_cvtsi32_si128((p0 as *const i32).read_unaligned());
+    _mm_cvtph_ps(_mm_insert_epi32::<1>(
+        a,
+        (p1 as *const i32).read_unaligned(),
+    ))
+}
+
 /// Decode-path dot products of consecutive legacy-type rows (`row_bytes` apart; blocks of `TS`
-/// bytes, f16 scale at 0, f16 min at `M` or none when `M == 0`) with one activation row, one
-/// result per entry of `out`, rows walked in memory order (which keeps the hardware
-/// prefetchers streaming).
+/// bytes, scale at 0, f16 min at 2 when `MIN`) with one activation row, one result per entry
+/// of `out`, rows walked in memory order (which keeps the hardware prefetchers streaming).
 ///
-/// Each 64-value step converts its two block scales in place (no per-row setup, which suits
-/// the short rows of small models). Types without a min store `u - c`; their `-c * sum(x)`
-/// term comes in through the accumulator input of `vpdpbusd` (`a.off`); types with a min add
-/// `m * d * sum(q)` from `a.xs32`. The caller checks the needed extra is filled.
+/// The arithmetic per row, which the micro-kernel [`micro_legacy`] reproduces exactly: step
+/// `s` (64 values, blocks `2s` and `2s + 1`; an odd last block pairs with zero activations)
+/// adds `f32(dot4(u, q) + off) * (ws * d)` lane by lane to accumulator `s % 2`. Types without
+/// a min store `u - c`; their `-c * sum(q)` comes in through the accumulator input of
+/// `vpdpbusd` (`a.off`). Types with a min put the mins of every 4 steps (8 blocks; zero past
+/// the row) in an 8-lane vector and accumulate `m * xs32` into `corr`. The result is
+/// `reduce(acc0 + acc1 + corr)` (`corr` in the low 8 lanes). The caller checks the needed
+/// extra is filled.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
 unsafe fn legacy_steps<
@@ -855,7 +838,7 @@ unsafe fn legacy_steps<
     const KIND: u32,
     const QS: usize,
     const QH: usize,
-    const M: usize,
+    const MIN: bool,
 >(
     w: *const u8,
     row_bytes: usize,
@@ -863,22 +846,27 @@ unsafe fn legacy_steps<
     out: &mut [f32],
 ) {
     let nblk = row_bytes / TS;
-    let nsteps = nblk / 2;
+    let (full, total) = (nblk / 2, nblk.div_ceil(2));
     let zero = _mm512_setzero_si512();
-    let idx01 = idx_halves(0, 1);
+    // Opaque indices: otherwise LLVM moves the permutes across the scale products (two zmm
+    // permutes and a zmm multiply instead of one permute of an xmm product).
+    let idx01 = core::hint::black_box(idx_halves(0, 1));
+    let idx02 = core::hint::black_box(idx_halves(0, 2));
     for (r, o) in out.iter_mut().enumerate() {
         let p = w.add(r * row_bytes);
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut corr = _mm_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut corr = _mm256_setzero_ps();
+        // One step into `acc[$par]`; evaluates to the step's mins `[m0, m1, _, _]`.
         macro_rules! step {
-            ($b0:expr, $b1:expr, $s:expr, $acc:ident) => {{
-                let (b0, b1, s) = ($b0, $b1, $s);
-                let (p0, p1) = (p.add(b0 * TS), p.add(b1 * TS));
+            ($s:expr, $par:expr, $half:expr) => {{
+                let s = $s;
+                let b0 = 2 * s;
+                let (p0, p1) = (p.add(b0 * TS), p.add(if $half { b0 } else { b0 + 1 } * TS));
                 let xq = loadu512(a.qs.as_ptr().add(64 * s) as *const u8);
-                let src = if M == 0 {
-                    loadu512(a.off.as_ptr().add(16 * s) as *const u8)
-                } else {
+                let src = if MIN {
                     zero
+                } else {
+                    loadu512(a.off.as_ptr().add(16 * s) as *const u8)
                 };
                 let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
                     src,
@@ -886,50 +874,101 @@ unsafe fn legacy_steps<
                     xq,
                 ));
                 let xd = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(2 * s) as *const f64));
-                let sc = _mm512_permutexvar_ps(
-                    idx01,
-                    _mm512_castps128_ps512(_mm_mul_ps(h2(p0, p1), xd)),
-                );
-                $acc = _mm512_fmadd_ps(f, sc, $acc);
-                if M != 0 {
-                    let xs = _mm_castpd_ps(_mm_load_sd(a.xs32.as_ptr().add(2 * s) as *const f64));
-                    corr = _mm_fmadd_ps(h2(p0.add(M), p1.add(M)), xs, corr);
-                }
+                let (sc, mp) = if MIN {
+                    // `[d0, m0, d1, m1] * [x0, x0, x1, x1]`: the scale products in lanes 0
+                    // and 2.
+                    let dm = scales_mins2(p0, p1);
+                    let p = _mm_mul_ps(dm, _mm_unpacklo_ps(xd, xd));
+                    let sc = _mm512_permutexvar_ps(idx02, _mm512_castps128_ps512(p));
+                    (sc, _mm_shuffle_ps::<0b11_01_11_01>(dm, dm))
+                } else {
+                    let p = _mm_mul_ps(scales2::<KIND>(p0, p1), xd);
+                    let sc = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(p));
+                    (sc, _mm_setzero_ps())
+                };
+                acc[$par] = _mm512_fmadd_ps(f, sc, acc[$par]);
+                mp
             }};
         }
         let mut s = 0;
-        while s + 2 <= nsteps {
-            step!(2 * s, 2 * s + 1, s, a0);
-            step!(2 * s + 2, 2 * s + 3, s + 1, a1);
+        if MIN {
+            while s + 4 <= full {
+                let m0 = step!(s, 0, false);
+                let m1 = step!(s + 1, 1, false);
+                let m2 = step!(s + 2, 0, false);
+                let m3 = step!(s + 3, 1, false);
+                let mv = _mm256_set_m128(_mm_movelh_ps(m2, m3), _mm_movelh_ps(m0, m1));
+                let xs = _mm256_loadu_ps(a.xs32.as_ptr().add(2 * s));
+                corr = _mm256_fmadd_ps(mv, xs, corr);
+                s += 4;
+            }
+        }
+        // The last (up to 3) full steps and the half step; with a min, their mins go to lanes
+        // `2j`, `2j + 1` of `mv` (the half step's second lane stays zero).
+        let s0 = s;
+        let mut mv = _mm256_setzero_pd();
+        macro_rules! keep {
+            ($s:expr, $mp:expr) => {{
+                let mp = $mp;
+                if MIN {
+                    let k = 1u8 << ($s - s0);
+                    mv = _mm256_mask_broadcastsd_pd(mv, k, _mm_castps_pd(mp));
+                }
+            }};
+        }
+        while s + 2 <= full {
+            keep!(s, step!(s, 0, false));
+            keep!(s + 1, step!(s + 1, 1, false));
             s += 2;
         }
-        if s < nsteps {
-            step!(2 * s, 2 * s + 1, s, a0);
+        if s < full {
+            keep!(s, step!(s, 0, false));
+            s += 1;
         }
-        if nblk % 2 == 1 {
-            // The last block: its pair is zero padding in the activations (scale 0).
-            step!(nblk - 1, nblk - 1, nsteps, a1);
+        if s < total {
+            let mp = if s % 2 == 0 {
+                step!(s, 0, true)
+            } else {
+                step!(s, 1, true)
+            };
+            keep!(s, _mm_blend_ps::<0b1110>(mp, _mm_setzero_ps()));
         }
-        let c = _mm_add_ps(corr, _mm_movehdup_ps(corr));
-        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + _mm_cvtss_f32(c);
+        if MIN && s0 < total {
+            let m = mask8(2 * (total - s0));
+            let xs = _mm256_maskz_loadu_ps(m, a.xs32.as_ptr().add(2 * s0));
+            corr = _mm256_fmadd_ps(_mm256_castpd_ps(mv), xs, corr);
+        }
+        let mut sum = _mm512_add_ps(acc[0], acc[1]);
+        if MIN {
+            sum = _mm512_add_ps(sum, _mm512_zextps256_ps512(corr));
+        }
+        *o = _mm512_reduce_add_ps(sum);
     }
 }
 
-/// Extras the AVX-512 decode kernel of `ty` wants: (`off` factor, `xsl`).
-pub(super) fn decode_extras(ty: GgmlType) -> (Option<i32>, bool) {
+/// Activation extras the AVX-512 kernels of `ty` read: `off` for the legacy types stored as
+/// `u - c`, `xs32` for those with a min.
+pub(super) fn act_extras(ty: GgmlType) -> Extras {
+    let off = |c| Extras {
+        off: Some(c),
+        xs32: false,
+    };
     match ty {
-        GgmlType::Q4_0 => (Some(8), false),
-        GgmlType::Q5_0 => (Some(16), false),
-        GgmlType::Q8_0 | GgmlType::MXFP4 => (Some(128), false),
-        GgmlType::Q4_1 | GgmlType::Q5_1 => (None, true),
-        _ => (None, false),
+        GgmlType::Q4_0 => off(8),
+        GgmlType::Q5_0 => off(16),
+        GgmlType::Q8_0 | GgmlType::MXFP4 => off(128),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Extras {
+            off: None,
+            xs32: true,
+        },
+        _ => Extras::default(),
     }
 }
 
 macro_rules! legacy_dot_fn {
     ($name:ident, $ty:expr, $ts:expr, $kind:expr, $qs:expr, $qh:expr, $m:expr) => {
         /// Dot products of `out.len()` consecutive weight rows (`row_bytes` each) with a
-        /// quantized activation row.
+        /// quantized activation row carrying the extras of [`act_extras`].
         #[target_feature(
             enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2"
         )]
@@ -941,13 +980,12 @@ macro_rules! legacy_dot_fn {
                 a.xs32.len() * 32 >= a.qs.len()
             };
             if !ready || a.qs.len() < 32 * (nblk + nblk % 2) {
-                // Extras not filled in (or a short activation row): use the portable kernel.
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = super::scalar::dot_row($ty, &w[r * row_bytes..(r + 1) * row_bytes], a);
-                }
+                // Extras not filled in (or a short activation row): the matmul always fills
+                // them; this only keeps a misuse memory-safe.
+                out.fill(f32::NAN);
                 return;
             }
-            legacy_steps::<$ts, $kind, $qs, $qh, $m>(w.as_ptr(), row_bytes, a, out);
+            legacy_steps::<$ts, $kind, $qs, $qh, { $m != 0 }>(w.as_ptr(), row_bytes, a, out);
         }
     };
 }
@@ -957,6 +995,7 @@ legacy_dot_fn!(dot_q4_1, GgmlType::Q4_1, 20, 4, 4, 0, 2);
 legacy_dot_fn!(dot_q5_0, GgmlType::Q5_0, 22, 5, 6, 2, 0);
 legacy_dot_fn!(dot_q5_1, GgmlType::Q5_1, 24, 5, 8, 4, 2);
 legacy_dot_fn!(dot_q8_0, GgmlType::Q8_0, 34, 8, 2, 0, 0);
+legacy_dot_fn!(dot_mxfp4, GgmlType::MXFP4, 17, 1, 1, 0, 0);
 
 k_kernels!(dot_q4_k, unpack_q4_k, chunk_q4_k, 144);
 k_kernels!(dot_q5_k, unpack_q5_k, chunk_q5_k, 176);
@@ -1000,20 +1039,135 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
     })
 }
 
+/// The tiled-path micro-kernel reproducing the decode kernel of `ty`.
+pub(super) fn micro_fn(ty: GgmlType) -> Option<super::matmul::MicroQ8Fn> {
+    Some(match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::MXFP4 => {
+            micro_dyn::<{ LEGACY_OFF }>
+        }
+        GgmlType::Q4_1 | GgmlType::Q5_1 => micro_dyn::<{ LEGACY_MIN }>,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            micro_dyn::<{ KQUANT }>
+        }
+        _ => return None,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
-// GEMM micro-kernels
+// GEMM micro-kernels: the decode kernels' arithmetic per (weight row, activation row), on
+// unpacked weight rows, register-tiled over R rows and C activation rows.
 // ---------------------------------------------------------------------------------------------
 
-/// `R` unpacked weight rows times `C` quantized activation rows over `kp` values.
+/// [`micro_dyn`] form: legacy types stored as `u - c` (offset through `a.off`).
+const LEGACY_OFF: u8 = 0;
+/// [`micro_dyn`] form: legacy types with a min (`a.xs32`).
+const LEGACY_MIN: u8 = 1;
+/// [`micro_dyn`] form: k-quants.
+const KQUANT: u8 = 2;
+
+/// [`legacy_steps`] for `R` unpacked rows (from `r0`) times `C` activation rows over `cols`
+/// values; `MIN` selects the form with a min. The even steps run first, then the odd ones,
+/// so each pair holds one accumulator at a time.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn micro_q8<const R: usize, const C: usize>(
-    w: &super::matmul::W8Tile<'_>,
+unsafe fn micro_legacy<const R: usize, const C: usize, const MIN: bool>(
+    w: &W8Tile<'_>,
     r0: usize,
     a: [ActRow<'_>; C],
-    kp: usize,
+    cols: usize,
 ) -> [[f32; C]; R] {
+    let total = cols.div_ceil(64);
     let idx01 = idx_halves(0, 1);
+    let zero = _mm512_setzero_si512();
+    let mut wq = [core::ptr::null::<u8>(); R];
+    let mut wsc = [core::ptr::null::<f32>(); R];
+    let mut wmw = [core::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let (u, wl, mw) = w.row(r0 + r);
+        wq[r] = u.as_ptr();
+        wsc[r] = wl.as_ptr();
+        wmw[r] = mw.as_ptr();
+    }
+    let mut sum = [[_mm512_setzero_ps(); C]; R];
+    for par in 0..2 {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for s in (par..total).step_by(2) {
+            let mut xl = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                let xd = _mm_castpd_ps(_mm_load_sd(a[c].d.as_ptr().add(2 * s) as *const f64));
+                xl[c] = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(xd));
+            }
+            for r in 0..R {
+                let wv = loadu512(wq[r].add(64 * s));
+                let wlv = _mm512_loadu_ps(wsc[r].add(16 * s));
+                for c in 0..C {
+                    let src = if MIN {
+                        zero
+                    } else {
+                        loadu512(a[c].off.as_ptr().add(16 * s) as *const u8)
+                    };
+                    let xq = loadu512(a[c].qs.as_ptr().add(64 * s) as *const u8);
+                    let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(src, wv, xq));
+                    acc[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(wlv, xl[c]), acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                sum[r][c] = if par == 0 {
+                    acc[r][c]
+                } else {
+                    _mm512_add_ps(sum[r][c], acc[r][c])
+                };
+            }
+        }
+    }
+    if MIN {
+        // The per-block mins are the even entries of the per-16 offsets.
+        let even = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+        let mut corr = [[_mm256_setzero_ps(); C]; R];
+        for g in (0..total).step_by(4) {
+            let n = 4 * (total - g);
+            let m = mask8(n / 2);
+            let mut xs = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                xs[c] = _mm256_maskz_loadu_ps(m, a[c].xs32.as_ptr().add(2 * g));
+            }
+            for r in 0..R {
+                let lo = _mm256_maskz_loadu_ps(mask8(n), wmw[r].add(4 * g));
+                let hi = _mm256_maskz_loadu_ps(mask8(n.saturating_sub(8)), wmw[r].add(4 * g + 8));
+                let mb = _mm256_permutex2var_ps(lo, even, hi);
+                for c in 0..C {
+                    corr[r][c] = _mm256_fmadd_ps(mb, xs[c], corr[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                sum[r][c] = _mm512_add_ps(sum[r][c], _mm512_zextps256_ps512(corr[r][c]));
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(sum[r][c]);
+        }
+    }
+    out
+}
+
+/// The k-quant decode kernel ([`k_kernels`]) for `R` unpacked rows (from `r0`) times `C`
+/// activation rows over `cols` values (whole super-blocks).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn micro_k<const R: usize, const C: usize>(
+    w: &W8Tile<'_>,
+    r0: usize,
+    a: [ActRow<'_>; C],
+    cols: usize,
+) -> [[f32; C]; R] {
+    let nsb = cols / 256;
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut wq = [core::ptr::null::<u8>(); R];
@@ -1025,97 +1179,77 @@ unsafe fn micro_q8<const R: usize, const C: usize>(
         wsc[r] = wl.as_ptr();
         wmw[r] = mw.as_ptr();
     }
-    for s in 0..kp / 64 {
-        let mut xv = [zero; C];
-        let mut xl = [_mm512_setzero_ps(); C];
+    for sb in 0..nsb {
+        let mut dv = [_mm512_setzero_ps(); C];
         for c in 0..C {
-            xv[c] = loadu512(a[c].qs.as_ptr().add(64 * s) as *const u8);
-            let xd = _mm_castpd_ps(_mm_load_sd(a[c].d.as_ptr().add(2 * s) as *const f64));
-            xl[c] = _mm512_permutexvar_ps(idx01, _mm512_castps128_ps512(xd));
+            dv[c] = _mm512_set1_ps(*a[c].d.get_unchecked(8 * sb));
         }
         for r in 0..R {
-            let wv = loadu512(wq[r].add(64 * s));
-            let wlv = _mm512_loadu_ps(wsc[r].add(16 * s));
+            let u = wq[r].add(256 * sb);
+            let z = [
+                loadu512(u),
+                loadu512(u.add(64)),
+                loadu512(u.add(128)),
+                loadu512(u.add(192)),
+            ];
+            let wl = wsc[r].add(64 * sb);
+            let wl = [
+                _mm512_loadu_ps(wl),
+                _mm512_loadu_ps(wl.add(16)),
+                _mm512_loadu_ps(wl.add(32)),
+                _mm512_loadu_ps(wl.add(48)),
+            ];
             for c in 0..C {
-                let t = _mm512_dpbusd_epi32(zero, wv, xv[c]);
-                acc[r][c] =
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(wlv, xl[c]), acc[r][c]);
+                let xq = a[c].qs.as_ptr().add(256 * sb) as *const u8;
+                let t0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[0], loadu512(xq)));
+                let t1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[1], loadu512(xq.add(64))));
+                let t2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[2], loadu512(xq.add(128))));
+                let t3 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, z[3], loadu512(xq.add(192))));
+                let s01 = _mm512_fmadd_ps(t1, wl[1], _mm512_mul_ps(t0, wl[0]));
+                let s23 = _mm512_fmadd_ps(t3, wl[3], _mm512_mul_ps(t2, wl[2]));
+                acc[r][c] = _mm512_fmadd_ps(_mm512_add_ps(s01, s23), dv[c], acc[r][c]);
             }
         }
     }
-    let ng = kp / 16;
-    let mut i = 0;
-    while i < ng {
-        let m = mask16(ng - i);
+    let mut corr = [[_mm512_setzero_ps(); C]; R];
+    for sb in 0..nsb {
         for r in 0..R {
-            let mv = _mm512_maskz_loadu_ps(m, wmw[r].add(i));
+            let mv = _mm512_loadu_ps(wmw[r].add(16 * sb));
             for c in 0..C {
-                acc[r][c] = _mm512_fmadd_ps(
-                    mv,
-                    _mm512_maskz_loadu_ps(m, a[c].xsum.as_ptr().add(i)),
-                    acc[r][c],
-                );
+                let xs = _mm512_loadu_ps(a[c].xsum.as_ptr().add(16 * sb));
+                corr[r][c] = _mm512_fmadd_ps(mv, xs, corr[r][c]);
             }
         }
-        i += 16;
     }
     let mut out = [[0f32; C]; R];
     for r in 0..R {
         for c in 0..C {
-            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            out[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][c], corr[r][c]));
         }
     }
     out
 }
 
-/// `R` f32 weight rows times `C` f32 activation rows over `k` values.
-#[inline]
+/// Runs the `rr` x `cc` (each 1..=4) micro-kernel of form `FORM` for rows `r0..` of `w` and
+/// activation rows `a[..cc]` (as tiles of up to 4 x 2); results land in `[..rr][..cc]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-unsafe fn micro_f32<const R: usize, const C: usize>(
-    w: [&[f32]; R],
-    x: [&[f32]; C],
-    k: usize,
-) -> [[f32; C]; R] {
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut i = 0;
-    while i < k {
-        let m = mask16(k - i);
-        let mut xv = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            xv[c] = _mm512_maskz_loadu_ps(m, x[c].as_ptr().add(i));
-        }
-        for r in 0..R {
-            let wv = _mm512_maskz_loadu_ps(m, w[r].as_ptr().add(i));
-            for c in 0..C {
-                acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
-            }
-        }
-        i += 16;
-    }
-    let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-        }
-    }
-    out
-}
-
-/// Runs the `rr` x `cc` (each 1..=4) micro-kernel for rows `r0..` of `w` and activation rows
-/// `a[..cc]`; results land in `[..rr][..cc]`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_q8_dyn(
+unsafe fn micro_dyn<const FORM: u8>(
     rr: usize,
     cc: usize,
-    w: &super::matmul::W8Tile<'_>,
+    w: &W8Tile<'_>,
     r0: usize,
     a: &[ActRow<'_>; 4],
-    kp: usize,
+    cols: usize,
 ) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
     macro_rules! go {
         ($r:literal, $c:literal) => {{
-            let res = micro_q8::<$r, $c>(w, r0, core::array::from_fn(|j| a[j]), kp);
+            let act: [ActRow<'_>; $c] = core::array::from_fn(|j| a[j]);
+            let res = match FORM {
+                LEGACY_OFF => micro_legacy::<$r, $c, false>(w, r0, act, cols),
+                LEGACY_MIN => micro_legacy::<$r, $c, true>(w, r0, act, cols),
+                _ => micro_k::<$r, $c>(w, r0, act, cols),
+            };
             for i in 0..$r {
                 out[i][..$c].copy_from_slice(&res[i]);
             }
@@ -1125,9 +1259,160 @@ pub(super) unsafe fn micro_q8_dyn(
     out
 }
 
-/// Runs the `rr` x `cc` (each 1..=4) f32 micro-kernel over `k` values.
+// ---------------------------------------------------------------------------------------------
+// Float weights
+// ---------------------------------------------------------------------------------------------
+
+/// 16 weights of a float row of type `ty` (F32/F16/BF16 bytes at `p`) from value `i`, lanes
+/// past `m` zero.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn micro_f32_dyn(
+unsafe fn load_float<const TY: u8>(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    match TY {
+        FLOAT_F16 => load_f16x16((p as *const u16).add(i), m),
+        FLOAT_BF16 => load_bf16x16((p as *const u16).add(i), m),
+        _ => _mm512_maskz_loadu_ps(m, (p as *const f32).add(i)),
+    }
+}
+
+const FLOAT_F32: u8 = 0;
+const FLOAT_F16: u8 = 1;
+const FLOAT_BF16: u8 = 2;
+
+/// Dot product of a float weight row (raw bytes of type `TY` at `w`) with `x` over `k` values:
+/// 16-value chunk `q` (the last one masked) goes to accumulator `q % 4`, and the result is
+/// `reduce((acc0 + acc1) + (acc2 + acc3))`. [`micro_float_cm`] reproduces it for tiles.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn dot_float<const TY: u8>(w: *const u8, x: *const f32, k: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    macro_rules! chunk {
+        ($q:expr, $m:expr, $j:expr) => {{
+            let i = 16 * $q;
+            let m: __mmask16 = $m;
+            let xv = _mm512_maskz_loadu_ps(m, x.add(i));
+            acc[$j] = _mm512_fmadd_ps(load_float::<TY>(w, i, m), xv, acc[$j]);
+        }};
+    }
+    let (groups, nq) = (k / 64, k.div_ceil(16));
+    for g in 0..groups {
+        chunk!(4 * g, 0xFFFF, 0);
+        chunk!(4 * g + 1, 0xFFFF, 1);
+        chunk!(4 * g + 2, 0xFFFF, 2);
+        chunk!(4 * g + 3, 0xFFFF, 3);
+    }
+    // The last 1 to 3 chunks (the last one possibly partial), each the end of its chain.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let m = mask16(k - 16 * (q + t));
+        match t {
+            0 => chunk!(q, m, 0),
+            1 => chunk!(q + 1, m, 1),
+            _ => chunk!(q + 2, m, 2),
+        }
+    }
+    let s01 = _mm512_add_ps(acc[0], acc[1]);
+    let s23 = _mm512_add_ps(acc[2], acc[3]);
+    _mm512_reduce_add_ps(_mm512_add_ps(s01, s23))
+}
+
+/// Decode-path dot products of consecutive float weight rows (`row_bytes` apart, raw bytes
+/// of type `ty`) with `x` ([`dot_float`]), rows in memory order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn dot_float_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let k = x.len().min(row_bytes / ty.type_size());
+    macro_rules! rows {
+        ($ty:expr) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = dot_float::<{ $ty }>(w.as_ptr().add(r * row_bytes), x.as_ptr(), k);
+            }
+        };
+    }
+    match ty {
+        GgmlType::F16 => rows!(FLOAT_F16),
+        GgmlType::BF16 => rows!(FLOAT_BF16),
+        _ => rows!(FLOAT_F32),
+    }
+}
+
+/// [`dot_float`] for `R` f32 weight rows times `C` f32 rows over `k` values, all stored
+/// chain-major ([`super::matmul::chain_major`] with 16 lanes): each accumulator's chunks are
+/// contiguous, so the tile runs one sequential pass per accumulator with one register per
+/// pair.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+unsafe fn micro_float_cm<const R: usize, const C: usize>(
+    w: [*const f32; R],
+    x: [*const f32; C],
+    k: usize,
+) -> [[f32; C]; R] {
+    // The chunk at value `i` (lanes past mask `$m` zero) into `acc`.
+    macro_rules! chunk {
+        ($i:expr, $m:expr, $acc:ident) => {{
+            let (i, m): (usize, __mmask16) = ($i, $m);
+            let mut xv = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm512_maskz_loadu_ps(m, x[c].add(i));
+            }
+            for r in 0..R {
+                let wv = _mm512_maskz_loadu_ps(m, w[r].add(i));
+                for c in 0..C {
+                    $acc[r][c] = _mm512_fmadd_ps(wv, xv[c], $acc[r][c]);
+                }
+            }
+        }};
+    }
+    let (groups, nq) = (k / 64, k.div_ceil(16));
+    let zero = [[_mm512_setzero_ps(); C]; R];
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    // Each pass's registers are parked in memory before the next one.
+    for g in 0..groups {
+        chunk!(16 * g, 0xFFFF, a0);
+    }
+    a0 = core::hint::black_box(a0);
+    for g in 0..groups {
+        chunk!(16 * (groups + g), 0xFFFF, a1);
+    }
+    a1 = core::hint::black_box(a1);
+    for g in 0..groups {
+        chunk!(16 * (2 * groups + g), 0xFFFF, a2);
+    }
+    a2 = core::hint::black_box(a2);
+    for g in 0..groups {
+        chunk!(16 * (3 * groups + g), 0xFFFF, a3);
+    }
+    // The tail chunks keep their places.
+    let q = 4 * groups;
+    for t in 0..nq - q {
+        let i = 16 * (q + t);
+        let m = mask16(k - i);
+        match t {
+            0 => chunk!(i, m, a0),
+            1 => chunk!(i, m, a1),
+            _ => chunk!(i, m, a2),
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let s01 = _mm512_add_ps(a0[r][c], a1[r][c]);
+            let s23 = _mm512_add_ps(a2[r][c], a3[r][c]);
+            out[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(s01, s23));
+        }
+    }
+    out
+}
+
+/// Runs the `rr` x `cc` (each 1..=4) chain-major float micro-kernel for f32 rows `w[..rr]`
+/// and `x[..cc]` of `k` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn micro_float_dyn(
     rr: usize,
     cc: usize,
     w: &[&[f32]; 4],
@@ -1137,11 +1422,9 @@ pub(super) unsafe fn micro_f32_dyn(
     let mut out = [[0f32; 4]; 4];
     macro_rules! go {
         ($r:literal, $c:literal) => {{
-            let res = micro_f32::<$r, $c>(
-                core::array::from_fn(|j| w[j]),
-                core::array::from_fn(|j| x[j]),
-                k,
-            );
+            let wp = core::array::from_fn(|j| w[j].as_ptr());
+            let xp = core::array::from_fn(|j| x[j].as_ptr());
+            let res = micro_float_cm::<$r, $c>(wp, xp, k);
             for i in 0..$r {
                 out[i][..$c].copy_from_slice(&res[i]);
             }

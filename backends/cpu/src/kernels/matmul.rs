@@ -1,7 +1,10 @@
 //! The matmul driver: argument checks, activation quantization, row chunking across the
 //! pool's threads, and the choice between the one-row dot kernels and the tiled GEMM.
+//!
+//! Both paths compute every output with the same per-type arithmetic at a given level (see
+//! the module docs of [`super`]), so the choice never changes a result's bits.
 
-use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Line};
+use super::quantize::{padded, ActBuf, ActMode, ActRow, BlockSums, Extras, Line};
 use super::{scalar, SimdLevel, ThreadPool};
 use kiln_sdk::quant::GgmlType;
 use std::cell::RefCell;
@@ -145,11 +148,10 @@ pub fn matmul_with(
 pub(crate) type DotFn = unsafe fn(&[u8], usize, ActRow<'_>, &mut [f32]);
 /// Row unpacker: `(row bytes, u, wl, mw)`, see [`W8Tile`].
 pub(crate) type UnpackFn = unsafe fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
-/// `rr x cc` quantized micro-kernel, see `micro_q8_dyn` in the SIMD modules.
-type MicroQ8Fn =
+/// `rr x cc` (each 1..=4) quantized micro-kernel: `(rr, cc, tile, first tile row, activation
+/// rows, cols)`, results in `[..rr][..cc]`; see `micro_dyn` in the SIMD modules.
+pub(crate) type MicroQ8Fn =
     unsafe fn(usize, usize, &W8Tile<'_>, usize, &[ActRow<'_>; 4], usize) -> [[f32; 4]; 4];
-/// `rr x cc` f32 micro-kernel.
-type MicroF32Fn = unsafe fn(usize, usize, &[&[f32]; 4], &[&[f32]; 4], usize) -> [[f32; 4]; 4];
 
 /// Expands to a `match` running `$go!(R, C)` for `(rr, cc)` in `1..=4 x 1..=4`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
@@ -187,19 +189,9 @@ pub(crate) struct W8Tile<'a> {
     wl: &'a [f32],
     mw: &'a [f32],
     kp: usize,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    signed: bool,
 }
 
 impl W8Tile<'_> {
-    /// Whether the bytes are signed values plus 128 (`Q8_0`, `MXFP4`) rather than small
-    /// unsigned values (at most 63).
-    #[inline]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn signed(&self) -> bool {
-        self.signed
-    }
-
     /// `(u, wl, mw)` of row `r`.
     #[inline]
     pub(crate) fn row(&self, r: usize) -> (&[u8], &[f32], &[f32]) {
@@ -261,12 +253,21 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     static ACTS: RefCell<ActBuf> = RefCell::new(ActBuf::default());
+    static XPERM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|c| match c.try_borrow_mut() {
         Ok(mut s) => f(&mut s),
         Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// The calling thread's buffer for chain-major copies of float activation rows.
+fn with_xperm<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    XPERM.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Vec::new()),
     })
 }
 
@@ -327,28 +328,57 @@ fn for_chunks(pool: &ThreadPool, rows: usize, chunk: usize, f: impl Fn(usize, us
     });
 }
 
+/// The kernels of one level for one quantized type.
+struct QuantKernels {
+    /// Extras the kernels read from every activation row.
+    extras: Extras,
+    /// The one-row kernel for `n == 1`; without one, `n == 1` takes the tiled path too.
+    dot: Option<RowDot>,
+    /// The row unpacker of the tiled path (`None`: the scalar one, expanded).
+    unpack: Option<UnpackFn>,
+    /// The tiled path's micro-kernel (`None`: the scalar level).
+    micro: Option<MicroQ8Fn>,
+}
+
+impl QuantKernels {
+    fn new(level: SimdLevel, ty: GgmlType) -> Self {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => QuantKernels {
+                extras: super::avx512::act_extras(ty),
+                dot: super::avx512::dot_fn(ty).map(RowDot::Simd),
+                unpack: super::avx512::unpack_fn(ty),
+                micro: super::avx512::micro_fn(ty),
+            },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => QuantKernels {
+                extras: super::avx2::act_extras(ty),
+                dot: super::avx2::dot_fn(ty).map(RowDot::Simd),
+                unpack: super::avx2::unpack_fn(ty),
+                micro: super::avx2::micro_fn(ty),
+            },
+            _ => QuantKernels {
+                extras: Extras::default(),
+                dot: Some(RowDot::Scalar(ty)),
+                unpack: None,
+                micro: None,
+            },
+        }
+    }
+}
+
 enum RowDot {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Simd(DotFn),
     Scalar(GgmlType),
 }
 
 impl RowDot {
-    fn new(level: SimdLevel, ty: GgmlType) -> Self {
-        let simd = match level {
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => super::avx512::dot_fn(ty),
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => super::avx2::dot_fn(ty),
-            _ => None,
-        };
-        simd.map_or(RowDot::Scalar(ty), RowDot::Simd)
-    }
-
     /// Dot products of the `out.len()` rows in `rows` (`row_bytes` each) with `a`.
     ///
     /// # Safety
     /// The level this was made for must be available; rows are whole blocks and `a` has the
-    /// matching padded length.
+    /// matching padded length and extras.
     #[inline]
     unsafe fn call(&self, rows: &[u8], row_bytes: usize, a: ActRow<'_>, out: &mut [f32]) {
         match self {
@@ -360,37 +390,6 @@ impl RowDot {
                 }
             }
         }
-    }
-}
-
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn unpack_fn(level: SimdLevel, ty: GgmlType) -> Option<UnpackFn> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => super::avx512::unpack_fn(ty),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => super::avx2::unpack_fn(ty),
-        _ => None,
-    }
-}
-
-fn micro_q8(level: SimdLevel) -> Option<MicroQ8Fn> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => Some(super::avx512::micro_q8_dyn),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => Some(super::avx2::micro_q8_dyn),
-        _ => None,
-    }
-}
-
-fn micro_f32(level: SimdLevel) -> Option<MicroF32Fn> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => Some(super::avx512::micro_f32_dyn),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => Some(super::avx2::micro_f32_dyn),
-        _ => None,
     }
 }
 
@@ -427,8 +426,9 @@ fn quant_matmul(
     let (rows, cols) = (w.rows, w.cols);
     let kp = padded(cols);
     let nt = pool.n_threads();
+    let kernels = QuantKernels::new(level, w.ty);
     with_acts(|acts| {
-        acts.reset(n, kp);
+        acts.reset(n, kp, kernels.extras);
         let ptrs = acts.ptrs();
         let quant = |i: usize| {
             // SAFETY: `i < n` rows were reserved above; each row is written by one thread.
@@ -439,14 +439,8 @@ fn quant_matmul(
         } else {
             (0..n).for_each(quant);
         }
-        if n == 1 {
-            #[cfg(target_arch = "x86_64")]
-            if level == SimdLevel::Avx512 {
-                let (c, block_sums) = super::avx512::decode_extras(w.ty);
-                acts.prepare_decode(level, c, block_sums);
-            }
-            let acts: &ActBuf = acts;
-            let dot = RowDot::new(level, w.ty);
+        let acts: &ActBuf = acts;
+        if let (1, Some(dot)) = (n, &kernels.dot) {
             let a = acts.row(0);
             for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
                 let mut res = [0f32; 64];
@@ -463,9 +457,13 @@ fn quant_matmul(
             });
             return;
         }
-        let acts: &ActBuf = acts;
-        let unpack = unpack_fn(level, w.ty);
-        let micro = micro_q8(level);
+        let (unpack, micro) = (kernels.unpack, kernels.micro);
+        // The activation rows in groups of 4 (the last one padded with its last row).
+        let groups: Vec<[ActRow<'_>; 4]> = (0..n)
+            .step_by(4)
+            .map(|c| std::array::from_fn(|j| acts.row((c + j).min(n - 1))))
+            .collect();
+        let bs = w.ty.block_size();
         let chunk = gemm_chunk(rows, nt);
         for_chunks(pool, rows, chunk, |r0, r1| {
             with_scratch(|s| {
@@ -486,24 +484,22 @@ fn quant_matmul(
                         (None, _) => scalar::unpack_row(w.ty, row, u, &mut wl[..kp / 16], mw),
                     }
                 }
-                let signed = matches!(w.ty, GgmlType::Q8_0 | GgmlType::MXFP4);
                 let tile = W8Tile {
                     u: ub,
                     wl: &s.wl,
                     mw: &s.mw,
                     kp,
-                    signed,
                 };
                 match micro {
                     Some(micro) => {
                         for r in (0..nr).step_by(4) {
                             let rr = (nr - r).min(4);
-                            for c in (0..n).step_by(4) {
+                            for (g, a) in groups.iter().enumerate() {
+                                let c = 4 * g;
                                 let cc = (n - c).min(4);
-                                let a: [ActRow<'_>; 4] =
-                                    std::array::from_fn(|j| acts.row((c + j).min(n - 1)));
-                                // SAFETY: level checked; `rr`, `cc` in 1..=4; rows in the tile.
-                                let res = unsafe { micro(rr, cc, &tile, r, &a, kp) };
+                                // SAFETY: level checked; `rr`, `cc` in 1..=4; rows in the tile;
+                                // the activation rows carry the extras the kernel asked for.
+                                let res = unsafe { micro(rr, cc, &tile, r, a, cols) };
                                 for (i, rv) in res.iter().enumerate().take(rr) {
                                     for (j, &v) in rv.iter().enumerate().take(cc) {
                                         // SAFETY: rows `r0..r1` belong to this chunk only.
@@ -517,7 +513,8 @@ fn quant_matmul(
                         for j in 0..nr {
                             let (u, wl, mw) = tile.row(j);
                             for i in 0..n {
-                                let v = scalar::dot_unpacked(u, &wl[..kp / 16], mw, acts.row(i));
+                                let a = acts.row(i);
+                                let v = scalar::dot_unpacked_row(bs, u, &wl[..kp / 16], mw, a);
                                 // SAFETY: rows `r0..r1` belong to this chunk only.
                                 unsafe { out.write(i, r0 + j, v) };
                             }
@@ -529,15 +526,67 @@ fn quant_matmul(
     })
 }
 
-fn float_dot(level: SimdLevel, ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+/// `rr x cc` (each 1..=4) float micro-kernel over chain-major f32 rows: `(rr, cc, weight rows,
+/// activation rows, k)`, results in `[..rr][..cc]`.
+type MicroFloatFn = unsafe fn(usize, usize, &[&[f32]; 4], &[&[f32]; 4], usize) -> [[f32; 4]; 4];
+
+/// The level's float micro-kernel and the lanes of its chunks (see [`chain_major`]).
+fn micro_float(level: SimdLevel) -> Option<(MicroFloatFn, usize)> {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: level checked by `matmul_with`.
-        SimdLevel::Avx512 => unsafe { super::avx512::dot_float_row(ty, row, x) },
+        SimdLevel::Avx512 => Some((super::avx512::micro_float_dyn, 16)),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: level checked by `matmul_with`.
-        SimdLevel::Avx2 => unsafe { super::avx2::dot_float_row(ty, row, x) },
-        _ => scalar::dot_float_row(ty, row, x),
+        SimdLevel::Avx2 => Some((super::avx2::micro_float_dyn, 8)),
+        _ => None,
+    }
+}
+
+/// Copies `src` to `dst` (same length) chain-major for float kernels whose chunk `q` of `L`
+/// values feeds accumulator `q % 4`: the whole groups of 4 chunks are stored accumulator by
+/// accumulator (chunks 0, 4, 8, .. then 1, 5, 9, ..), the rest in place.
+pub(crate) fn chain_major<const L: usize>(src: &[f32], dst: &mut [f32]) {
+    let groups = src.len() / (4 * L);
+    let (head, tail) = src.split_at(4 * groups * L);
+    let (dhead, dtail) = dst.split_at_mut(4 * groups * L);
+    for (g, group) in head.chunks_exact(4 * L).enumerate() {
+        for (j, c) in group.chunks_exact(L).enumerate() {
+            dhead[(j * groups + g) * L..][..L].copy_from_slice(c);
+        }
+    }
+    dtail.copy_from_slice(tail);
+}
+
+/// [`chain_major`] for `lanes` (8 or 16) values per chunk.
+fn chain_major_lanes(lanes: usize, src: &[f32], dst: &mut [f32]) {
+    if lanes == 16 {
+        chain_major::<16>(src, dst)
+    } else {
+        chain_major::<8>(src, dst)
+    }
+}
+
+/// Dot products of the `out.len()` float rows in `rows` (`row_bytes` each) with `x`, with the
+/// arithmetic of the level's float micro-kernel for one pair.
+fn float_rows(
+    level: SimdLevel,
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level checked by `matmul_with`; rows hold `x.len()` values of `ty`.
+        SimdLevel::Avx512 => unsafe { super::avx512::dot_float_rows(ty, rows, row_bytes, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdLevel::Avx2 => unsafe { super::avx2::dot_float_rows(ty, rows, row_bytes, x, out) },
+        _ => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = scalar::dot_float_row(ty, &rows[r * row_bytes..(r + 1) * row_bytes], x);
+            }
+        }
     }
 }
 
@@ -553,6 +602,10 @@ fn float_to_f32(level: SimdLevel, ty: GgmlType, row: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Float weights: one arithmetic per level for every `n`. One row (`n == 1`) reads each weight
+/// row in place, rows in memory order; batches first convert a chunk of weight rows to f32
+/// (exactly, chain-major like the activation rows) and run the tiled form of the same kernel
+/// on the copies, so the conversion is done once per call.
 fn float_matmul(
     level: SimdLevel,
     pool: &ThreadPool,
@@ -564,61 +617,86 @@ fn float_matmul(
 ) {
     let (rows, k) = (w.rows, w.cols);
     let nt = pool.n_threads();
+    let micro = micro_float(level);
     let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
     if n == 1 {
         for_chunks(pool, rows, dot_chunk(rows, nt), |r0, r1| {
-            for r in r0..r1 {
-                // SAFETY: row `r` belongs to this chunk only.
-                unsafe { out.write(0, r, float_dot(level, w.ty, row(r), x)) };
+            let mut res = [0f32; 64];
+            for r in (r0..r1).step_by(64) {
+                let nr = (r1 - r).min(64);
+                let wr = &w.data[r * row_bytes..(r + nr) * row_bytes];
+                float_rows(level, w.ty, wr, row_bytes, x, &mut res[..nr]);
+                for (j, &v) in res[..nr].iter().enumerate() {
+                    // SAFETY: row `r + j` belongs to this chunk only.
+                    unsafe { out.write(0, r + j, v) };
+                }
             }
         });
         return;
     }
-    let micro = micro_f32(level);
-    let chunk = gemm_chunk(rows, nt);
-    for_chunks(pool, rows, chunk, |r0, r1| {
-        with_scratch(|s| {
-            let nr = r1 - r0;
-            grow(&mut s.f, chunk * k, 0.0);
-            for (j, r) in (r0..r1).enumerate() {
-                float_to_f32(level, w.ty, row(r), &mut s.f[j * k..(j + 1) * k]);
+    // The SIMD kernels read activation and weight rows chain-major.
+    let lanes = micro.map_or(0, |(_, l)| l);
+    with_xperm(|xp| {
+        let x: &[f32] = if lanes > 0 {
+            grow(xp, n * k, 0.0);
+            for (src, dst) in x.chunks_exact(k).zip(xp.chunks_exact_mut(k)).take(n) {
+                chain_major_lanes(lanes, src, dst);
             }
-            let f = &s.f;
-            let wrow = |j: usize| &f[j * k..(j + 1) * k];
-            let xrow = |i: usize| &x[i * k..(i + 1) * k];
-            for r in (0..nr).step_by(4) {
-                let rr = (nr - r).min(4);
-                for c in (0..n).step_by(4) {
-                    let cc = (n - c).min(4);
-                    let res = match micro {
-                        Some(micro) => {
-                            let wr: [&[f32]; 4] = std::array::from_fn(|i| wrow(r + i.min(rr - 1)));
-                            let xr: [&[f32]; 4] = std::array::from_fn(|j| xrow(c + j.min(cc - 1)));
-                            // SAFETY: level checked; `rr`, `cc` in 1..=4; all rows hold `k` values.
-                            unsafe { micro(rr, cc, &wr, &xr, k) }
-                        }
-                        None => {
-                            let mut res = [[0f32; 4]; 4];
-                            for (i, rv) in res.iter_mut().enumerate().take(rr) {
-                                for (j, v) in rv.iter_mut().enumerate().take(cc) {
-                                    *v = wrow(r + i)
-                                        .iter()
-                                        .zip(xrow(c + j))
-                                        .map(|(a, b)| a * b)
-                                        .sum();
-                                }
+            &xp[..n * k]
+        } else {
+            x
+        };
+        let xrow = |i: usize| &x[i * k..(i + 1) * k];
+        let chunk = gemm_chunk(rows, nt);
+        for_chunks(pool, rows, chunk, |r0, r1| {
+            with_scratch(|s| {
+                let nr = r1 - r0;
+                grow(&mut s.f, chunk * k, 0.0);
+                grow(&mut s.wl, k, 0.0);
+                for (j, r) in (r0..r1).enumerate() {
+                    let dst = &mut s.f[j * k..(j + 1) * k];
+                    if lanes > 0 {
+                        float_to_f32(level, w.ty, row(r), &mut s.wl[..k]);
+                        chain_major_lanes(lanes, &s.wl[..k], dst);
+                    } else {
+                        float_to_f32(level, w.ty, row(r), dst);
+                    }
+                }
+                let f = &s.f;
+                let wrow = |j: usize| &f[j * k..(j + 1) * k];
+                for r in (0..nr).step_by(4) {
+                    let rr = (nr - r).min(4);
+                    for c in (0..n).step_by(4) {
+                        let cc = (n - c).min(4);
+                        let res = match micro {
+                            Some((micro, _)) => {
+                                let wr: [&[f32]; 4] =
+                                    std::array::from_fn(|i| wrow(r + i.min(rr - 1)));
+                                let xr: [&[f32]; 4] =
+                                    std::array::from_fn(|j| xrow(c + j.min(cc - 1)));
+                                // SAFETY: level checked; `rr`, `cc` in 1..=4; all rows hold `k`
+                                // values, chain-major.
+                                unsafe { micro(rr, cc, &wr, &xr, k) }
                             }
-                            res
-                        }
-                    };
-                    for (i, rv) in res.iter().enumerate().take(rr) {
-                        for (j, &v) in rv.iter().enumerate().take(cc) {
-                            // SAFETY: rows `r0..r1` belong to this chunk only.
-                            unsafe { out.write(c + j, r0 + r + i, v) };
+                            None => {
+                                let mut res = [[0f32; 4]; 4];
+                                for (i, rv) in res.iter_mut().enumerate().take(rr) {
+                                    for (j, v) in rv.iter_mut().enumerate().take(cc) {
+                                        *v = scalar::dot_f32_chunked(wrow(r + i), xrow(c + j));
+                                    }
+                                }
+                                res
+                            }
+                        };
+                        for (i, rv) in res.iter().enumerate().take(rr) {
+                            for (j, &v) in rv.iter().enumerate().take(cc) {
+                                // SAFETY: rows `r0..r1` belong to this chunk only.
+                                unsafe { out.write(c + j, r0 + r + i, v) };
+                            }
                         }
                     }
                 }
-            }
-        })
-    });
+            })
+        });
+    })
 }

@@ -9,9 +9,36 @@
 //! same way: per value an unsigned byte `u`, per group of 16 values a scale `ws` and an offset
 //! `mw`, so that `w = ws * u + mw`; the offset term is `mw * sum(x)` over the group, which the
 //! per-16 activation sums give directly. One row (`n == 1`, decoding) is a dot product straight
-//! from the blocks; several rows (prompt batches) first unpack a tile of weight rows to that
-//! byte form and then run a register-tiled integer GEMM over all activation rows, so each
-//! weight byte is decoded once per call. Work is split across threads by output rows.
+//! from the blocks; several rows (prompt batches) first unpack a chunk of weight rows to that
+//! byte form and then run a register-tiled GEMM over all activation rows, so each weight byte
+//! is decoded once per call. Work is split across threads by output rows.
+//!
+//! # Batch invariance
+//!
+//! The bits of `out[i * rows + r]` depend only on the weights, activation row `i` and the SIMD
+//! level: not on `n`, on the row's position, on the other rows or on the thread count. A
+//! sequence decoded alone and inside a batch therefore gets identical logits. This holds
+//! because, per level and weight type, there is one arithmetic per (weight row, activation
+//! row), which every path follows operation for operation:
+//!
+//! - Each activation row is quantized, and given the extras its kernels read (`-c * sum(q)`
+//!   per 4 values, block sums per 32), by the same code whatever `n` is.
+//! - The one-row ("decode") kernels define the order: which products go to which
+//!   accumulator and in which order, how the offset terms are collected, and the final
+//!   horizontal reduction (one helper everywhere). The GEMM micro-kernels apply exactly these
+//!   operations to each (row, column) pair of their tile, from the unpacked bytes and scales
+//!   (the unpackers produce the very values the decode kernels compute, which the tests
+//!   check). Where a decode kernel keeps several accumulators per row for instruction-level
+//!   parallelism (the legacy types on AVX-512, the float types), the micro-kernel computes
+//!   them in separate passes over the values, so that its registers hold one or two
+//!   accumulators per pair; the operations of each accumulator and their order stay the same.
+//!   Types without a fused decode kernel at a level decode through the tiled kernel itself.
+//! - Only explicit intrinsics are used (`fmadd` where a fused multiply-add is meant, separate
+//!   `mul` and `add` otherwise); Rust never contracts float operations on its own.
+//! - The scalar level sums per block as its one-row kernel does; float weights use one
+//!   chunked summation per level for every `n`.
+//!
+//! Results still differ between SIMD levels (the tests bound that difference).
 //!
 //! SIMD levels ([`SimdLevel`]) are detected once at run time: AVX-512 (F/BW/VL/DQ/VNNI), AVX2
 //! (with FMA and F16C) and a portable scalar fallback that every other target uses. The

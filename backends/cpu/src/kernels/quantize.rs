@@ -36,6 +36,21 @@ pub(crate) const fn padded(k: usize) -> usize {
 #[repr(C, align(64))]
 pub(crate) struct Line(pub [u8; 64]);
 
+impl Default for Line {
+    fn default() -> Self {
+        Line([0; 64])
+    }
+}
+
+/// The per-row extras some kernels read besides `qs`, `d` and `xsum` (see [`ActRow`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extras {
+    /// Fill `off` with this factor `c` (for weights stored as `u - c`, `0..=255`).
+    pub off: Option<i32>,
+    /// Fill `xs32`.
+    pub xs32: bool,
+}
+
 /// Reusable storage for `n` quantized activation rows of padded length `kp`.
 #[derive(Default)]
 pub(crate) struct ActBuf {
@@ -45,16 +60,16 @@ pub(crate) struct ActBuf {
     off: Vec<i32>,
     xs32: Vec<f32>,
     kp: usize,
-    /// Lengths of the decode extras of row 0 (0 when not prepared).
-    n_off: usize,
-    n_xs32: usize,
+    extras: Extras,
 }
 
 /// One quantized activation row: `qs` (`kp` values), `d` (one scale per 32 values; in
 /// [`ActMode::B256`] the 8 entries of a super-block are equal) and `xsum` (`d * sum(q)` per 16
-/// values). Row 0 may also carry the extras of [`ActBuf::prepare_decode`] (empty otherwise):
-/// `off` (`-c * sum(q)` per 4 values, for weight types stored as `u - c`) and `xs32`
-/// (`d * sum(q)` per 32 values).
+/// values), plus the [`Extras`] the matmul asked for (empty otherwise): `off` (`-c * sum(q)`
+/// per 4 values, for weight types stored as `u - c`) and `xs32` (`xsum` summed per 32 values).
+///
+/// Every row of a call is quantized and extended by the same code, whatever the number of
+/// rows, so a row's bytes and scales depend only on its values.
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
@@ -66,13 +81,16 @@ pub(crate) struct ActRow<'a> {
     pub xs32: &'a [f32],
 }
 
-/// Raw mutable views of one row, for filling rows in parallel.
+/// Raw mutable views of the rows, for filling rows in parallel.
 #[derive(Clone, Copy)]
 pub(crate) struct ActPtrs {
     qs: *mut i8,
     d: *mut f32,
     xsum: *mut f32,
+    off: *mut i32,
+    xs32: *mut f32,
     kp: usize,
+    extras: Extras,
 }
 // SAFETY: used to write disjoint rows from pool threads while the buffer is exclusively
 // borrowed by the matmul that created the pointers.
@@ -80,21 +98,23 @@ unsafe impl Send for ActPtrs {}
 unsafe impl Sync for ActPtrs {}
 
 impl ActBuf {
-    /// Makes room for `n` rows of padded length `kp` (a multiple of 64), reusing capacity.
-    pub(crate) fn reset(&mut self, n: usize, kp: usize) {
+    /// Makes room for `n` rows of padded length `kp` (a multiple of 64) with `extras`,
+    /// reusing capacity.
+    pub(crate) fn reset(&mut self, n: usize, kp: usize, extras: Extras) {
         debug_assert_eq!(kp % 64, 0);
         self.kp = kp;
-        self.n_off = 0;
-        self.n_xs32 = 0;
-        let lines = n * kp / 64;
-        if self.qs.len() < lines {
-            self.qs.resize(lines, Line([0; 64]));
+        self.extras = Extras {
+            off: extras.off.filter(|c| (0..=255).contains(c)),
+            xs32: extras.xs32,
+        };
+        grow(&mut self.qs, n * kp / 64);
+        grow(&mut self.d, n * kp / 32);
+        grow(&mut self.xsum, n * kp / 16);
+        if self.extras.off.is_some() {
+            grow(&mut self.off, n * kp / 4);
         }
-        if self.d.len() < n * kp / 32 {
-            self.d.resize(n * kp / 32, 0.0);
-        }
-        if self.xsum.len() < n * kp / 16 {
-            self.xsum.resize(n * kp / 16, 0.0);
+        if self.extras.xs32 {
+            grow(&mut self.xs32, n * kp / 32);
         }
     }
 
@@ -103,11 +123,15 @@ impl ActBuf {
             qs: self.qs.as_mut_ptr() as *mut i8,
             d: self.d.as_mut_ptr(),
             xsum: self.xsum.as_mut_ptr(),
+            off: self.off.as_mut_ptr(),
+            xs32: self.xs32.as_mut_ptr(),
             kp: self.kp,
+            extras: self.extras,
         }
     }
 
     /// Row `i` (must be `< n`).
+    #[inline]
     pub(crate) fn row(&self, i: usize) -> ActRow<'_> {
         let kp = self.kp;
         let qs: &[u8] = bytemuck::cast_slice(&self.qs[i * kp / 64..(i + 1) * kp / 64]);
@@ -115,55 +139,19 @@ impl ActBuf {
             qs: bytemuck::cast_slice(qs),
             d: &self.d[i * kp / 32..(i + 1) * kp / 32],
             xsum: &self.xsum[i * kp / 16..(i + 1) * kp / 16],
-            off: if i == 0 { &self.off[..self.n_off] } else { &[] },
-            xs32: if i == 0 {
-                &self.xs32[..self.n_xs32]
+            off: match self.extras.off {
+                Some(_) => &self.off[i * kp / 4..(i + 1) * kp / 4],
+                None => &[],
+            },
+            xs32: if self.extras.xs32 {
+                &self.xs32[i * kp / 32..(i + 1) * kp / 32]
             } else {
                 &[]
             },
         }
     }
-
-    /// Computes the decode extras of row 0 (see [`ActRow`]): `off` with factor `c` if given,
-    /// and `xs32` if `block_sums`.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn prepare_decode(&mut self, level: SimdLevel, c: Option<i32>, block_sums: bool) {
-        let kp = self.kp;
-        let qs: &[u8] = bytemuck::cast_slice(&self.qs[..kp / 64]);
-        #[cfg(target_arch = "x86_64")]
-        let simd = level == SimdLevel::Avx512 && SimdLevel::Avx512.is_available();
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = {
-            let _ = level;
-            false
-        };
-        if let Some(c) = c.filter(|c| (0..=255).contains(c)) {
-            grow(&mut self.off, kp / 4);
-            let off = &mut self.off[..kp / 4];
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: feature checked; `off` holds `qs.len() / 4` lanes.
-                unsafe { super::avx512::fill_offsets(qs, c as u8, off) };
-            }
-            if !simd {
-                for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
-                    *o = -c * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
-                }
-            }
-            self.n_off = kp / 4;
-        }
-        if block_sums {
-            grow(&mut self.xs32, kp / 32);
-            let xsum = &self.xsum[..kp / 16];
-            for (o, x) in self.xs32[..kp / 32].iter_mut().zip(xsum.chunks_exact(2)) {
-                *o = x[0] + x[1];
-            }
-            self.n_xs32 = kp / 32;
-        }
-    }
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
@@ -171,7 +159,7 @@ fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
 }
 
 impl ActPtrs {
-    /// Quantizes `x` (one row, `x.len() <= kp`) into row `i`.
+    /// Quantizes `x` (one row, `x.len() <= kp`) into row `i`, with the extras.
     ///
     /// # Safety
     /// Row `i` must be in bounds of the buffer the pointers came from, not written by anyone
@@ -197,6 +185,33 @@ impl ActPtrs {
         if let Some(sums) = ggml_scales {
             round_scales_like_ggml(qs, d, xsum, sums);
         }
+        if let Some(c) = self.extras.off {
+            // SAFETY: as above; `reset` sized `off` for every row when `extras.off` is set.
+            let off = unsafe { std::slice::from_raw_parts_mut(self.off.add(i * kp / 4), kp / 4) };
+            fill_offsets(level, qs, c, off);
+        }
+        if self.extras.xs32 {
+            // SAFETY: as above, for `xs32`.
+            let xs32 =
+                unsafe { std::slice::from_raw_parts_mut(self.xs32.add(i * kp / 32), kp / 32) };
+            for (o, x) in xs32.iter_mut().zip(xsum.chunks_exact(2)) {
+                *o = x[0] + x[1];
+            }
+        }
+    }
+}
+
+/// `off[l] = -c * sum(qs[4l..4l + 4])` (exact integers, so every level gives the same).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn fill_offsets(level: SimdLevel, qs: &[i8], c: i32, off: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && SimdLevel::Avx512.is_available() {
+        // SAFETY: feature checked; `off` holds `qs.len() / 4` lanes, `c` is in `0..=255`.
+        unsafe { super::avx512::fill_offsets(bytemuck::cast_slice(qs), c as u8, off) };
+        return;
+    }
+    for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
+        *o = -c * q.iter().map(|&v| v as i32).sum::<i32>();
     }
 }
 

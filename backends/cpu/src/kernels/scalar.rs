@@ -234,47 +234,89 @@ pub(crate) fn unpack_row(ty: GgmlType, row: &[u8], u: &mut [u8], ws: &mut [f32],
     mw[nblk * bs / 16..].fill(0.0);
 }
 
-/// Dot product of an unpacked row with one quantized activation row (same padded length).
-pub(crate) fn dot_unpacked(u: &[u8], ws: &[f32], mw: &[f32], a: ActRow<'_>) -> f32 {
+/// Dot product of one unpacked block (`u`: `BS` values, `ws`/`mw`: one per 16) with the
+/// block's quantized activations (`qs`; `d` from the block's first scale; `xsum` one per 16),
+/// accumulated per group of 16 in order.
+#[inline(always)]
+fn dot_block<const BS: usize>(
+    u: &[u8],
+    ws: &[f32],
+    mw: &[f32],
+    qs: &[i8],
+    d: &[f32],
+    xsum: &[f32],
+) -> f32 {
+    let (u, qs) = (&u[..BS], &qs[..BS]);
     let mut acc = 0f32;
-    for (g, (&w_s, &w_m)) in ws.iter().zip(mw).enumerate() {
-        let e0 = g * 16;
-        let isum: i32 = u[e0..e0 + 16]
+    for (g, ((&w_s, &w_m), &xs)) in ws[..BS / 16]
+        .iter()
+        .zip(&mw[..BS / 16])
+        .zip(&xsum[..BS / 16])
+        .enumerate()
+    {
+        let isum: i32 = u[16 * g..16 * g + 16]
             .iter()
-            .zip(&a.qs[e0..e0 + 16])
+            .zip(&qs[16 * g..16 * g + 16])
             .map(|(&w, &x)| w as i32 * x as i32)
             .sum();
-        acc += w_s * a.d[g / 2] * isum as f32 + w_m * a.xsum[g];
+        acc += w_s * d[g / 2] * isum as f32 + w_m * xs;
     }
     acc
 }
 
+/// Dot product of a row unpacked by [`unpack_row`] (`ws`, `mw` per 16 values) with one
+/// quantized activation row: a partial sum per block of `bs` values, added up in order.
+/// This is exactly [`dot_row`]'s arithmetic; the padding past the last whole block is skipped.
+pub(crate) fn dot_unpacked_row(bs: usize, u: &[u8], ws: &[f32], mw: &[f32], a: ActRow<'_>) -> f32 {
+    fn row<const BS: usize>(u: &[u8], ws: &[f32], mw: &[f32], a: ActRow<'_>) -> f32 {
+        let nblk = (a.qs.len() / BS).min(u.len() / BS);
+        let g = BS / 16;
+        let mut acc = 0f32;
+        for b in 0..nblk {
+            acc += dot_block::<BS>(
+                &u[b * BS..],
+                &ws[b * g..],
+                &mw[b * g..],
+                &a.qs[b * BS..],
+                &a.d[b * BS / 32..],
+                &a.xsum[b * g..],
+            );
+        }
+        acc
+    }
+    if bs == QK_K {
+        row::<QK_K>(u, ws, mw, a)
+    } else {
+        row::<32>(u, ws, mw, a)
+    }
+}
+
 /// Dot product of one quantized weight row (whole blocks of `ty`) with an activation row.
 pub(crate) fn dot_row(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
-    let (bs, ts) = (ty.block_size(), ty.type_size());
-    let mut u = [0u8; QK_K];
-    let mut ws = [0f32; QK_K / 16];
-    let mut mw = [0f32; QK_K / 16];
-    let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(ts).enumerate() {
-        let (e0, g0) = (b * bs, b * bs / 16);
-        unpack_block(
-            ty,
-            blk,
-            &mut u[..bs],
-            &mut ws[..bs / 16],
-            &mut mw[..bs / 16],
-        );
-        let sub = ActRow {
-            qs: &a.qs[e0..e0 + bs],
-            d: &a.d[e0 / 32..(e0 + bs).div_ceil(32)],
-            xsum: &a.xsum[g0..g0 + bs / 16],
-            off: &[],
-            xs32: &[],
-        };
-        acc += dot_unpacked(&u[..bs], &ws[..bs / 16], &mw[..bs / 16], sub);
+    fn blocks<const BS: usize>(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
+        let mut u = [0u8; BS];
+        let mut ws = [0f32; QK_K / 16];
+        let mut mw = [0f32; QK_K / 16];
+        let g = BS / 16;
+        let mut acc = 0f32;
+        for (b, blk) in row.chunks_exact(ty.type_size()).enumerate() {
+            unpack_block(ty, blk, &mut u, &mut ws[..g], &mut mw[..g]);
+            acc += dot_block::<BS>(
+                &u,
+                &ws,
+                &mw,
+                &a.qs[b * BS..],
+                &a.d[b * BS / 32..],
+                &a.xsum[b * g..],
+            );
+        }
+        acc
     }
-    acc
+    if ty.block_size() == QK_K {
+        blocks::<QK_K>(ty, row, a)
+    } else {
+        blocks::<32>(ty, row, a)
+    }
 }
 
 /// Converts `n` float weights of type `ty` (F32/F16/BF16 bytes) to f32.
@@ -299,13 +341,26 @@ pub(crate) fn float_row_to_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`.
+/// Values per partial sum of the float dot products.
+const FLOAT_CHUNK: usize = 64;
+
+/// `sum(w * x)` over the shorter length: a partial sum per 64 values, added up in order.
+pub(crate) fn dot_f32_chunked(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (wc, xc) in w.chunks(FLOAT_CHUNK).zip(x.chunks(FLOAT_CHUNK)) {
+        acc += wc.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
+    }
+    acc
+}
+
+/// Dot product of a float weight row (F32/F16/BF16 bytes) with `x`: [`dot_f32_chunked`] of
+/// the converted row.
 pub(crate) fn dot_float_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let mut buf = [0f32; 64];
+    let mut buf = [0f32; FLOAT_CHUNK];
     let mut acc = 0f32;
     let es = ty.type_size();
-    for (c, xs) in row.chunks(64 * es).zip(x.chunks(64)) {
-        let m = xs.len();
+    for (c, xs) in row.chunks(FLOAT_CHUNK * es).zip(x.chunks(FLOAT_CHUNK)) {
+        let m = xs.len().min(c.len() / es);
         float_row_to_f32(ty, c, &mut buf[..m]);
         acc += buf[..m].iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
     }

@@ -9,7 +9,10 @@
 //! min term uses ggml's f16-rounded `Q8_1` block sums, the reference adds that term exactly.
 
 use super::matmul::act_block_sums;
-use super::quantize::{padded, quantize_row, quantize_row_scalar, round_scales_like_ggml, ActMode};
+use super::quantize::{
+    padded, quantize_row, quantize_row_scalar, round_scales_like_ggml, ActBuf, ActMode, BlockSums,
+    Extras,
+};
 use super::{matmul_with, supports, KernelError, SimdLevel, ThreadPool, WeightMatrix};
 use kiln_sdk::quant::{dequantize_row, f32_to_f16, GgmlType};
 use rand::rngs::StdRng;
@@ -426,4 +429,177 @@ fn rejects_bad_arguments() {
         data: &[],
     };
     assert!(super::matmul(&pool, &empty, &x, 1, &mut []).is_ok());
+}
+
+#[test]
+fn activation_rows_do_not_depend_on_n() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let cols = 544;
+    let xs: Vec<Vec<f32>> = (0..5).map(|_| random_x(cols, &mut rng)).collect();
+    let configs = [
+        (
+            ActMode::B32,
+            Some(BlockSums::Exact),
+            Extras {
+                off: Some(8),
+                xs32: false,
+            },
+        ),
+        (
+            ActMode::B32,
+            Some(BlockSums::Q8_1),
+            Extras {
+                off: None,
+                xs32: true,
+            },
+        ),
+        (
+            ActMode::B32,
+            Some(BlockSums::Exact),
+            Extras {
+                off: Some(128),
+                xs32: true,
+            },
+        ),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for level in levels() {
+        for (mode, sums, extras) in configs {
+            let quantize = |rows: &[&Vec<f32>]| {
+                let mut buf = ActBuf::default();
+                buf.reset(rows.len(), padded(cols), extras);
+                let ptrs = buf.ptrs();
+                for (i, x) in rows.iter().enumerate() {
+                    // SAFETY: row `i` was reserved by `reset`; the level is available.
+                    unsafe { ptrs.quantize_row(level, mode, sums, i, x) };
+                }
+                buf
+            };
+            let batch = quantize(&xs.iter().collect::<Vec<_>>());
+            for (i, x) in xs.iter().enumerate() {
+                let alone = quantize(&[x]);
+                let (a, b) = (alone.row(0), batch.row(i));
+                assert_eq!(a.qs, b.qs, "{level:?} {extras:?} row {i} bytes");
+                assert_eq!(bits(a.d), bits(b.d), "{level:?} row {i} scales");
+                assert_eq!(bits(a.xsum), bits(b.xsum), "{level:?} row {i} sums");
+                assert_eq!(a.off, b.off, "{level:?} row {i} offsets");
+                assert_eq!(bits(a.xs32), bits(b.xs32), "{level:?} row {i} block sums");
+                assert_eq!(a.off.is_empty(), extras.off.is_none());
+                assert_eq!(a.xs32.is_empty(), !extras.xs32);
+            }
+        }
+    }
+}
+
+/// `(rows, cols)` cases for the invariance tests: row counts that are not multiples of the
+/// micro-kernels' tiles, and column counts covering every tail: odd block counts (a half
+/// 64-value step), whole and partial groups of steps, and float rows ending in 1 to 3 chunks
+/// or a partial one.
+fn invariance_shapes(ty: GgmlType) -> &'static [(usize, usize)] {
+    match ty.block_size() {
+        256 => &[(7, 256), (38, 768), (5, 2304)],
+        32 => &[
+            (7, 32),
+            (3, 96),
+            (6, 224),
+            (38, 544),
+            (9, 576),
+            (5, 1056),
+            (2, 1536),
+        ],
+        _ => &[(7, 1), (38, 17), (5, 64), (6, 100), (9, 1000)],
+    }
+}
+
+/// A pool of activation rows: random ones with outliers, plus an all-zero row, a row of tiny
+/// values and a row with one huge value.
+fn activation_pool(cols: usize, rng: &mut StdRng) -> Vec<Vec<f32>> {
+    let mut pool: Vec<Vec<f32>> = (0..61).map(|_| random_x(cols, rng)).collect();
+    pool.push(vec![0.0; cols]);
+    pool.push((0..cols).map(|i| (i as f32 - 7.5) * 1e-30).collect());
+    let mut spike = random_x(cols, rng);
+    spike[cols / 2] = 3.0e4;
+    pool.push(spike);
+    pool
+}
+
+/// Checks that every output of a batched matmul is bit-identical to the `n == 1` matmul of
+/// its activation row alone, for several batch sizes, positions and thread counts.
+fn check_batch_invariance(ty: GgmlType, rows: usize, cols: usize, seed: u64) {
+    let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let data = random_weights(ty, rows, cols, &mut rng);
+    let xs = activation_pool(cols, &mut rng);
+    let m = WeightMatrix {
+        ty,
+        rows,
+        cols,
+        data: &data,
+    };
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for level in levels() {
+        let alone: Vec<Vec<u32>> = xs
+            .iter()
+            .map(|x| {
+                let mut out = vec![f32::NAN; rows];
+                matmul_with(level, &pools[0], &m, x, 1, &mut out).expect("matmul");
+                bits(&out)
+            })
+            .collect();
+        for (j, x) in xs.iter().enumerate().step_by(5) {
+            let mut out = vec![f32::NAN; rows];
+            matmul_with(level, &pools[1], &m, x, 1, &mut out).expect("matmul");
+            assert_eq!(
+                bits(&out),
+                alone[j],
+                "{ty} {level:?} n=1 two threads, row {j}"
+            );
+        }
+        for n in [2usize, 3, 5, 8, 17, 64] {
+            for trial in 0..2 {
+                // A random selection of `n` distinct pool rows, in random order.
+                let mut idx: Vec<usize> = (0..xs.len()).collect();
+                for k in 0..n {
+                    let j = rng.gen_range(k..idx.len());
+                    idx.swap(k, j);
+                }
+                idx.truncate(n);
+                let x: Vec<f32> = idx.iter().flat_map(|&j| xs[j].iter().copied()).collect();
+                for pool in &pools {
+                    let mut out = vec![f32::NAN; n * rows];
+                    matmul_with(level, pool, &m, &x, n, &mut out).expect("matmul");
+                    for (i, &j) in idx.iter().enumerate() {
+                        assert_eq!(
+                            bits(&out[i * rows..(i + 1) * rows]),
+                            alone[j],
+                            "{ty} {level:?} rows={rows} cols={cols} n={n} trial={trial} \
+                             threads={} position {i} (pool row {j})",
+                            pool.n_threads()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant_quantized() {
+    for (t, ty) in QUANT_TYPES.into_iter().enumerate() {
+        for (k, &(rows, cols)) in invariance_shapes(ty).iter().enumerate() {
+            check_batch_invariance(ty, rows, cols, (t * 10 + k) as u64);
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant_float() {
+    for (t, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        for (k, &(rows, cols)) in invariance_shapes(ty).iter().enumerate() {
+            check_batch_invariance(ty, rows, cols, (100 + t * 10 + k) as u64);
+        }
+    }
 }
