@@ -332,7 +332,7 @@ fn main() {
                 data: d,
             })
             .collect();
-        for n in [1usize, 64] {
+        for n in [1usize, 4, 16, 64] {
             let x: Vec<f32> = (0..n * s.cols).map(|_| rng.unit()).collect();
             let mut out = vec![0f32; n * s.rows];
             for pool in &pools {

@@ -45,7 +45,8 @@ impl CpuAct {
 
 /// Per-context scratch: top-N selection and RoPE rotation tables.
 pub struct CpuExec {
-    top: TopNScratch,
+    /// One selection scratch per pool thread (output rows are served in parallel).
+    tops: Vec<std::sync::Mutex<TopNScratch>>,
     rope: Vec<(f32, f32)>,
 }
 
@@ -239,14 +240,22 @@ impl Ops for CpuOps {
     }
 
     fn exec(&self, spec: &ExecSpec) -> Result<CpuExec> {
+        let n = self.pool.n_threads().min(spec.n_logit_rows).max(1);
         Ok(CpuExec {
-            top: TopNScratch::with_vocab(spec.n_vocab),
+            tops: (0..n)
+                .map(|_| std::sync::Mutex::new(TopNScratch::with_vocab(spec.n_vocab)))
+                .collect(),
             rope: Vec::with_capacity(spec.max_cols / 2),
         })
     }
 
     fn exec_bytes(&self, ex: &CpuExec) -> u64 {
-        ex.top.bytes() + ex.rope.capacity() as u64 * 8
+        let tops: u64 = ex
+            .tops
+            .iter()
+            .map(|t| t.lock().map_or(0, |t| t.bytes()))
+            .sum();
+        tops + ex.rope.capacity() as u64 * 8
     }
 
     fn write(&self, _: &mut CpuExec, x: &mut CpuAct, data: &[f32]) -> Result<()> {
@@ -615,13 +624,60 @@ impl Ops for CpuOps {
             return Err(shape_err("outputs"));
         }
         let cols = logits.cols;
-        for (row, req) in logits
+        fn lock(
+            m: &std::sync::Mutex<TopNScratch>,
+        ) -> Result<std::sync::MutexGuard<'_, TopNScratch>> {
+            m.lock()
+                .map_err(|_| BackendError::internal("a selection scratch was poisoned"))
+        }
+        if outs.len() == 1 || ex.tops.len() == 1 {
+            let mut top = lock(&ex.tops[0])?;
+            for (row, req) in logits
+                .live_mut()
+                .chunks_exact_mut(cols)
+                .zip(outs.iter_mut())
+            {
+                write_output_with(row, req, &mut top, crate::vexp::log_sum_exp)?;
+            }
+            return Ok(());
+        }
+        // Rows are independent: serve them on every thread, each with its own scratch.
+        let items: Vec<std::sync::Mutex<(&mut [f32], &mut RowOutput<'_>)>> = logits
             .live_mut()
             .chunks_exact_mut(cols)
             .zip(outs.iter_mut())
-        {
-            write_output_with(row, req, &mut ex.top, crate::vexp::log_sum_exp)?;
+            .map(std::sync::Mutex::new)
+            .collect();
+        let failed: std::sync::Mutex<Option<BackendError>> = std::sync::Mutex::new(None);
+        let tops = &ex.tops;
+        self.pool.run(|t, nt| {
+            // Shares beyond the scratches (or a nested run as one share) leave their rows to
+            // the first `k` shares.
+            let k = tops.len().min(nt).max(1);
+            let Some(scratch) = tops.get(t).filter(|_| t < k) else {
+                return;
+            };
+            let r = (|| {
+                let mut top = lock(scratch)?;
+                for item in items.iter().skip(t).step_by(k) {
+                    let mut g = item
+                        .lock()
+                        .map_err(|_| BackendError::internal("an output row was poisoned"))?;
+                    let (row, req) = &mut *g;
+                    write_output_with(row, req, &mut top, crate::vexp::log_sum_exp)?;
+                }
+                Ok::<(), BackendError>(())
+            })();
+            if let Err(e) = r {
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(e);
+                }
+            }
+        });
+        match failed.into_inner() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(BackendError::internal("output rows failed")),
         }
-        Ok(())
     }
 }

@@ -37,8 +37,8 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// After the tests, profile one generation pass: the backend's operations per token and
-    /// per layer, and where the time goes.
+    /// After the tests, profile one generation pass (with `--parallel` sequences): the
+    /// backend's operations per step and per layer, and where the time goes.
     #[arg(long)]
     pub profile: bool,
 }
@@ -221,11 +221,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             }
             Some(r) => {
                 r?;
-                salt += 1;
-                run_all(
-                    &engine,
-                    vec![(bench_tokens(1, n_vocab, salt), request(a.n_gen))],
-                )?;
+                let reqs = (0..a.parallel)
+                    .map(|_| {
+                        salt += 1;
+                        (bench_tokens(1, n_vocab, salt), request(a.n_gen))
+                    })
+                    .collect();
+                run_all(&engine, reqs)?;
                 engine.profile(false).transpose()?
             }
         }
@@ -317,7 +319,7 @@ fn print_profile(p: &kiln_sdk::backend::Profile, n_layer: usize, json: bool) -> 
         return Ok(());
     }
     println!(
-        "\nprofile: {} forward calls, {:.1} operations per token ({:.1} per layer of {n_layer})",
+        "\nprofile: {} forward calls, {:.1} operations per step ({:.1} per layer of {n_layer})",
         p.n_forward,
         calls as f64 / steps,
         calls as f64 / steps / n_layer.max(1) as f64
