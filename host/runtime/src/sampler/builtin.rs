@@ -14,6 +14,11 @@ pub fn names() -> Vec<&'static str> {
     BUILTINS.iter().map(|(n, _)| *n).collect()
 }
 
+/// The module bytes of built-in sampler `name`.
+pub fn bytes(name: &str) -> Option<&'static [u8]> {
+    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
 /// Loads built-in sampler `name` (once per process); None if there is no such built-in.
 pub fn load(name: &str) -> Option<Result<Arc<SamplerModule>, SamplerError>> {
     static LOADED: OnceLock<Mutex<HashMap<&'static str, Arc<SamplerModule>>>> = OnceLock::new();

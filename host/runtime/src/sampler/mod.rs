@@ -8,6 +8,7 @@
 //! - [`builtin`]: the policies embedded in the binary (`greedy`, `chain`, `mirostat`,
 //!   `constraint`) and the mapping of the CLI's sampling flags onto them.
 //! - [`params`]: sampling settings in llama.cpp's terms (they configure the built-in `chain`).
+//! - [`shape`]: the limits a module's shape must meet before it is compiled.
 //! - `oracle` (tests only): the native chain the WASM built-ins are checked against, and the
 //!   benchmark that compares them.
 
@@ -19,6 +20,7 @@ pub mod instance;
 pub(crate) mod oracle;
 pub mod params;
 pub mod runtime;
+pub mod shape;
 #[cfg(test)]
 mod tests;
 

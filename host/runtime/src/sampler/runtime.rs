@@ -1,6 +1,7 @@
-//! The process-wide wasmtime engine for samplers, and loading a module: size check,
-//! compilation through an in-process and an on-disk cache, validation against ABI version 1,
-//! and the `InstancePre` every sequence instantiates from.
+//! The process-wide wasmtime engine for samplers, and loading a module: size check, WAT text
+//! turned into binary, the shape check ([`shape`](super::shape)), compilation through an
+//! in-process and an on-disk cache, validation against ABI version 1, and the `InstancePre`
+//! every sequence instantiates from.
 //!
 //! The engine uses epoch interruption (a background thread ticks every millisecond while
 //! any instance exists) and the pooling allocator with [`MAX_INSTANCES`] slots. Each memory
@@ -13,7 +14,8 @@
 
 use super::instance::{self, SeqState};
 use super::{
-    Cause, SamplerError, ABI_VERSION, DEFAULT_MEMORY_LIMIT, INIT_DEADLINE_MS, MAX_MODULE_BYTES,
+    shape, Cause, SamplerError, ABI_VERSION, DEFAULT_MEMORY_LIMIT, INIT_DEADLINE_MS,
+    MAX_MODULE_BYTES,
 };
 use super::{Vocab, TABLE_ELEMENTS_LIMIT};
 use sha2::{Digest, Sha256};
@@ -398,6 +400,22 @@ pub(crate) fn cache_file_name(hash: &[u8; 32]) -> String {
     format!("{}-{WASMTIME_VERSION}{}.cwasm", hex(hash), layout_tag())
 }
 
+/// The binary of a module given as binary or as WAT text; a WAT syntax error keeps its
+/// message and position, without the quoted source line.
+fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    wat::parse_bytes(bytes).map_err(|e| {
+        let text = e.to_string();
+        let mut lines = text.lines();
+        let message = lines.next().unwrap_or_default();
+        let at = lines.find_map(|l| l.trim_start().strip_prefix("--> "));
+        let what = match at {
+            Some(at) => format!("{message} (at {})", at.trim()),
+            None => message.to_string(),
+        };
+        format!("it cannot be compiled as WebAssembly: {what}")
+    })
+}
+
 /// The compiled module of `bytes`: from memory, from disk, or compiled (and cached).
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
     let hash: [u8; 32] = Sha256::digest(bytes).into();
@@ -420,17 +438,22 @@ fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
 
 impl SamplerModule {
     /// Loads, validates and pre-links a sampler module (binary wasm, or WAT text); `name`
-    /// names it in every message. Refuses a module that does not follow ABI version 1.
+    /// names it in every message. Refuses a module that does not follow ABI version 1, or
+    /// whose shape is past the [`shape`](super::shape) limits (checked before compiling).
     pub fn load(name: &str, bytes: &[u8]) -> Result<Arc<SamplerModule>, SamplerError> {
         let invalid = |m: String| SamplerError::new(name, Cause::Invalid(m));
+        let too_big =
+            |n: usize| format!("it has {n} bytes, more than the {MAX_MODULE_BYTES} allowed");
         if bytes.len() > MAX_MODULE_BYTES {
-            return Err(invalid(format!(
-                "it has {} bytes, more than the {MAX_MODULE_BYTES} allowed",
-                bytes.len()
-            )));
+            return Err(invalid(too_big(bytes.len())));
         }
+        let binary = to_binary(bytes).map_err(invalid)?;
+        if binary.len() > MAX_MODULE_BYTES {
+            return Err(invalid(too_big(binary.len())));
+        }
+        shape::check(&binary).map_err(invalid)?;
         let engine = engine().map_err(|e| SamplerError::new(name, Cause::Host(e)))?;
-        let module = compile(engine, bytes).map_err(invalid)?;
+        let module = compile(engine, &binary).map_err(invalid)?;
         let optional = check_interface(&module).map_err(invalid)?;
         let mut linker: Linker<SeqState> = Linker::new(engine);
         instance::define_imports(&mut linker)
