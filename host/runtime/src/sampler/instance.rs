@@ -9,7 +9,7 @@
 
 use super::runtime::{self, LiveGuard, SamplerModule};
 use super::TABLE_ELEMENTS_LIMIT;
-use super::{mask_allows, Cause, SamplerError, Step, View, Vocab};
+use super::{escape_module_text, mask_allows, Cause, SamplerError, Step, View, Vocab};
 use super::{
     DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_LIMIT, INIT_DEADLINE_MS, MAX_CONFIG_BYTES, MAX_TOP_N,
 };
@@ -284,7 +284,8 @@ pub(crate) fn define_imports(linker: &mut wasmtime::Linker<SeqState>) -> wasmtim
             let mem = caller_memory(&mut c, "set_error")?;
             let at = range(&mut c, &mem, "set_error", ptr, n)?;
             let (data, state) = mem.data_and_store_mut(&mut c);
-            state.error = String::from_utf8_lossy(&data[at..at + n]).into_owned();
+            // The module's text: escaped and cut before it can reach any printer.
+            state.error = escape_module_text(&String::from_utf8_lossy(&data[at..at + n]));
             Ok(())
         },
     )?;
@@ -326,15 +327,16 @@ fn classify(state: &mut SeqState, call: &'static str, ms: u64, e: wasmtime::Erro
     if let Some(m) = state.violation.take() {
         return Cause::Abi(m);
     }
+    // Trap texts may quote the module (function names from its name section): escaped.
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Cause::Deadline { call, ms },
         Some(t) => Cause::Trap {
             call,
-            trap: t.to_string(),
+            trap: escape_module_text(&t.to_string()),
         },
         None => Cause::Trap {
             call,
-            trap: format!("{e:#}"),
+            trap: escape_module_text(&format!("{e:#}")),
         },
     }
 }
@@ -351,7 +353,12 @@ pub(crate) fn probe_version(
     let instance = instantiate_in(&mut store, module).map_err(err)?;
     let f: TypedFunc<(), i32> = instance
         .get_typed_func(&mut store, "kiln_abi_version")
-        .map_err(|e| err(Cause::Invalid(format!("kiln_abi_version: {e}"))))?;
+        .map_err(|e| {
+            err(Cause::Invalid(format!(
+                "kiln_abi_version: {}",
+                escape_module_text(&e.to_string())
+            )))
+        })?;
     guarded(&mut store, "kiln_abi_version", ms, |s| f.call(s, ())).map_err(err)
 }
 
@@ -457,7 +464,7 @@ fn create(
 ) -> Result<Inner, Cause> {
     let mut store = new_store(vocab.clone()).map_err(Cause::Host)?;
     let instance = instantiate_in(&mut store, module)?;
-    let abi = |e: wasmtime::Error| Cause::Invalid(e.to_string());
+    let abi = |e: wasmtime::Error| Cause::Invalid(escape_module_text(&e.to_string()));
     let memory = instance
         .get_memory(&mut store, "memory")
         .ok_or_else(|| Cause::Invalid("no memory".into()))?;

@@ -11,6 +11,10 @@
 //! - [`shape`]: the limits a module's shape must meet before it is compiled.
 //! - `oracle` (tests only): the native chain the WASM built-ins are checked against, and the
 //!   benchmark that compares them.
+//!
+//! Text a module supplies (its `set_error` messages, names in its binary, parser and trap
+//! messages that quote it) goes through [`escape_module_text`] where a [`Cause`] is built, so
+//! that an error can be printed on a terminal, in a log line or in JSON as it is.
 
 #[cfg(test)]
 mod bench;
@@ -48,6 +52,58 @@ pub const DEFAULT_DEADLINE_MS: u64 = 5;
 pub const MAX_DEADLINE_MS: u64 = 10_000;
 /// Deadline of `kiln_init` (and `kiln_reset`, `kiln_abi_version`), in milliseconds.
 pub const INIT_DEADLINE_MS: u64 = 1000;
+
+/// Longest text from a module kept in an error, in bytes, after escaping (then cut, with `…`).
+pub const MAX_MODULE_TEXT: usize = 1024;
+
+/// Whether `c` must not reach a terminal as it is: control characters, and the invisible
+/// characters that break or reorder lines (line and paragraph separators, bidirectional
+/// controls, zero-width characters, the byte-order mark).
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{61c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
+}
+
+/// Text that came from a module, made safe to print: `\n`, `\r` and `\t` are written as
+/// those escapes and every other control or invisible formatting character as `\u{1b}`;
+/// text longer than [`MAX_MODULE_TEXT`] bytes (escaped) is cut at a character and ends
+/// with `…`.
+pub fn escape_module_text(s: &str) -> String {
+    const MORE: char = '…';
+    let mut out = String::new();
+    let mut cut = None;
+    for c in s.chars() {
+        let before = out.len();
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if must_escape(c) => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+        if cut.is_none() && out.len() > MAX_MODULE_TEXT - MORE.len_utf8() {
+            cut = Some(before);
+        }
+        if out.len() > MAX_MODULE_TEXT {
+            out.truncate(cut.unwrap_or(before));
+            out.push(MORE);
+            break;
+        }
+    }
+    out
+}
 
 /// What the module wants to see of each step's logits (the value `kiln_init` returned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,10 +194,10 @@ pub struct SamplerError {
 }
 
 impl SamplerError {
-    /// An error of sampler `name`.
+    /// An error of sampler `name` (escaped like module text: it may be a file name).
     pub fn new(name: &str, cause: Cause) -> Self {
         SamplerError {
-            name: name.to_string(),
+            name: escape_module_text(name),
             cause,
         }
     }

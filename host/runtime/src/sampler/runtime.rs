@@ -14,8 +14,8 @@
 
 use super::instance::{self, SeqState};
 use super::{
-    shape, Cause, SamplerError, ABI_VERSION, DEFAULT_MEMORY_LIMIT, INIT_DEADLINE_MS,
-    MAX_MODULE_BYTES,
+    escape_module_text, shape, Cause, SamplerError, ABI_VERSION, DEFAULT_MEMORY_LIMIT,
+    INIT_DEADLINE_MS, MAX_MODULE_BYTES,
 };
 use super::{Vocab, TABLE_ELEMENTS_LIMIT};
 use sha2::{Digest, Sha256};
@@ -248,7 +248,8 @@ fn kind_name(t: &ExternType) -> &'static str {
 /// Checks a compiled module's imports and exports against the ABI (not yet its version).
 fn check_interface(module: &Module) -> Result<Optional, String> {
     for imp in module.imports() {
-        let what = format!("{}.{}", imp.module(), imp.name());
+        // Names come from the module: escaped (and cut) before they reach a message.
+        let what = escape_module_text(&format!("{}.{}", imp.module(), imp.name()));
         let known = IMPORTS
             .iter()
             .find(|(n, _)| imp.module() == "kiln" && *n == imp.name());
@@ -385,8 +386,12 @@ pub(crate) fn load_or_compile(
     if let Some(m) = path.and_then(|p| read_cached(engine, p)) {
         return Ok((m, true));
     }
-    let m = Module::new(engine, bytes)
-        .map_err(|e| format!("it cannot be compiled as WebAssembly: {e}"))?;
+    let m = Module::new(engine, bytes).map_err(|e| {
+        format!(
+            "it cannot be compiled as WebAssembly: {}",
+            escape_module_text(&format!("{e:#}"))
+        )
+    })?;
     if let Some(p) = path {
         if let Err(e) = write_cached(&m, p) {
             tracing::warn!("cannot cache the compiled sampler at {}: {e}", p.display());
@@ -401,7 +406,7 @@ pub(crate) fn cache_file_name(hash: &[u8; 32]) -> String {
 }
 
 /// The binary of a module given as binary or as WAT text; a WAT syntax error keeps its
-/// message and position, without the quoted source line.
+/// message and position, without the quoted source line, escaped.
 fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     wat::parse_bytes(bytes).map_err(|e| {
         let text = e.to_string();
@@ -412,7 +417,10 @@ fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
             Some(at) => format!("{message} (at {})", at.trim()),
             None => message.to_string(),
         };
-        format!("it cannot be compiled as WebAssembly: {what}")
+        format!(
+            "it cannot be compiled as WebAssembly: {}",
+            escape_module_text(&what)
+        )
     })
 }
 
@@ -458,9 +466,12 @@ impl SamplerModule {
         let mut linker: Linker<SeqState> = Linker::new(engine);
         instance::define_imports(&mut linker)
             .map_err(|e| SamplerError::new(name, Cause::Host(e.to_string())))?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| invalid(format!("it cannot be linked: {e}")))?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| {
+            invalid(format!(
+                "it cannot be linked: {}",
+                escape_module_text(&format!("{e:#}"))
+            ))
+        })?;
         let sm = Arc::new(SamplerModule {
             name: name.to_string(),
             pre,

@@ -876,3 +876,123 @@ fn builtins_take_prompts_in_one_call() {
         assert!(m.has_accept_prompt(), "{name}");
     }
 }
+
+/// Whether `s` is safe to print: no control characters.
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+#[test]
+fn module_text_is_escaped_and_cut() {
+    assert_eq!(escape_module_text("plain é 日本"), "plain é 日本");
+    assert_eq!(
+        escape_module_text("a\u{1b}[2J\nb\tc\r\0\u{7f}\u{9b}"),
+        "a\\u{1b}[2J\\nb\\tc\\r\\u{0}\\u{7f}\\u{9b}"
+    );
+    // Characters that reorder or hide text are escaped too.
+    assert_eq!(
+        escape_module_text("x\u{202e}y\u{2028}z\u{feff}"),
+        "x\\u{202e}y\\u{2028}z\\u{feff}"
+    );
+    // Long text is cut at a character (or a whole escape) and marked.
+    let long = escape_module_text(&"é".repeat(5000));
+    assert!(
+        long.len() <= MAX_MODULE_TEXT && long.ends_with('…'),
+        "{}",
+        long.len()
+    );
+    let escapes = escape_module_text(&"\u{1b}".repeat(1000));
+    assert!(escapes.len() <= MAX_MODULE_TEXT && escapes.ends_with("\\u{1b}…"));
+    let exact = "a".repeat(MAX_MODULE_TEXT);
+    assert_eq!(escape_module_text(&exact), exact);
+    // A sampler's name (a file name) is escaped too.
+    let e = SamplerError::new("evil\u{1b}]0;title\u{7}.wasm", Cause::NothingAllowed);
+    assert!(printable(&e.to_string()), "{e}");
+    assert!(e
+        .to_string()
+        .starts_with("sampler 'evil\\u{1b}]0;title\\u{7}.wasm'"));
+}
+
+#[test]
+fn module_supplied_text_reaches_errors_escaped() {
+    // The set_error message: ESC sequences, newlines, a bell, 4 KiB long.
+    let message = "\\1b[31mred\\0a\\0dfake log line\\07".to_string() + &"x".repeat(4000);
+    let src = wat(
+        r#"(import "kiln" "set_error" (func $set_error (param i32 i32)))"#,
+        "(i32.const 0)",
+        "(call $set_error (i32.const 64) (i32.const 4024)) (i32.const -2)",
+        "",
+        &format!(r#"(data (i32.const 64) "{message}")"#),
+    );
+    let e = one_step(&src, b"").unwrap_err();
+    let shown = e.to_string();
+    assert!(printable(&shown), "{shown}");
+    assert!(
+        shown.starts_with(
+            "sampler 'hostile': kiln_sample returned error -2: \\u{1b}[31mred\\n\\rfake log line\\u{7}xxx"
+        ),
+        "{shown}"
+    );
+    assert!(shown.len() < MAX_MODULE_TEXT + 100 && shown.ends_with('…'));
+
+    // An import name, refused by the ABI check.
+    let src = wat(
+        r#"(import "kiln" "n_vocab\1b[2J\0a" (func (result i32)))"#,
+        "(i32.const 0)",
+        ARGMAX,
+        "",
+        "",
+    );
+    let shown = load("bad.wasm", &src).unwrap_err().to_string();
+    assert!(printable(&shown), "{shown}");
+    assert!(
+        shown.contains("it imports `kiln.n_vocab\\u{1b}[2J\\n`, which is not allowed"),
+        "{shown}"
+    );
+
+    // Export names, quoted by the compiler's validation (a duplicate name).
+    let src = greedy_full().replace(
+        r#"(func (export "kiln_reset"))"#,
+        r#"(func (export "kiln_reset")) (func (export "x\1b[8m\0a")) (func (export "x\1b[8m\0a"))"#,
+    );
+    let shown = load("bad.wasm", &src).unwrap_err().to_string();
+    assert!(printable(&shown), "{shown}");
+    assert!(
+        shown.contains("duplicate export name `x\\u{1b}[8m\\n`"),
+        "{shown}"
+    );
+
+    // A WAT syntax error next to a comment holding raw control characters: the message and
+    // position are kept, the quoted source line is not.
+    let src =
+        "(module\n  ;; \u{1b}[2J\u{1b}]0;owned\u{7} comment\n  (func (i32.bogus \"\\1b\"))\n)";
+    let shown = load("bad.wat", src).unwrap_err().to_string();
+    assert!(printable(&shown), "{shown}");
+    assert_eq!(
+        shown,
+        "sampler 'bad.wat': invalid module: it cannot be compiled as WebAssembly: unknown \
+         operator or unexpected token (at <anon>:3:10)"
+    );
+    // Raw control characters in a string.
+    let src = "(module (func (export \"\u{1b}[31m\n\")))";
+    let shown = load("bad.wat", src).unwrap_err().to_string();
+    assert!(printable(&shown), "{shown}");
+    assert!(shown.contains("'\\u{1b}' (at <anon>:1:24)"), "{shown}");
+    // A trap in a function whose name (name section) holds control characters.
+    let src = sample_body("(unreachable)").replace(
+        "(func $sample (export \"kiln_sample\")",
+        "(func $sample (@name \"\\1b]0;owned\\07\\0a\") (export \"kiln_sample\")",
+    );
+    assert!(src.contains("@name"));
+    let shown = one_step(&src, b"").unwrap_err().to_string();
+    assert!(printable(&shown), "{shown}");
+    assert!(
+        shown.contains("trapped in kiln_sample") && shown.contains("unreachable"),
+        "{shown}"
+    );
+    // Raw control characters in the source outside strings and comments.
+    let shown = load("bad.wat", "(module \u{1b}[31m\n\u{7})")
+        .unwrap_err()
+        .to_string();
+    assert!(printable(&shown), "{shown}");
+}
