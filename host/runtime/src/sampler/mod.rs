@@ -9,6 +9,7 @@
 //!   `constraint`) and the mapping of the CLI's sampling flags onto them.
 //! - [`params`]: sampling settings in llama.cpp's terms (they configure the built-in `chain`).
 //! - [`shape`]: the limits a module's shape must meet before it is compiled.
+//! - [`schema`]: JSON Schemas turned into patterns for the built-in `constraint`.
 //! - `oracle` (tests only): the native chain the WASM built-ins are checked against, and the
 //!   benchmark that compares them.
 //!
@@ -24,6 +25,7 @@ pub mod instance;
 pub(crate) mod oracle;
 pub mod params;
 pub mod runtime;
+pub mod schema;
 pub mod shape;
 #[cfg(test)]
 mod tests;
