@@ -42,6 +42,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Score a text file (perplexity, as llama.cpp's llama-perplexity computes it).
     Perplexity(crate::perplexity::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// List the backend libraries found, with their devices and scores (for a model with -m),
     /// or why each was refused.
     Backends(BackendsArgs),
@@ -280,6 +282,40 @@ pub struct InspectArgs {
     pub all: bool,
 }
 
+/// `kiln serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The model id clients use (`model` in requests; default: the catalog name or file stem).
+    #[arg(short = 'a', long)]
+    pub alias: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 = any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` (default: `$KILN_API_KEY` if set).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Sequences decoding at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u32,
+    /// Requests that may wait for a slot before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Most tokens one step evaluates (decoding rows first, then prompt chunks).
+    #[arg(short = 'b', long, default_value_t = 256)]
+    pub batch: u32,
+    /// Time limit of each sampler call, in milliseconds of CPU time.
+    #[arg(long, value_name = "MS", default_value_t = kiln_runtime::sampler::DEFAULT_DEADLINE_MS)]
+    pub sampler_deadline_ms: u64,
+    /// Seconds running requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
+}
+
 /// `kiln backends`.
 #[derive(Args)]
 pub struct BackendsArgs {
@@ -313,6 +349,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::List => list(),
         Command::Bench(a) => crate::bench::bench(a),
         Command::Perplexity(a) => crate::perplexity::perplexity(a),
+        Command::Serve(a) => serve(a),
         Command::Backends(a) => backends(a),
     }
 }
@@ -486,6 +523,50 @@ fn chat(a: ChatArgs) -> Result<()> {
             }
         }
     }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    if !(1..=crate::MAX_SAMPLER_DEADLINE_MS).contains(&a.sampler_deadline_ms) {
+        bail!(
+            "--sampler-deadline-ms must be between 1 and {} ms",
+            crate::MAX_SAMPLER_DEADLINE_MS
+        );
+    }
+    if a.parallel == 0 || a.parallel > 256 {
+        bail!("--parallel must be between 1 and 256");
+    }
+    if a.api_key.as_ref().is_some_and(|k| k.trim().is_empty()) {
+        bail!("--api-key must not be empty");
+    }
+    let name = a.model.model.as_deref().unwrap_or(catalog::DEFAULT_MODEL);
+    let path = a.model.path()?;
+    let model_id = if let Some(a) = &a.alias {
+        if a.trim().is_empty() || a.len() > 256 {
+            bail!("--alias must be 1 to 256 characters");
+        }
+        a.clone()
+    } else if std::path::Path::new(name).is_file() {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.to_string())
+    } else {
+        name.to_string()
+    };
+    kiln_server::run(kiln_server::ServeOptions {
+        model_path: path,
+        model_id,
+        backend: a.model.backend.clone(),
+        threads: a.model.threads,
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        parallel: a.parallel,
+        ctx: a.model.ctx,
+        queue: a.queue,
+        batch: a.batch.max(a.parallel),
+        sampler_deadline_ms: a.sampler_deadline_ms,
+        grace: std::time::Duration::from_secs(a.grace),
+    })
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {

@@ -13,7 +13,10 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    // The daemon logs each request by default; the one-shot commands only warnings.
+    let serving = matches!(args.command, cli::Command::Serve(_));
     let filter = match args.verbose {
+        0 if serving => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -24,6 +27,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(env)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = cli::dispatch(args) {
         // One readable line: the error and its causes.

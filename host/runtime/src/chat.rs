@@ -13,22 +13,35 @@ use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat message, with the fields templates read for tool use (as Hugging Face templates
+/// name them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
-    /// "system", "user", "assistant", ...
+    /// "system", "user", "assistant", "tool", ...
     pub role: String,
     /// The message text.
     pub content: String,
+    /// The name of the tool whose result this is, or of the participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The tool calls an assistant message made: `[{"id", "type": "function", "function":
+    /// {"name", "arguments": {...}}}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
     /// A message with `role` and `content`.
-    #[allow(dead_code)] // part of the API; not every build of the binary calls it
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Message {
             role: role.into(),
             content: content.into(),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -134,10 +147,25 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt, bos_token, eos_token)
+    }
+
+    /// [`ChatTemplate::render`] with the tools the model may call (the `tools` variable of
+    /// Hugging Face templates: `[{"type": "function", "function": {...}}]`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String> {
+        let extra = |v: &Option<serde_json::Value>| v.as_ref().map_or(0, |v| v.to_string().len());
         let input_bytes: usize = messages
             .iter()
-            .map(|m| m.role.len() + m.content.len())
-            .sum();
+            .map(|m| m.role.len() + m.content.len() + extra(&m.tool_calls))
+            .sum::<usize>()
+            + tools.map_or(0, |t| t.to_string().len());
         // Copying the input a few times must not run out of fuel (1 fuel ~ 64 bytes).
         let fuel = BASE_FUEL.saturating_add((input_bytes as u64 / 64).saturating_mul(16));
         let mut env = self.env.clone();
@@ -147,6 +175,7 @@ impl ChatTemplate {
             .map_err(|e| anyhow!("chat template: {}", describe(&e)))?;
         let ctx = context! {
             messages => Value::from(minijinja::value::Serde(messages)),
+            tools => tools.map(|t| Value::from(minijinja::value::Serde(t))),
             add_generation_prompt => add_generation_prompt,
             bos_token => bos_token,
             eos_token => eos_token,

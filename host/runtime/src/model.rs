@@ -132,7 +132,17 @@ impl Model {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages, add_generation_prompt)?;
+        self.encode_chat_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`Model::encode_chat`] with the tools the model may call.
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.render_chat_with_tools(messages, tools, add_generation_prompt)?;
         let mut ids = self.tokenizer.encode(&text, true)?;
         if let Some(bos) = self.tokenizer.bos() {
             if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
@@ -144,6 +154,16 @@ impl Model {
 
     /// The chat template's text for `messages`.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_chat_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// The chat template's text for `messages` and `tools`.
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let text = |id: Option<u32>| {
             id.and_then(|i| self.tokenizer.token_text(i))
                 .unwrap_or("")
@@ -151,7 +171,7 @@ impl Model {
         };
         let (bos, eos) = (text(self.tokenizer.bos()), text(self.tokenizer.eos()));
         self.template
-            .render(messages, add_generation_prompt, &bos, &eos)
+            .render_with_tools(messages, tools, add_generation_prompt, &bos, &eos)
     }
 
     /// The context size to use: `requested`, else the model's trained length, capped so that

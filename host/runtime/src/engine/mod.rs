@@ -137,6 +137,8 @@ enum Msg {
     /// Starts (true) or stops profiling the context; the reply carries the counts so far, or
     /// `None` when the backend cannot profile.
     Profile(bool, flume::Sender<Option<Result<Profile, String>>>),
+    /// Cancels every running and waiting request (the engine keeps running).
+    CancelAll,
     Shutdown,
 }
 
@@ -279,6 +281,10 @@ impl Engine {
                 parse_special,
             } => self.model.encode(text, *parse_special),
             Input::Chat(messages) => self.model.encode_chat(messages, true),
+            Input::ChatTools { messages, tools } => {
+                self.model
+                    .encode_chat_with_tools(messages, Some(tools), true)
+            }
             Input::Tokens(t) => Ok(t.clone()),
         }
     }
@@ -371,6 +377,12 @@ impl Engine {
             .send(Msg::Submit(Box::new(pending)))
             .map_err(|_| release(SubmitError::Closed))?;
         Ok(Handle { id, rx, cancel })
+    }
+
+    /// Cancels every running and waiting request; each ends with [`Finish::Cancelled`]. New
+    /// requests are still accepted.
+    pub fn cancel_all(&self) {
+        let _ = self.tx.send(Msg::CancelAll);
     }
 
     /// Stops accepting requests, lets the running and queued ones finish for at most

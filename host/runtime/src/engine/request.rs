@@ -17,6 +17,13 @@ pub enum Input {
     },
     /// Chat messages, rendered with the model's chat template, the assistant's turn opened.
     Chat(Vec<Message>),
+    /// Chat messages and the tools the model may call (the template's `tools`).
+    ChatTools {
+        /// The conversation.
+        messages: Vec<Message>,
+        /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+        tools: serde_json::Value,
+    },
     /// Token ids, used as they are.
     Tokens(Vec<u32>),
 }

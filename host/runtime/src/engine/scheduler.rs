@@ -178,6 +178,16 @@ impl Scheduler {
                             .map(|r| r.map_err(|e| e.to_string()));
                         let _ = reply.send(r);
                     }
+                    Msg::CancelAll => {
+                        for p in &self.waiting {
+                            p.cancel.store(true, Ordering::Relaxed);
+                        }
+                        for s in &self.slots {
+                            if let Some(a) = &s.active {
+                                a.cancel.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     Msg::Shutdown => shutdown = true,
                 }
             }
