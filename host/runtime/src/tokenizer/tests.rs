@@ -66,7 +66,7 @@ fn reference(name: &str) -> Option<serde_json::Value> {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/reference"
+            "/../../../shared/reference"
         )),
     };
     let path = dir.join(format!("{name}.json"));
