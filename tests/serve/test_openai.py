@@ -244,6 +244,8 @@ class Completions(unittest.TestCase):
         looping = client.completions.create(**kw).choices[0].text
         penalized = client.completions.create(frequency_penalty=1.5, **kw).choices[0].text
         self.assertNotEqual(looping, penalized)
+        repeat = client.completions.create(extra_body={"repetition_penalty": 1.5}, **kw).choices[0].text
+        self.assertNotEqual(looping, repeat)
         # Out-of-range values are refused by name.
         for field, value in (("frequency_penalty", 3), ("top_p", 1.5), ("logit_bias", {"x": 1})):
             with self.assertRaises(openai.BadRequestError) as e:

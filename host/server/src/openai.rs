@@ -110,7 +110,8 @@ pub struct Sampling {
     pub presence_penalty: Option<f32>,
     /// -2..=2.
     pub frequency_penalty: Option<f32>,
-    /// Kiln: llama.cpp's repetition penalty (1 = off).
+    /// llama.cpp's repetition penalty (1 = off); vLLM's name `repetition_penalty` too.
+    #[serde(alias = "repetition_penalty")]
     pub repeat_penalty: Option<f32>,
     /// Kiln: tokens the penalties look back at (default 64).
     pub repeat_last_n: Option<usize>,
@@ -133,6 +134,7 @@ pub const SAMPLING_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "repeat_penalty",
+    "repetition_penalty",
     "repeat_last_n",
     "logit_bias",
     "seed",
