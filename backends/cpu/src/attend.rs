@@ -81,31 +81,53 @@ impl Head<'_> {
     }
 
     /// Runs positions `lo..=hi` into `acc` (zeroed first); returns the softmax denominator
-    /// (`acc` is left unnormalised).
-    pub fn attend(&self, lo: usize, hi: usize, acc: &mut [f32]) -> f32 {
+    /// (`acc` is left unnormalised). `probs` is scratch for one block of scores.
+    ///
+    /// Positions go in blocks of [`BLOCK`] starting at `lo`: the block's scores, its maximum,
+    /// one rescale of the accumulator when the maximum grows, the probabilities with a
+    /// vectorised `exp`, then the values weighted by them. The result depends only on the
+    /// query, the cache and `lo..=hi`, never on other rows or heads.
+    pub fn attend(&self, lo: usize, hi: usize, acc: &mut [f32], probs: &mut [f32; BLOCK]) -> f32 {
         acc.iter_mut().for_each(|a| *a = 0.0);
         let hv = acc.len();
         let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
-        for pos in lo..=hi {
-            let s = self.score(pos);
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                scale(acc, ms);
-            } else {
-                vs = (s - m).exp();
+        let mut start = lo;
+        while start <= hi {
+            let end = (start + BLOCK).min(hi + 1);
+            let p = &mut probs[..end - start];
+            for (j, s) in p.iter_mut().enumerate() {
+                *s = self.score(start + j);
             }
-            mad(
-                acc,
-                &self.v[pos * self.v_stride..pos * self.v_stride + hv],
-                vs,
-            );
-            sum = sum * ms + vs;
+            let mb = p
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+            if mb == f32::NEG_INFINITY {
+                // Every score of the block is −∞ (or NaN): it adds nothing.
+                start = end;
+                continue;
+            }
+            if mb > m {
+                if m != f32::NEG_INFINITY {
+                    let f = crate::vexp::exp(m - mb);
+                    scale(acc, f);
+                    sum *= f;
+                }
+                m = mb;
+            }
+            crate::vexp::exp_minus_in_place(p, m);
+            for &w in p.iter() {
+                sum += w;
+            }
+            let last = (end - 1) * self.v_stride + hv;
+            mad_block(acc, &self.v[start * self.v_stride..last], self.v_stride, p);
+            start = end;
         }
         sum
     }
 }
+
+/// Positions per block of [`Head::attend`].
+pub const BLOCK: usize = 32;
 
 /// `acc[i] *= s`.
 fn scale(acc: &mut [f32], s: f32) {
@@ -118,6 +140,30 @@ fn scale(acc: &mut [f32], s: f32) {
         _ => {}
     }
     acc.iter_mut().for_each(|a| *a *= s);
+}
+
+/// For each `j` in order, `mad(acc, v[j * stride..][..acc.len()], w[j])`; the SIMD versions
+/// keep a slice of `acc` in registers across the positions (same operations, same bits).
+fn mad_block(acc: &mut [f32], v: &[u16], stride: usize, w: &[f32]) {
+    let hv = acc.len();
+    if w.is_empty() {
+        return;
+    }
+    assert!(
+        v.len() >= (w.len() - 1) * stride + hv,
+        "value block too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: features checked at run time; `v` covers every row read (asserted above).
+        2 => return unsafe { x86::mad_block512(acc, v, stride, w) },
+        // SAFETY: as above.
+        1 => return unsafe { x86::mad_block256(acc, v, stride, w) },
+        _ => {}
+    }
+    for (j, &s) in w.iter().enumerate() {
+        mad(acc, &v[j * stride..j * stride + hv], s);
+    }
 }
 
 /// `acc[i] = fma(v[i], s, acc[i])` with `v` in f16 bits.
@@ -185,6 +231,72 @@ mod x86 {
         }
     }
 
+    /// [`super::mad_block`]: 32 columns of `acc` in four registers at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_block256(acc: &mut [f32], v: &[u16], stride: usize, w: &[f32]) {
+        let hv = acc.len();
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let mut c = 0;
+        while c + 32 <= hv {
+            let mut a = [
+                _mm256_loadu_ps(pa.add(c)),
+                _mm256_loadu_ps(pa.add(c + 8)),
+                _mm256_loadu_ps(pa.add(c + 16)),
+                _mm256_loadu_ps(pa.add(c + 24)),
+            ];
+            for (j, &s) in w.iter().enumerate() {
+                let sv = _mm256_set1_ps(s);
+                let row = pv.add(j * stride + c);
+                for (k, ak) in a.iter_mut().enumerate() {
+                    let vf = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * k) as *const __m128i));
+                    *ak = _mm256_fmadd_ps(vf, sv, *ak);
+                }
+            }
+            for (k, ak) in a.iter().enumerate() {
+                _mm256_storeu_ps(pa.add(c + 8 * k), *ak);
+            }
+            c += 32;
+        }
+        if c < hv {
+            for (j, &s) in w.iter().enumerate() {
+                mad(&mut acc[c..], &v[j * stride + c..j * stride + hv], s);
+            }
+        }
+    }
+
+    /// [`super::mad_block`]: 64 columns of `acc` in four registers at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn mad_block512(acc: &mut [f32], v: &[u16], stride: usize, w: &[f32]) {
+        let hv = acc.len();
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let mut c = 0;
+        while c + 64 <= hv {
+            let mut a = [
+                _mm512_loadu_ps(pa.add(c)),
+                _mm512_loadu_ps(pa.add(c + 16)),
+                _mm512_loadu_ps(pa.add(c + 32)),
+                _mm512_loadu_ps(pa.add(c + 48)),
+            ];
+            for (j, &s) in w.iter().enumerate() {
+                let sv = _mm512_set1_ps(s);
+                let row = pv.add(j * stride + c);
+                for (k, ak) in a.iter_mut().enumerate() {
+                    let vf = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * k) as *const __m256i));
+                    *ak = _mm512_fmadd_ps(vf, sv, *ak);
+                }
+            }
+            for (k, ak) in a.iter().enumerate() {
+                _mm512_storeu_ps(pa.add(c + 16 * k), *ak);
+            }
+            c += 64;
+        }
+        if c < hv {
+            for (j, &s) in w.iter().enumerate() {
+                mad512(&mut acc[c..], &v[j * stride + c..j * stride + hv], s);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scale512(acc: &mut [f32], s: f32) {
         let n16 = acc.len() / 16 * 16;
@@ -237,6 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn mad_block_matches_mad_per_row() {
+        for hv in [8, 37, 64, 80, 128, 256] {
+            let stride = hv + 16;
+            let v: Vec<u16> = (0..BLOCK * stride)
+                .map(|i| half::f16::from_f32(((i as f32) * 0.13).sin()).to_bits())
+                .collect();
+            let w: Vec<f32> = (0..BLOCK).map(|j| 1.0 / (1.0 + j as f32)).collect();
+            let mut a: Vec<f32> = (0..hv).map(|i| i as f32 * 0.01).collect();
+            let mut b = a.clone();
+            mad_block(&mut a, &v, stride, &w);
+            for (j, &s) in w.iter().enumerate() {
+                mad(&mut b, &v[j * stride..j * stride + hv], s);
+            }
+            assert_eq!(a, b, "hv {hv}");
+        }
+    }
+
+    #[test]
     fn head_attention_matches_a_plain_loop() {
         let (hk, hv, n) = (64, 32, 40);
         let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
@@ -254,24 +384,48 @@ mod tests {
             softcap: None,
         };
         let mut acc = vec![0f32; hv];
-        let sum = head.attend(3, n - 1, &mut acc);
-        let (mut m, mut want_sum, mut want) = (f32::NEG_INFINITY, 0f32, vec![0f32; hv]);
-        for p in 3..n {
-            let s = crate::kernels::dot_f16_f32(&k[p * hk..(p + 1) * hk], &q) * 0.3;
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                want.iter_mut().for_each(|a| *a *= ms);
-            } else {
-                vs = (s - m).exp();
-            }
-            for (a, &b) in want.iter_mut().zip(&v[p * hv..(p + 1) * hv]) {
-                *a = half::f16::from_bits(b).to_f32().mul_add(vs, *a);
-            }
-            want_sum = want_sum * ms + vs;
+        let sum = head.attend(3, n - 1, &mut acc, &mut [0f32; BLOCK]);
+        // Plain softmax in f64.
+        let scores: Vec<f64> = (3..n)
+            .map(|p| (crate::kernels::dot_f16_f32(&k[p * hk..(p + 1) * hk], &q) * 0.3) as f64)
+            .collect();
+        let m = scores.iter().copied().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        for d in 0..hv {
+            let want: f64 = (3..n)
+                .map(|p| w[p - 3] * half::f16::from_bits(v[p * hv + d]).to_f32() as f64)
+                .sum::<f64>()
+                / z;
+            let got = acc[d] as f64 / sum as f64;
+            assert!((got - want).abs() < 1e-5, "dim {d}: {got} vs {want}");
         }
-        assert_eq!(acc, want);
-        assert_eq!(sum, want_sum);
+    }
+
+    #[test]
+    fn attending_has_no_hidden_state() {
+        // Same query, same range: same bits, whatever ran before (no hidden state).
+        let (hk, hv, n) = (64, 64, 100);
+        let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
+        let k: Vec<u16> = (0..n * hk).map(|i| f(i, 0.37)).collect();
+        let v: Vec<u16> = (0..n * hv).map(|i| f(i, 0.11)).collect();
+        let mut q: Vec<f32> = (0..hk).map(|i| (i as f32 * 0.7).cos() * 4.0).collect();
+        round_slice(&mut q);
+        let head = Head {
+            k: &k,
+            v: &v,
+            k_stride: hk,
+            v_stride: hv,
+            q: &q,
+            scale: 0.125,
+            softcap: Some(30.0),
+        };
+        let (mut a, mut b) = (vec![0f32; hv], vec![0f32; hv]);
+        let mut probs = [7f32; BLOCK];
+        let s1 = head.attend(0, n - 1, &mut a, &mut probs);
+        head.attend(5, 17, &mut b, &mut probs);
+        let s2 = head.attend(0, n - 1, &mut b, &mut probs);
+        assert_eq!(a, b);
+        assert_eq!(s1, s2);
     }
 }

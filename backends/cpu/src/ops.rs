@@ -137,7 +137,8 @@ fn alloc_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> Result<Vec<T>> {
 
 thread_local! {
     /// Per-thread attention buffers: the f16-rounded query and the accumulator of one head.
-    static HEAD: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static HEAD: RefCell<(Vec<f32>, Vec<f32>, [f32; attend::BLOCK])> =
+        const { RefCell::new((Vec::new(), Vec::new(), [0.0; attend::BLOCK])) };
 }
 
 impl CpuOps {
@@ -560,16 +561,22 @@ impl Ops for CpuOps {
         let n_tasks = rows.len() * p.n_head;
         let out_ptr = SharedMut(out.data.as_mut_ptr());
         let out_cols = out.cols;
-        self.pool.run(|t, nt| {
+        // Tasks are claimed one by one, latest rows first: a causal prompt's last rows see
+        // the most positions, so they start early and the threads finish together.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.pool.run(|_, _| {
             HEAD.with(|cell| {
                 let mut bufs = cell.borrow_mut();
-                let (qh16, acc) = &mut *bufs;
+                let (qh16, acc, probs) = &mut *bufs;
                 qh16.resize(hk, 0.0);
                 acc.resize(hv, 0.0);
                 let (qh16, acc) = (&mut qh16[..hk], &mut acc[..hv]);
-                let per = n_tasks.div_ceil(nt);
-                for task in t * per..((t + 1) * per).min(n_tasks) {
-                    let (i, h) = (task / p.n_head, task % p.n_head);
+                loop {
+                    let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if task >= n_tasks {
+                        break;
+                    }
+                    let (i, h) = (rows.len() - 1 - task / p.n_head, task % p.n_head);
                     let r = rows[i];
                     let kvh = h / group;
                     let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
@@ -588,7 +595,7 @@ impl Ops for CpuOps {
                         scale: p.scale,
                         softcap: p.softcap,
                     };
-                    let sum = head.attend(lo, r.pos, acc);
+                    let sum = head.attend(lo, r.pos, acc, probs);
                     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                     // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
                     unsafe {

@@ -53,6 +53,27 @@ pub fn sum_exp_minus(row: &[f32], m: f32) -> f64 {
     lanes.iter().map(|&l| l as f64).sum()
 }
 
+/// `row[i] = exp(row[i] - m)` for every entry (`m` finite, at least every entry): the
+/// probabilities of one block of attention scores.
+pub fn exp_minus_in_place(row: &mut [f32], m: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx512 && has!("avx512f") {
+            // SAFETY: the feature was detected.
+            return unsafe { x86::exp_minus512(row, m) };
+        }
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx2
+            && has!("avx2")
+            && has!("fma")
+        {
+            // SAFETY: the features were detected.
+            return unsafe { x86::exp_minus256(row, m) };
+        }
+    }
+    row.iter_mut().for_each(|v| *v = exp(*v - m));
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -74,7 +95,7 @@ pub fn exp(x: f32) -> f32 {
         return 0.0;
     }
     let x = x.min(HI);
-    let n = (x * LOG2E).round();
+    let n = (x * LOG2E).round_ties_even();
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let mut p = P[0];
     for &c in &P[1..] {
@@ -150,6 +171,38 @@ mod x86 {
         let mut lanes = [0f32; 16];
         _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
         lanes.iter().map(|&l| l as f64).sum()
+    }
+
+    /// `row[i] = exp(row[i] - m)`, 16 lanes at a time.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_minus512(row: &mut [f32], m: f32) {
+        let mv = _mm512_set1_ps(m);
+        let p = row.as_mut_ptr();
+        let mut i = 0;
+        while i < row.len() {
+            let k = (row.len() - i).min(16);
+            let live: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let v = _mm512_maskz_loadu_ps(live, p.add(i));
+            _mm512_mask_storeu_ps(p.add(i), live, exp512(_mm512_sub_ps(v, mv)));
+            i += 16;
+        }
+    }
+
+    /// `row[i] = exp(row[i] - m)`, 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_minus256(row: &mut [f32], m: f32) {
+        let mv = _mm256_set1_ps(m);
+        let p = row.as_mut_ptr();
+        let n8 = row.len() / 8 * 8;
+        let mut i = 0;
+        while i < n8 {
+            let v = _mm256_loadu_ps(p.add(i));
+            _mm256_storeu_ps(p.add(i), exp256(_mm256_sub_ps(v, mv)));
+            i += 8;
+        }
+        for v in &mut row[n8..] {
+            *v = super::exp(*v - m);
+        }
     }
 
     #[inline]
