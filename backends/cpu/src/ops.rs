@@ -416,13 +416,7 @@ impl Ops for CpuOps {
             return Err(shape_err("glu"));
         }
         match act {
-            Activation::Silu => gate
-                .live_mut()
-                .iter_mut()
-                .zip(up.live())
-                .for_each(|(g, &u)| {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }),
+            Activation::Silu => crate::vexp::silu_mul(gate.live_mut(), up.live()),
             Activation::GeluTanh => {
                 let table = gelu_table();
                 gate.live_mut()
