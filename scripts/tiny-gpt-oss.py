@@ -414,10 +414,12 @@ def check_mxfp4_against_gguf_package(W: dict[str, np.ndarray]) -> None:
 # Independent float64 forward, from the GGUF's point of view
 
 
-def yarn_inv_freq() -> tuple[np.ndarray, float]:
+def yarn_inv_freq(yarn: bool = True) -> tuple[np.ndarray, float]:
     """YaRN (not truncated): blend of interpolated and extrapolated frequencies per dimension
-    pair, with cos/sin scaled by 0.1 ln(factor) + 1."""
+    pair, with cos/sin scaled by 0.1 ln(factor) + 1. `yarn=False`: plain RoPE."""
     d, base = HEAD_DIM, ROPE_THETA
+    if not yarn:
+        return 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d), 1.0
     f, orig = ROPE_SCALING["factor"], ROPE_SCALING["original_max_position_embeddings"]
     pos_freqs = base ** (np.arange(0, d, 2, dtype=np.float64) / d)
     extra, inter = 1.0 / pos_freqs, 1.0 / (f * pos_freqs)
@@ -432,12 +434,14 @@ def yarn_inv_freq() -> tuple[np.ndarray, float]:
     return inter * (1 - keep) + extra * keep, 0.1 * math.log(f) + 1.0
 
 
-def forward_numpy(W: dict[str, np.ndarray], ids: list[int]):
-    """Logits [T, V] in float64, plus statistics of the routing and the clamp."""
+def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
+                  window: int | None = SLIDING_WINDOW, yarn: bool = True, clamp: bool = True):
+    """Logits [T, V] in float64, plus statistics of the routing and the clamp. The keyword
+    arguments switch features off, to measure how much the reference depends on each."""
     g = {k: v.astype(np.float64) for k, v in W.items() if "#" not in k}
     T = len(ids)
     pos = np.arange(T, dtype=np.float64)
-    inv_freq, mscale = yarn_inv_freq()
+    inv_freq, mscale = yarn_inv_freq(yarn)
     ang = pos[:, None] * inv_freq[None, :]
     cos, sin = np.cos(ang) * mscale, np.sin(ang) * mscale
 
@@ -462,14 +466,14 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int]):
         v = (h @ g[p + "attn_v.weight"].T + g[p + "attn_v.bias"]).reshape(T, N_HEAD_KV, HEAD_DIM)
         q, k = rope(q), rope(k)
         allowed = ki <= qi
-        if il % 2 == 0:  # sliding layers: the last SLIDING_WINDOW positions, itself included
-            allowed &= (qi - ki) < SLIDING_WINDOW
+        if il % 2 == 0 and window:  # sliding layers: the last SLIDING_WINDOW positions, itself included
+            allowed &= (qi - ki) < window
         out = np.empty((T, N_HEAD, HEAD_DIM))
         for hh in range(N_HEAD):
             kv = hh // (N_HEAD // N_HEAD_KV)
             s = (q[:, hh] @ k[:, kv].T) / math.sqrt(HEAD_DIM)
             s = np.where(allowed, s, -np.inf)
-            sink = g[p + "attn_sinks.weight"][hh]
+            sink = g[p + "attn_sinks.weight"][hh] if sinks else -np.inf
             m = np.maximum(s.max(-1, keepdims=True), sink)
             e = np.exp(s - m)
             den = e.sum(-1, keepdims=True) + np.exp(sink - m)
@@ -492,8 +496,9 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int]):
                 up = g[p + "ffn_up_exps.weight"][ex] @ h[t] + g[p + "ffn_up_exps.bias"][ex]
                 clamped += int((gate > SWIGLU_LIMIT).sum() + (np.abs(up) > SWIGLU_LIMIT).sum())
                 gated += 2 * N_FF
-                gate = np.minimum(gate, SWIGLU_LIMIT)
-                up = np.clip(up, -SWIGLU_LIMIT, SWIGLU_LIMIT)
+                if clamp:
+                    gate = np.minimum(gate, SWIGLU_LIMIT)
+                    up = np.clip(up, -SWIGLU_LIMIT, SWIGLU_LIMIT)
                 act = (up + 1.0) * gate / (1.0 + np.exp(-SWIGLU_ALPHA * gate))
                 y[t] += wts[t, j] * (
                     g[p + "ffn_down_exps.weight"][ex] @ act + g[p + "ffn_down_exps.bias"][ex]
@@ -591,15 +596,19 @@ def hf_model(W, tokens):
     return model, cfg, transformers.__version__, torch.__version__
 
 
-def reference_sequence(tok: Tokenizer) -> list[int]:
+def reference_text() -> str:
+    """A harmony conversation; its first SEQ_LEN tokens are the reference sequence."""
     text = TRAIN_TEXT.read_text()
-    a, b = text[20000:21500], text[30000:31500]
-    conv = (
+    a, b = text[20000:20900], text[30000:30700]
+    return (
         "<|start|>system<|message|>You are a tiny test model.<|end|>"
         f"<|start|>user<|message|>Continue this scene:\n{a}<|end|>"
         f"<|start|>assistant<|channel|>analysis<|message|>{b}"
     )
-    ids = tok.encode(conv)
+
+
+def reference_sequence(tok: Tokenizer) -> list[int]:
+    ids = tok.encode(reference_text())
     assert len(ids) >= SEQ_LEN, len(ids)
     return ids[:SEQ_LEN]
 
@@ -652,6 +661,15 @@ def main() -> None:
         sys.exit("the independent forward disagrees with transformers: the GGUF does not hold "
                  "the weights transformers ran")
 
+    # How much each gpt-oss feature moves the logits: an implementation that missed one would
+    # be this far off.
+    ablations = {}
+    for what, kw in (("no_sinks", {"sinks": False}), ("no_sliding_window", {"window": None}),
+                     ("plain_rope", {"yarn": False}), ("no_swiglu_clamp", {"clamp": False})):
+        alt, _ = forward_numpy(W, ids, **kw)
+        ablations[what] = round(float(np.abs(alt - ref64).max()), 4)
+    print(f"max |d logit| when a feature is dropped: {ablations}")
+
     # Greedy continuation: full forwards, argmax (lowest id on ties), as transformers' argmax.
     prompt = tok.encode(GREEDY_PROMPT)
     seq, margins = list(prompt), []
@@ -689,6 +707,7 @@ def main() -> None:
         },
         "logits_file": "logits.npy",
         "logits_shape": [SEQ_LEN, VOCAB],
+        "text": reference_text(),
         "tokens": ids,
         "max_abs_logit": float(np.abs(logits).max()),
         "top1_margin_min": float(top_margin.min()),
@@ -698,6 +717,7 @@ def main() -> None:
         "expert_usage": stats["expert_usage"],
         "swiglu_clamped_fraction": stats["clamped_fraction"],
         "numpy_f64_vs_transformers_max_abs": float(diff),
+        "ablations_max_abs": ablations,
         "greedy": {
             "prompt_text": GREEDY_PROMPT,
             "prompt": prompt,
