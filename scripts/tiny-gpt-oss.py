@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCRIPT_VERSION = 1
+SCRIPT_VERSION = 2
 SEED = 20250805
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +280,13 @@ def quantize_mxfp4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return raw, deq
 
 
+# Standard deviations of the weights (uniform), relative to 1/sqrt(fan-in) for matrices.
+GAINS = {
+    "qk": 1.0, "v": 1.0, "o": 0.7, "router": 1.5, "router_bias": 0.5,
+    "gate_up": 2.5, "down": 0.12, "output": 2.5,
+}
+
+
 def make_weights() -> dict[str, np.ndarray]:
     """The model in GGUF terms: name -> float32 array (numpy shape = reversed ggml ne), the
     experts dequantized from MXFP4; raw MXFP4 blocks under "<name>#mxfp4"."""
@@ -290,30 +297,30 @@ def make_weights() -> dict[str, np.ndarray]:
     for i in range(N_LAYER):
         p = f"blk.{i}."
         W[p + "attn_norm.weight"] = s.uniform((H,), 0.8, 1.2)
-        W[p + "attn_q.weight"] = s.sym((Q, H), 1.6 / math.sqrt(H))
+        W[p + "attn_q.weight"] = s.sym((Q, H), GAINS["qk"] / math.sqrt(H))
         W[p + "attn_q.bias"] = s.sym((Q,), 0.2)
-        W[p + "attn_k.weight"] = s.sym((KV, H), 1.6 / math.sqrt(H))
+        W[p + "attn_k.weight"] = s.sym((KV, H), GAINS["qk"] / math.sqrt(H))
         W[p + "attn_k.bias"] = s.sym((KV,), 0.2)
-        W[p + "attn_v.weight"] = s.sym((KV, H), 1.0 / math.sqrt(H))
+        W[p + "attn_v.weight"] = s.sym((KV, H), GAINS["v"] / math.sqrt(H))
         W[p + "attn_v.bias"] = s.sym((KV,), 0.2)
-        W[p + "attn_output.weight"] = s.sym((H, Q), 0.7 / math.sqrt(Q))
+        W[p + "attn_output.weight"] = s.sym((H, Q), GAINS["o"] / math.sqrt(Q))
         W[p + "attn_output.bias"] = s.sym((H,), 0.1)
         W[p + "attn_sinks.weight"] = s.uniform((N_HEAD,), -1.0, 3.0)
         W[p + "post_attention_norm.weight"] = s.uniform((H,), 0.8, 1.2)
-        W[p + "ffn_gate_inp.weight"] = s.sym((N_EXPERT, H), 1.5 / math.sqrt(H))
-        W[p + "ffn_gate_inp.bias"] = s.sym((N_EXPERT,), 0.5)
+        W[p + "ffn_gate_inp.weight"] = s.sym((N_EXPERT, H), GAINS["router"] / math.sqrt(H))
+        W[p + "ffn_gate_inp.bias"] = s.sym((N_EXPERT,), GAINS["router_bias"])
         # Gate and up: unit input (normed), std ~2.5 outputs so the +-7 clamp bites sometimes.
         for name in ("ffn_gate_exps", "ffn_up_exps"):
-            raw, deq = quantize_mxfp4(s.sym((N_EXPERT, N_FF, H), 2.5 / math.sqrt(H)))
+            raw, deq = quantize_mxfp4(s.sym((N_EXPERT, N_FF, H), GAINS["gate_up"] / math.sqrt(H)))
             W[p + name + ".weight"] = deq
             W[p + name + ".weight#mxfp4"] = raw
             W[p + name + ".bias"] = s.sym((N_EXPERT, N_FF), 0.3)
-        raw, deq = quantize_mxfp4(s.sym((N_EXPERT, H, N_FF), 0.12 / math.sqrt(N_FF)))
+        raw, deq = quantize_mxfp4(s.sym((N_EXPERT, H, N_FF), GAINS["down"] / math.sqrt(N_FF)))
         W[p + "ffn_down_exps.weight"] = deq
         W[p + "ffn_down_exps.weight#mxfp4"] = raw
         W[p + "ffn_down_exps.bias"] = s.sym((N_EXPERT, H), 0.05)
     W["output_norm.weight"] = s.uniform((H,), 0.8, 1.2)
-    W["output.weight"] = s.sym((VOCAB, H), 2.5 / math.sqrt(H))
+    W["output.weight"] = s.sym((VOCAB, H), GAINS["output"] / math.sqrt(H))
     return W
 
 
@@ -434,10 +441,22 @@ def yarn_inv_freq(yarn: bool = True) -> tuple[np.ndarray, float]:
     return inter * (1 - keep) + extra * keep, 0.1 * math.log(f) + 1.0
 
 
+def q8_0(x: np.ndarray) -> np.ndarray:
+    """Round trip through ggml's Q8_0 (blocks of 32, scale amax/127 stored as f16)."""
+    b = x.reshape(-1, 32)
+    d = (np.abs(b).max(1, keepdims=True) / 127).astype(np.float16).astype(np.float64)
+    q = np.round(np.divide(b, d, out=np.zeros_like(b), where=d > 0))
+    return (q * d).reshape(x.shape)
+
+
 def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
-                  window: int | None = SLIDING_WINDOW, yarn: bool = True, clamp: bool = True):
+                  window: int | None = SLIDING_WINDOW, yarn: bool = True, clamp: bool = True,
+                  q8: bool = False):
     """Logits [T, V] in float64, plus statistics of the routing and the clamp. The keyword
-    arguments switch features off, to measure how much the reference depends on each."""
+    arguments switch features off, to measure how much the reference depends on each; `q8`
+    instead simulates a quantized backend: 8-bit (Q8_0) activations into every matrix product
+    and an f16 KV cache, the noise a correct implementation may show."""
+    a8 = q8_0 if q8 else (lambda v: v)
     g = {k: v.astype(np.float64) for k, v in W.items() if "#" not in k}
     T = len(ids)
     pos = np.arange(T, dtype=np.float64)
@@ -461,10 +480,13 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
     for il in range(N_LAYER):
         p = f"blk.{il}."
         h = norm(x, g[p + "attn_norm.weight"])
+        h = a8(h)
         q = (h @ g[p + "attn_q.weight"].T + g[p + "attn_q.bias"]).reshape(T, N_HEAD, HEAD_DIM)
         k = (h @ g[p + "attn_k.weight"].T + g[p + "attn_k.bias"]).reshape(T, N_HEAD_KV, HEAD_DIM)
         v = (h @ g[p + "attn_v.weight"].T + g[p + "attn_v.bias"]).reshape(T, N_HEAD_KV, HEAD_DIM)
         q, k = rope(q), rope(k)
+        if q8:
+            k, v = (z.astype(np.float16).astype(np.float64) for z in (k, v))
         allowed = ki <= qi
         if il % 2 == 0 and window:  # sliding layers: the last SLIDING_WINDOW positions, itself included
             allowed &= (qi - ki) < window
@@ -478,8 +500,8 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
             e = np.exp(s - m)
             den = e.sum(-1, keepdims=True) + np.exp(sink - m)
             out[:, hh] = (e / den) @ v[:, kv]
-        x = x + out.reshape(T, -1) @ g[p + "attn_output.weight"].T + g[p + "attn_output.bias"]
-        h = norm(x, g[p + "post_attention_norm.weight"])
+        x = x + a8(out.reshape(T, -1)) @ g[p + "attn_output.weight"].T + g[p + "attn_output.bias"]
+        h = a8(norm(x, g[p + "post_attention_norm.weight"]))
         logits = h @ g[p + "ffn_gate_inp.weight"].T + g[p + "ffn_gate_inp.bias"]
         order = np.argsort(-logits, axis=-1, kind="stable")
         top = order[:, :N_EXPERT_USED]
@@ -501,7 +523,7 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
                     up = np.clip(up, -SWIGLU_LIMIT, SWIGLU_LIMIT)
                 act = (up + 1.0) * gate / (1.0 + np.exp(-SWIGLU_ALPHA * gate))
                 y[t] += wts[t, j] * (
-                    g[p + "ffn_down_exps.weight"][ex] @ act + g[p + "ffn_down_exps.bias"][ex]
+                    g[p + "ffn_down_exps.weight"][ex] @ a8(act) + g[p + "ffn_down_exps.bias"][ex]
                 )
         x = x + y
     x = norm(x, g["output_norm.weight"])
@@ -511,7 +533,7 @@ def forward_numpy(W: dict[str, np.ndarray], ids: list[int], sinks: bool = True,
         "expert_usage": usage.tolist(),
         "clamped_fraction": clamped / gated,
     }
-    return x @ g["output.weight"].T, stats
+    return a8(x) @ g["output.weight"].T, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,12 +685,20 @@ def main() -> None:
 
     # How much each gpt-oss feature moves the logits: an implementation that missed one would
     # be this far off.
+    # And how far a correct backend with 8-bit activations and an f16 KV cache lands.
     ablations = {}
-    for what, kw in (("no_sinks", {"sinks": False}), ("no_sliding_window", {"window": None}),
-                     ("plain_rope", {"yarn": False}), ("no_swiglu_clamp", {"clamp": False})):
+    for what, kw in (("q8_activations_f16_kv", {"q8": True}), ("no_sinks", {"sinks": False}),
+                     ("no_sliding_window", {"window": None}), ("window_127", {"window": 127}),
+                     ("window_129", {"window": 129}), ("plain_rope", {"yarn": False}),
+                     ("no_swiglu_clamp", {"clamp": False})):
         alt, _ = forward_numpy(W, ids, **kw)
-        ablations[what] = round(float(np.abs(alt - ref64).max()), 4)
-    print(f"max |d logit| when a feature is dropped: {ablations}")
+        d = np.abs(alt - ref64)
+        ablations[what] = {
+            "max_abs": round(float(d.max()), 4),
+            "mean_abs": round(float(d.mean()), 5),
+            "top1": round(float(np.mean(alt.argmax(-1) == ref64.argmax(-1))), 4),
+        }
+        print(f"{what}: {ablations[what]}")
 
     # Greedy continuation: full forwards, argmax (lowest id on ties), as transformers' argmax.
     prompt = tok.encode(GREEDY_PROMPT)
@@ -717,7 +747,7 @@ def main() -> None:
         "expert_usage": stats["expert_usage"],
         "swiglu_clamped_fraction": stats["clamped_fraction"],
         "numpy_f64_vs_transformers_max_abs": float(diff),
-        "ablations_max_abs": ablations,
+        "variants_vs_reference": ablations,
         "greedy": {
             "prompt_text": GREEDY_PROMPT,
             "prompt": prompt,

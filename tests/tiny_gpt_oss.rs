@@ -11,11 +11,20 @@
 //!   the reference texts to the script's ids, and the harmony chat template renders.
 //! - `tiny_gpt_oss_logits_match_transformers` (ignored until the SDK has gpt-oss): Kiln's CPU
 //!   backend over the same 384 tokens, once as one batch and once in chunks and single-token
-//!   steps, then greedy decoding. Tolerances: max |Δlogit| / max |logit| ≤ [`MAX_REL`] at
-//!   every position; top-1 agreement at every position whose reference top-1/top-2 margin
-//!   exceeds twice that position's error (near-ties may go either way), and at ≥ [`MIN_TOP1`]
-//!   of all positions; greedy tokens equal until a step whose reference margin is within twice
-//!   the largest error measured.
+//!   steps, then greedy decoding.
+//!
+//! Tolerances. This random model amplifies arithmetic noise (a router near-tie flips an
+//! expert), so they are set from what a correct quantized backend shows: the script also runs
+//! its float64 forward with 8-bit (Q8_0) activations into every matrix product and an f16 KV
+//! cache, and stores how far that lands from transformers (`variants_vs_reference`; today a
+//! mean |Δlogit| of 0.025, a max of 0.88, top-1 0.966, with max |logit| 11.4). Kiln must stay
+//! within [`MEAN_FACTOR`] × that mean and [`MAX_FACTOR`] × that max (rel. max |Δ| / max |logit|
+//! ≈ 0.155), agree on the top-1 token at ≥ that share − [`TOP1_SLACK`] of the positions and at
+//! every position whose reference top-1/top-2 margin exceeds twice its error (near-ties may go
+//! either way), and decode greedily as transformers until a step whose margin is within twice
+//! the largest error. The script also stores what dropping a feature costs: sinks (mean 0.16),
+//! the sliding window (0.31), YaRN (0.56) and the SwiGLU clamp (0.061) all fail the mean bound;
+//! a window off by one (127 or 129: 0.035 / 0.039) fails it only just. `KILN_TINY_GPT_OSS_DUMP=DIR` writes Kiln's logits there.
 
 use kiln_e2e::*;
 use kiln_runtime::chat::{ChatTemplate, Message};
@@ -26,11 +35,12 @@ use kiln_sdk::abi::client::{ContextOptions, ModelContext};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Largest accepted max |Δlogit| / max |logit|: MXFP4 experts are expected to run on 8-bit
-/// activations (as llama.cpp does) and the KV cache is f16; every other weight is F32.
-const MAX_REL: f64 = 3e-2;
-/// Smallest accepted share of positions whose top-1 token is transformers'.
-const MIN_TOP1: f64 = 0.97;
+/// Largest accepted mean |Δlogit|, as a multiple of the simulated 8-bit backend's.
+const MEAN_FACTOR: f64 = 1.3;
+/// Largest accepted max |Δlogit|, as a multiple of the simulated 8-bit backend's.
+const MAX_FACTOR: f64 = 2.0;
+/// How far the top-1 agreement may fall below the simulated 8-bit backend's.
+const TOP1_SLACK: f64 = 0.03;
 
 fn data_dir() -> PathBuf {
     workspace().join("tests/data/tiny-gpt-oss")
@@ -328,6 +338,14 @@ fn tiny_gpt_oss_logits_match_transformers() {
         .expect("context");
 
     let max_logit = r["max_abs_logit"].as_f64().unwrap();
+    let sim = &r["variants_vs_reference"]["q8_activations_f16_kv"];
+    let max_mean = MEAN_FACTOR * sim["mean_abs"].as_f64().unwrap();
+    let max_abs = MAX_FACTOR * sim["max_abs"].as_f64().unwrap();
+    let min_top1 = sim["top1"].as_f64().unwrap() - TOP1_SLACK;
+    println!(
+        "tolerances: mean |Δ| ≤ {max_mean:.4}, max |Δ| ≤ {max_abs:.3} (rel {:.3}), top-1 ≥ {min_top1:.3}",
+        max_abs / max_logit
+    );
     let mut failures = Vec::new();
     let mut largest_err = 0f64;
     // One batch of all positions (as transformers ran), then chunks that straddle the sliding
@@ -341,19 +359,29 @@ fn tiny_gpt_oss_logits_match_transformers() {
             got.iter().all(|x| x.is_finite()),
             "{name}: non-finite logits"
         );
+        if let Some(dir) = std::env::var_os("KILN_TINY_GPT_OSS_DUMP") {
+            // Kiln's logits as little-endian f32 [positions, vocab], to study with numpy.
+            let f = Path::new(&dir).join(format!("kiln-{}.f32", name.replace([' ', ','], "_")));
+            let bytes: Vec<u8> = got.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&f, bytes).unwrap();
+            println!("wrote {}", f.display());
+        }
         let c = compare(&got, &want, n_vocab, &margins);
         largest_err = largest_err.max(c.max_abs);
         println!(
             "{name}: max |Δ| {:.4} (position {}, router margin there {:.1e}, top-1 margin {:.3}), \
-             rel {:.2e} (max |logit| {max_logit:.3}), mean |Δ| {:.2e}, top-1 agreement {:.4}",
+             rel {:.2e} (max |logit| {max_logit:.3}), mean |Δ| {:.4}, top-1 agreement {:.4}",
             c.max_abs, c.worst, router[c.worst], margins[c.worst], c.rel, c.mean_abs, c.top1
         );
-        if c.rel > MAX_REL {
-            failures.push(format!("{name}: relative error {:.3e} > {MAX_REL}", c.rel));
-        }
-        if c.top1 < MIN_TOP1 || !c.hard_flips.is_empty() {
+        if c.mean_abs > max_mean || c.max_abs > max_abs {
             failures.push(format!(
-                "{name}: top-1 agreement {:.4} (min {MIN_TOP1}), disagreements beyond near-ties at {:?}",
+                "{name}: mean |Δ| {:.4} (max {max_mean:.4}), max |Δ| {:.3} (max {max_abs:.3})",
+                c.mean_abs, c.max_abs
+            ));
+        }
+        if c.top1 < min_top1 || !c.hard_flips.is_empty() {
+            failures.push(format!(
+                "{name}: top-1 agreement {:.4} (min {min_top1:.3}), disagreements beyond near-ties at {:?}",
                 c.top1, c.hard_flips
             ));
         }
