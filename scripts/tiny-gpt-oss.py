@@ -292,7 +292,7 @@ def make_weights() -> dict[str, np.ndarray]:
     experts dequantized from MXFP4; raw MXFP4 blocks under "<name>#mxfp4"."""
     s = Stream(SEED)
     W: dict[str, np.ndarray] = {}
-    H, D, Q, KV = N_EMBD, HEAD_DIM, N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
+    H, Q, KV = N_EMBD, N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
     W["token_embd.weight"] = s.sym((VOCAB, H), 1.0)
     for i in range(N_LAYER):
         p = f"blk.{i}."
