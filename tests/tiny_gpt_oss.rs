@@ -164,6 +164,7 @@ fn tokenizer_and_chat_template_of_the_tiny_gpt_oss() {
         "<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>Hello.<|end|>"
     ));
     assert!(text.ends_with("<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant"));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
     println!(
         "tiny gpt-oss: {} tokens, chat prompt of {} tokens",
         tok.n_vocab(),
@@ -464,4 +465,6 @@ fn tiny_gpt_oss_logits_match_transformers() {
         failures.push(format!("kiln run failed: {err}"));
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    drop(model);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
