@@ -13,7 +13,6 @@ use kiln_sdk::gguf::TensorInfo;
 use kiln_sdk::model::select::{write_output_with, TopNScratch};
 use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
-use std::cell::RefCell;
 
 /// A weight: 2-D matrices stay in the mapped file; vectors (norms, biases) are converted to f32.
 pub struct CpuWeight {
@@ -43,10 +42,13 @@ impl CpuAct {
     }
 }
 
-/// Per-context scratch: top-N selection and RoPE rotation tables.
+/// Per-context scratch: top-N selection, attention buffers and RoPE rotation tables.
 pub struct CpuExec {
     /// One selection scratch per pool thread (output rows are served in parallel).
     tops: Vec<std::sync::Mutex<TopNScratch>>,
+    /// One attention scratch per pool share (sized by the first attention call, on the
+    /// calling thread, so no worker allocates in a later step).
+    attn: Vec<std::sync::Mutex<attend::Scratch>>,
     rope: Vec<(f32, f32)>,
 }
 
@@ -133,12 +135,6 @@ fn alloc_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> Result<Vec<T>> {
         }
         Ok(Vec::from_raw_parts(p, n, n))
     }
-}
-
-thread_local! {
-    /// Per-thread attention buffers: the f16-rounded query and the accumulator of one head.
-    static HEAD: RefCell<(Vec<f32>, Vec<f32>, [f32; attend::BLOCK])> =
-        const { RefCell::new((Vec::new(), Vec::new(), [0.0; attend::BLOCK])) };
 }
 
 impl CpuOps {
@@ -246,6 +242,9 @@ impl Ops for CpuOps {
             tops: (0..n)
                 .map(|_| std::sync::Mutex::new(TopNScratch::with_vocab(spec.n_vocab)))
                 .collect(),
+            attn: (0..self.pool.n_threads())
+                .map(|_| std::sync::Mutex::new(attend::Scratch::default()))
+                .collect(),
             rope: Vec::with_capacity(spec.max_cols / 2),
         })
     }
@@ -256,7 +255,12 @@ impl Ops for CpuOps {
             .iter()
             .map(|t| t.lock().map_or(0, |t| t.bytes()))
             .sum();
-        tops + ex.rope.capacity() as u64 * 8
+        let attn: u64 = ex
+            .attn
+            .iter()
+            .map(|a| a.lock().map_or(0, |a| a.bytes()))
+            .sum();
+        tops + attn + ex.rope.capacity() as u64 * 8
     }
 
     fn write(&self, _: &mut CpuExec, x: &mut CpuAct, data: &[f32]) -> Result<()> {
@@ -513,7 +517,7 @@ impl Ops for CpuOps {
 
     fn attention(
         &self,
-        _: &mut CpuExec,
+        ex: &mut CpuExec,
         kv: &mut CpuKv,
         layer: usize,
         q: &CpuAct,
@@ -552,57 +556,78 @@ impl Ops for CpuOps {
         }
         let (kc, vc) = (&l.k[..], &l.v[..]);
         let group = p.n_head / p.n_head_kv;
-        let n_tasks = rows.len() * p.n_head;
+        // One task per (row, KV head): the query heads sharing a KV head read its keys and
+        // values once.
+        let n_tasks = rows.len() * p.n_head_kv;
         let out_ptr = SharedMut(out.data.as_mut_ptr());
         let out_cols = out.cols;
         // Tasks are claimed one by one, latest rows first: a causal prompt's last rows see
         // the most positions, so they start early and the threads finish together.
         let next = std::sync::atomic::AtomicUsize::new(0);
-        self.pool.run(|_, _| {
-            HEAD.with(|cell| {
-                let mut bufs = cell.borrow_mut();
-                let (qh16, acc, probs) = &mut *bufs;
-                qh16.resize(hk, 0.0);
-                acc.resize(hv, 0.0);
-                let (qh16, acc) = (&mut qh16[..hk], &mut acc[..hv]);
-                loop {
-                    let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if task >= n_tasks {
-                        break;
-                    }
-                    let (i, h) = (rows.len() - 1 - task / p.n_head, task % p.n_head);
-                    let r = rows[i];
-                    let kvh = h / group;
-                    let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
-                    let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
-                    // The query meets the f16 cache in f16, as in llama.cpp.
-                    qh16.copy_from_slice(qh);
-                    attend::round_slice(qh16);
-                    // Online softmax over the f16 cache with an f32 accumulator.
-                    let base = r.seq * n_ctx;
-                    let head = attend::Head {
-                        k: &kc[base * kw + kvh * hk..],
-                        v: &vc[base * vw + kvh * hv..],
-                        k_stride: kw,
-                        v_stride: vw,
-                        q: qh16,
-                        scale: p.scale,
-                        softcap: p.softcap,
-                    };
-                    let sum = head.attend(lo, r.pos, acc, probs);
+        for a in &ex.attn {
+            a.lock()
+                .map_err(|_| shape_err("attention scratch"))?
+                .reserve(group, hk, hv);
+        }
+        let scratches = &ex.attn;
+        self.pool.run(|t, _| {
+            // Share `t` runs on one thread at a time: its scratch is uncontended.
+            let Some(Ok(mut guard)) = scratches.get(t).map(|m| m.lock()) else {
+                return;
+            };
+            let sc = &mut *guard;
+            let (mut qs, mut accs, mut sums) = (
+                std::mem::take(&mut sc.qs),
+                std::mem::take(&mut sc.accs),
+                std::mem::take(&mut sc.sums),
+            );
+            let (qs_t, accs_t, sums_t) = (
+                &mut qs[..group * hk],
+                &mut accs[..group * hv],
+                &mut sums[..group],
+            );
+            loop {
+                let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if task >= n_tasks {
+                    break;
+                }
+                let (i, kvh) = (rows.len() - 1 - task / p.n_head_kv, task % p.n_head_kv);
+                let r = rows[i];
+                let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                let h0 = kvh * group;
+                let src = &q.data[i * q.cols + h0 * hk..i * q.cols + (h0 + group) * hk];
+                // The queries meet the f16 cache in f16, as in llama.cpp.
+                qs_t.copy_from_slice(src);
+                attend::round_slice(qs_t);
+                // Online softmax over the f16 cache with f32 accumulators.
+                let base = r.seq * n_ctx;
+                let g = attend::Group {
+                    k: &kc[base * kw + kvh * hk..],
+                    v: &vc[base * vw + kvh * hv..],
+                    k_stride: kw,
+                    v_stride: vw,
+                    qs: qs_t,
+                    hk,
+                    scale: p.scale,
+                    softcap: p.softcap,
+                };
+                g.attend(lo, r.pos, accs_t, sums_t, sc);
+                for (j, &sum) in sums_t.iter().enumerate() {
                     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                    // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
+                    // SAFETY: each (row, KV head) task writes its own heads' disjoint
+                    // `group * hv` floats of `out`.
                     unsafe {
                         let dst = std::slice::from_raw_parts_mut(
-                            out_ptr.get().add(i * out_cols + h * hv),
+                            out_ptr.get().add(i * out_cols + (h0 + j) * hv),
                             hv,
                         );
                         dst.iter_mut()
-                            .zip(acc.iter())
+                            .zip(&accs_t[j * hv..(j + 1) * hv])
                             .for_each(|(d, &a)| *d = a * inv);
                     }
                 }
-            })
+            }
+            (sc.qs, sc.accs, sc.sums) = (qs, accs, sums);
         });
         Ok(())
     }
