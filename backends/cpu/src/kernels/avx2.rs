@@ -524,6 +524,49 @@ unsafe fn dot_q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc)
 }
 
+/// `MXFP4` dot product in `Q8_0`'s signed form: the E2M1 codes become their doubled values
+/// (a byte shuffle), the scale is half the E8M0 power of two.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_mxfp4(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nblk = row.len() / 17;
+    let p = row.as_ptr();
+    let table =
+        _mm256_broadcastsi128_si256(loadu128(super::scalar::MXFP4_DOUBLED.as_ptr() as *const u8));
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..nblk {
+        let q = p.add(17 * b);
+        let w = _mm256_shuffle_epi8(table, nib(q.add(1)));
+        let t = dot4_signed(w, loadu256(a.qs.as_ptr().add(32 * b) as *const u8));
+        let d = super::scalar::e8m0_half(*q);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(t),
+            _mm256_set1_ps(d * *a.d.get_unchecked(b)),
+            acc,
+        );
+    }
+    hsum(acc)
+}
+
+/// `MXFP4` unpacker (doubled values plus 128, as the scalar one).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_mxfp4(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nblk = row.len() / 17;
+    let p = row.as_ptr();
+    let table =
+        _mm256_broadcastsi128_si256(loadu128(super::scalar::MXFP4_DOUBLED.as_ptr() as *const u8));
+    for b in 0..nblk {
+        let q = p.add(17 * b);
+        let d = super::scalar::e8m0_half(*q);
+        let w = _mm256_shuffle_epi8(table, nib(q.add(1)));
+        let z = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+        _mm256_storeu_si256(u.as_mut_ptr().add(32 * b) as *mut __m256i, z);
+        _mm256_storeu_ps(wl.as_mut_ptr().add(8 * b), _mm256_set1_ps(d));
+        mw[2 * b] = -128.0 * d;
+        mw[2 * b + 1] = -128.0 * d;
+    }
+    zero_tail(u, wl, mw, 32 * nblk);
+}
+
 /// `Q8_0` unpacker (bytes are the signed values plus 128, like the scalar one).
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn unpack_q8_0(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
@@ -842,6 +885,7 @@ multi_row!(
     rows_q5_0 => dot_q5_0, true;
     rows_q5_1 => dot_q5_1, true;
     rows_q8_0 => dot_q8_0, false;
+    rows_mxfp4 => dot_mxfp4, false;
     rows_q4_k => dot_q4_k, false;
     rows_q5_k => dot_q5_k, false;
     rows_q6_k => dot_q6_k, false;
@@ -866,6 +910,7 @@ pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
         GgmlType::Q5_0 => rows_q5_0,
         GgmlType::Q5_1 => rows_q5_1,
         GgmlType::Q8_0 => rows_q8_0,
+        GgmlType::MXFP4 => rows_mxfp4,
         GgmlType::Q4_K => rows_q4_k,
         GgmlType::Q5_K => rows_q5_k,
         GgmlType::Q6_K => rows_q6_k,
@@ -881,6 +926,7 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
         GgmlType::Q5_0 => unpack_q5_0,
         GgmlType::Q5_1 => unpack_q5_1,
         GgmlType::Q8_0 => unpack_q8_0,
+        GgmlType::MXFP4 => unpack_mxfp4,
         GgmlType::Q4_K => unpack_q4_k,
         GgmlType::Q5_K => unpack_q5_k,
         GgmlType::Q6_K => unpack_q6_k,
