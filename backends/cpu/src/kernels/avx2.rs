@@ -757,6 +757,114 @@ pub(super) unsafe fn unpack_q5_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
     zero_tail(u, wl, mw, 256 * nsb);
 }
 
+/// Stores 16 per-16 scales `ws` (two vectors of 8) as 64 per-4 lane scales at `wl`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn store_lane_scales(ws: [__m256; 2], wl: *mut f32) {
+    for (h, v) in ws.iter().enumerate() {
+        for k in 0..4 {
+            let i = 2 * k as i32;
+            let idx = _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1);
+            _mm256_storeu_ps(wl.add(32 * h + 8 * k), _mm256_permutevar8x32_ps(*v, idx));
+        }
+    }
+}
+
+/// The 2-bit fields of 32 bytes at `q`, in `Q2_K`/`Q3_K` value order: vector `s` holds bits
+/// `2s..2s + 2` of every byte.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn crumbs(q: *const u8) -> [__m256i; 4] {
+    let y = loadu256(q);
+    let m3 = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(y, m3),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(y), m3),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(y), m3),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(y), m3),
+    ]
+}
+
+/// `Q2_K` unpacker (as the scalar one: `ws = d * (sc & 15)`, `mw = -(dmin * (sc >> 4))`).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q2_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nsb = row.len() / 84;
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(84 * sb);
+        let (d, dmin) = (_mm256_set1_ps(h1(p.add(80))), _mm256_set1_ps(h1(p.add(82))));
+        let sc = loadu128(p);
+        let lo = _mm_and_si128(sc, _mm_set1_epi8(0x0F));
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(0x0F));
+        let f = |v: __m128i| {
+            [
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)),
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v))),
+            ]
+        };
+        let (l, h) = (f(lo), f(hi));
+        store_lane_scales(
+            [_mm256_mul_ps(d, l[0]), _mm256_mul_ps(d, l[1])],
+            wl.as_mut_ptr().add(64 * sb),
+        );
+        let neg = _mm256_set1_ps(-0.0);
+        for (k, hv) in h.iter().enumerate() {
+            _mm256_storeu_ps(
+                mw.as_mut_ptr().add(16 * sb + 8 * k),
+                _mm256_xor_ps(_mm256_mul_ps(dmin, *hv), neg),
+            );
+        }
+        for n in 0..2 {
+            let c = crumbs(p.add(16 + 32 * n));
+            for (s, v) in c.iter().enumerate() {
+                let o = u.as_mut_ptr().add(256 * sb + 128 * n + 32 * s);
+                _mm256_storeu_si256(o as *mut __m256i, *v);
+            }
+        }
+    }
+    zero_tail(u, wl, mw, 256 * nsb);
+}
+
+/// `Q3_K` unpacker (as the scalar one: two low bits, the `hmask` bit as the third,
+/// `ws = d * scale`, `mw = -4 * ws`).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q3_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nsb = row.len() / 110;
+    let one = _mm256_set1_epi8(1);
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(110 * sb);
+        let d = h1(p.add(108));
+        let mut s12 = [0u8; 12];
+        core::ptr::copy_nonoverlapping(p.add(96), s12.as_mut_ptr(), 12);
+        let scales = super::scalar::q3k_scales(&s12);
+        let mut ws = [0f32; 16];
+        for (w, &c) in ws.iter_mut().zip(&scales) {
+            *w = d * c as f32;
+        }
+        for (g, &w) in ws.iter().enumerate() {
+            mw[16 * sb + g] = -4.0 * w;
+        }
+        store_lane_scales(
+            [
+                _mm256_loadu_ps(ws.as_ptr()),
+                _mm256_loadu_ps(ws.as_ptr().add(8)),
+            ],
+            wl.as_mut_ptr().add(64 * sb),
+        );
+        let hm = loadu256(p);
+        for n in 0..2 {
+            let c = crumbs(p.add(32 + 32 * n));
+            for (s, v) in c.iter().enumerate() {
+                let k = (4 * n + s) as i32;
+                let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(k)), one);
+                let val = _mm256_or_si256(*v, _mm256_slli_epi16::<2>(hb));
+                let o = u.as_mut_ptr().add(256 * sb + 128 * n + 32 * s);
+                _mm256_storeu_si256(o as *mut __m256i, val);
+            }
+        }
+    }
+    zero_tail(u, wl, mw, 256 * nsb);
+}
+
 /// The 8 steps of a `Q6_K` super-block at `p`: bytes and the two per-16 scale indices.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
@@ -927,6 +1035,8 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
         GgmlType::Q5_1 => unpack_q5_1,
         GgmlType::Q8_0 => unpack_q8_0,
         GgmlType::MXFP4 => unpack_mxfp4,
+        GgmlType::Q2_K => unpack_q2_k,
+        GgmlType::Q3_K => unpack_q3_k,
         GgmlType::Q4_K => unpack_q4_k,
         GgmlType::Q5_K => unpack_q5_k,
         GgmlType::Q6_K => unpack_q6_k,
