@@ -1,0 +1,147 @@
+//! A chat choice's generated text split for the response: reasoning (`reasoning_content`,
+//! as vLLM and llama.cpp's server name it) for models in harmony's format (gpt-oss), then
+//! tool calls out of the answer when the request has tools.
+
+use crate::tools::{Splitter, ToolCall};
+use kiln_runtime::harmony::HarmonyParser;
+
+/// What a piece of a choice's text gave.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChatPiece {
+    /// Reasoning to release (`reasoning_content`).
+    pub reasoning: String,
+    /// Answer text to release (`content`).
+    pub content: String,
+    /// Tool calls completed by this piece.
+    pub calls: Vec<ToolCall>,
+}
+
+/// Splits one choice's text as it streams.
+#[derive(Debug, Default)]
+pub struct ChatText {
+    harmony: Option<HarmonyParser>,
+    tools: Option<Splitter>,
+}
+
+impl ChatText {
+    /// A splitter for a model that does (`harmony`) or does not use harmony's channels, and
+    /// a request with or without tools.
+    pub fn new(harmony: bool, tools: bool) -> Self {
+        ChatText {
+            harmony: harmony.then(HarmonyParser::new),
+            tools: tools.then(Splitter::default),
+        }
+    }
+
+    /// Adds generated text.
+    pub fn push(&mut self, text: &str) -> ChatPiece {
+        let (reasoning, content) = match &mut self.harmony {
+            Some(h) => {
+                let d = h.push(text);
+                (d.reasoning, d.content)
+            }
+            None => (String::new(), text.to_string()),
+        };
+        self.answer(reasoning, &content, false)
+    }
+
+    /// Ends the text: releases what was held back.
+    pub fn finish(&mut self) -> ChatPiece {
+        let (reasoning, content) = match &mut self.harmony {
+            Some(h) => {
+                let d = h.finish();
+                (d.reasoning, d.content)
+            }
+            None => (String::new(), String::new()),
+        };
+        self.answer(reasoning, &content, true)
+    }
+
+    fn answer(&mut self, reasoning: String, content: &str, last: bool) -> ChatPiece {
+        match &mut self.tools {
+            Some(sp) => {
+                let mut s = sp.push(content);
+                if last {
+                    let f = sp.finish();
+                    s.content.push_str(&f.content);
+                    s.calls.extend(f.calls);
+                }
+                ChatPiece {
+                    reasoning,
+                    content: s.content,
+                    calls: s.calls,
+                }
+            }
+            None => ChatPiece {
+                reasoning,
+                content: content.to_string(),
+                calls: Vec::new(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(ct: &mut ChatText, pieces: &[&str]) -> ChatPiece {
+        let mut out = ChatPiece::default();
+        let mut got: Vec<ChatPiece> = pieces.iter().map(|p| ct.push(p)).collect();
+        got.push(ct.finish());
+        for p in got {
+            out.reasoning.push_str(&p.reasoning);
+            out.content.push_str(&p.content);
+            out.calls.extend(p.calls);
+        }
+        out
+    }
+
+    #[test]
+    fn plain_models_pass_text_through() {
+        let mut ct = ChatText::new(false, false);
+        let got = all(&mut ct, &["<|channel|>analysis", "<|message|>x"]);
+        assert_eq!(got.content, "<|channel|>analysis<|message|>x");
+        assert!(got.reasoning.is_empty());
+    }
+
+    #[test]
+    fn harmony_reasoning_is_kept_apart() {
+        let mut ct = ChatText::new(true, false);
+        let got = all(
+            &mut ct,
+            &[
+                "<|channel|>",
+                "analysis",
+                "<|message|>",
+                "Think",
+                "ing.",
+                "<|end|>",
+                "<|start|>",
+                "assistant",
+                "<|channel|>",
+                "final",
+                "<|message|>",
+                "Answer",
+            ],
+        );
+        assert_eq!(got.reasoning, "Thinking.");
+        assert_eq!(got.content, "Answer");
+    }
+
+    #[test]
+    fn tool_calls_are_read_from_the_answer_only() {
+        let mut ct = ChatText::new(true, true);
+        let got = all(
+            &mut ct,
+            &[
+                "<|channel|>analysis<|message|><tool_call>not a call</tool_call><|end|>",
+                "<|start|>assistant<|channel|>final<|message|>",
+                "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>",
+            ],
+        );
+        assert_eq!(got.reasoning, "<tool_call>not a call</tool_call>");
+        assert_eq!(got.calls.len(), 1);
+        assert_eq!(got.calls[0].name, "f");
+    }
+}
