@@ -422,8 +422,8 @@ struct ChatView {
 
 /// Writes generated text to stdout: the answer as it comes, the reasoning (when shown)
 /// dimmed on a terminal, plain otherwise, a blank line between them.
-struct Printer<'a> {
-    out: std::io::StdoutLock<'a>,
+struct Printer<W: Write> {
+    out: W,
     tty: bool,
     view: ChatView,
     parser: Option<HarmonyParser>,
@@ -433,10 +433,9 @@ struct Printer<'a> {
     reply: String,
 }
 
-impl Printer<'_> {
-    fn new(view: ChatView) -> Self {
-        let out = std::io::stdout().lock();
-        let tty = std::io::IsTerminal::is_terminal(&out);
+impl<W: Write> Printer<W> {
+    /// A printer to `out` (`tty`: a terminal, where reasoning is dimmed).
+    fn new(out: W, tty: bool, view: ChatView) -> Self {
         Printer {
             out,
             tty,
@@ -500,7 +499,9 @@ impl Printer<'_> {
 /// answer alone for a model that reasons in harmony channels).
 fn stream(engine: &Engine, req: Request, view: ChatView) -> Result<(Finish, String)> {
     let handle = engine.submit(req)?;
-    let mut p = Printer::new(view);
+    let out = std::io::stdout().lock();
+    let tty = std::io::IsTerminal::is_terminal(&out);
+    let mut p = Printer::new(out, tty, view);
     while let Some(ev) = handle.recv() {
         match ev {
             Event::Token { text, .. } => {
@@ -765,4 +766,66 @@ fn backends(a: BackendsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HARMONY: &[&str] = &[
+        "<|channel|>analysis",
+        "<|message|>Think",
+        "ing.<|end|><|start|>assistant<|channel|>final<|message|>",
+        "Answer",
+        ".",
+    ];
+
+    /// What a printer writes for `pieces`, and the reply it keeps.
+    fn print(view: ChatView, tty: bool, pieces: &[&str]) -> (String, String) {
+        let mut p = Printer::new(Vec::new(), tty, view);
+        for (i, piece) in pieces.iter().enumerate() {
+            assert!(p.push(piece, i + 1 == pieces.len()).unwrap());
+        }
+        (String::from_utf8(p.out).unwrap(), p.reply)
+    }
+
+    #[test]
+    fn harmony_answer_only_by_default() {
+        let view = ChatView {
+            harmony: true,
+            show_reasoning: false,
+        };
+        let want = ("Answer.".to_string(), "Answer.".to_string());
+        assert_eq!(print(view, false, HARMONY), want);
+        assert_eq!(print(view, true, HARMONY), want);
+    }
+
+    #[test]
+    fn harmony_reasoning_shown_on_request() {
+        let view = ChatView {
+            harmony: true,
+            show_reasoning: true,
+        };
+        assert_eq!(
+            print(view, false, HARMONY),
+            ("Thinking.\n\nAnswer.".into(), "Answer.".into())
+        );
+        assert_eq!(
+            print(view, true, HARMONY),
+            (
+                "\x1b[2mThink\x1b[0m\x1b[2ming.\x1b[0m\n\nAnswer.".into(),
+                "Answer.".into()
+            )
+        );
+    }
+
+    #[test]
+    fn other_models_print_everything() {
+        let view = ChatView {
+            harmony: false,
+            show_reasoning: true,
+        };
+        let text = HARMONY.concat();
+        assert_eq!(print(view, true, HARMONY), (text.clone(), text));
+    }
 }

@@ -871,13 +871,8 @@ async fn respond_whole(
                 } else {
                     Value::Null
                 };
-                let mut message = json!({"role": "assistant", "content": content, "refusal": null});
-                if plan.harmony {
-                    message["reasoning_content"] = Value::String(c.reasoning.clone());
-                }
-                if !tool_calls.is_empty() {
-                    message["tool_calls"] = Value::Array(tool_calls);
-                }
+                let message =
+                    crate::reasoning::assistant_message(content, &c.reasoning, tool_calls);
                 let logprobs = plan.logprobs.map(|_| {
                     json!({"content": c.tokens.iter().filter_map(|(id, lp)| lp.as_ref().map(|lp| chat_logprob(&engine, *id, lp))).collect::<Vec<_>>(), "refusal": null})
                 });

@@ -4,6 +4,7 @@
 
 use crate::tools::{Splitter, ToolCall};
 use kiln_runtime::harmony::HarmonyParser;
+use serde_json::{json, Value};
 
 /// What a piece of a choice's text gave.
 #[derive(Debug, Default, PartialEq)]
@@ -81,9 +82,41 @@ impl ChatText {
     }
 }
 
+/// The `message` of a whole chat response: `content` (a string, or null beside tool
+/// calls), `reasoning_content` when the model reasoned (as llama.cpp's server, only when
+/// there is some), `tool_calls` when it called any.
+pub fn assistant_message(content: Value, reasoning: &str, tool_calls: Vec<Value>) -> Value {
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning.to_string());
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_message_carries_reasoning_apart() {
+        let mut ct = ChatText::new(true, false);
+        let got = all(
+            &mut ct,
+            &["<|channel|>analysis<|message|>Why.<|end|><|start|>assistant<|channel|>final<|message|>Because."],
+        );
+        let m = assistant_message(Value::String(got.content), &got.reasoning, Vec::new());
+        assert_eq!(
+            m,
+            json!({"role": "assistant", "content": "Because.", "reasoning_content": "Why.",
+                   "refusal": null})
+        );
+        // No reasoning: no field, as for models without channels.
+        let m = assistant_message(Value::String("x".into()), "", Vec::new());
+        assert!(m.get("reasoning_content").is_none());
+    }
 
     fn all(ct: &mut ChatText, pieces: &[&str]) -> ChatPiece {
         let mut out = ChatPiece::default();
