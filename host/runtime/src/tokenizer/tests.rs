@@ -751,3 +751,30 @@ fn gpt_oss_special_tokens() {
     assert_ne!(tok.encode("<|return|>", false).unwrap(), [200_002]);
     assert!(!tok.adds_bos());
 }
+
+#[test]
+fn gpt_oss_long_and_repetitive_inputs() {
+    let tok = gpt_oss();
+    for text in [
+        " ".repeat(100_000),
+        "\n".repeat(50_000),
+        "A".repeat(200_000),
+        "ab".repeat(100_000),
+        "aB".repeat(100_000),
+        "本".repeat(100_000),
+        "É".repeat(100_000),
+        "1".repeat(100_000),
+        "x\t \n".repeat(20_000),
+        "<|start|>".repeat(10_000),
+    ] {
+        let start = std::time::Instant::now();
+        let ids = tok.encode(&text, false).unwrap();
+        assert_eq!(tok.decode(&ids), text);
+        assert!(
+            start.elapsed().as_secs_f64() < 10.0,
+            "{:?}… took {:?}",
+            &text[..8],
+            start.elapsed()
+        );
+    }
+}
