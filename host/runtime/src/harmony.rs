@@ -9,7 +9,7 @@
 //!
 //! The `analysis` channel is reasoning; `final` (and `commentary` without a recipient, the
 //! preambles) is the answer. A message addressed to a tool (` to=functions.x` in its header)
-//! is neither and is dropped. `<|return|>` and `<|call|>` end generation (the engine stops on
+//! is neither: it is a call, returned whole when its message ends. `<|return|>` and `<|call|>` end generation (the engine stops on
 //! them and does not emit them); `<|end|>` ends one message, after which another may start.
 //!
 //! [`HarmonyParser`] works on text as it streams, in pieces of any size (a token or a byte
@@ -33,6 +33,15 @@ const MAX_HEADER: usize = 1024;
 /// Token texts whose presence in a vocab marks a harmony model.
 pub const HARMONY_TOKENS: &[&str] = &[CHANNEL, MESSAGE, START, END, RETURN];
 
+/// A message the model addressed to a recipient (a tool call).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HarmonyCall {
+    /// The recipient, e.g. `functions.get_weather`.
+    pub recipient: String,
+    /// The message's text (the call's arguments, JSON for function tools).
+    pub arguments: String,
+}
+
 /// Text newly split off by [`HarmonyParser::push`] or [`HarmonyParser::finish`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HarmonyDelta {
@@ -40,20 +49,14 @@ pub struct HarmonyDelta {
     pub reasoning: String,
     /// Answer (the final channel).
     pub content: String,
+    /// Calls whose message ended.
+    pub calls: Vec<HarmonyCall>,
 }
 
 impl HarmonyDelta {
     /// Whether neither part has text.
     pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty()
-    }
-
-    fn add(&mut self, to: Dest, text: &str) {
-        match to {
-            Dest::Reasoning => self.reasoning.push_str(text),
-            Dest::Content => self.content.push_str(text),
-            Dest::Drop => {}
-        }
+        self.reasoning.is_empty() && self.content.is_empty() && self.calls.is_empty()
     }
 }
 
@@ -62,7 +65,7 @@ impl HarmonyDelta {
 enum Dest {
     Reasoning,
     Content,
-    Drop,
+    Call,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +83,8 @@ enum State {
 pub struct HarmonyParser {
     state: State,
     buf: String,
+    /// The call whose message is being read.
+    call: Option<HarmonyCall>,
 }
 
 impl Default for HarmonyParser {
@@ -94,6 +99,7 @@ impl HarmonyParser {
         HarmonyParser {
             state: State::Header,
             buf: String::new(),
+            call: None,
         }
     }
 
@@ -131,12 +137,33 @@ impl HarmonyParser {
         let mut out = HarmonyDelta::default();
         let rest = std::mem::take(&mut self.buf);
         match self.state {
-            State::Body(dest) => out.add(dest, &rest),
+            State::Body(dest) => self.emit(dest, &rest, &mut out),
             State::Header if !looks_like_header(&rest) => out.content.push_str(&rest),
             State::Header | State::Done => {}
         }
+        self.end_call(&mut out);
         self.state = State::Done;
         out
+    }
+
+    /// Sends body text where its message goes.
+    fn emit(&mut self, dest: Dest, text: &str, out: &mut HarmonyDelta) {
+        match dest {
+            Dest::Reasoning => out.reasoning.push_str(text),
+            Dest::Content => out.content.push_str(text),
+            Dest::Call => {
+                if let Some(c) = &mut self.call {
+                    c.arguments.push_str(text);
+                }
+            }
+        }
+    }
+
+    /// Returns the call being read, if any, its message having ended.
+    fn end_call(&mut self, out: &mut HarmonyDelta) {
+        if let Some(c) = self.call.take() {
+            out.calls.push(c);
+        }
     }
 
     /// One step in a header; returns whether the state changed or text was consumed.
@@ -155,7 +182,14 @@ impl HarmonyParser {
         if let Some(at) = self.buf.find(MESSAGE) {
             let header = self.buf[..at].to_string();
             self.buf.replace_range(..at + MESSAGE.len(), "");
-            self.state = State::Body(dest_of(&header));
+            let dest = dest_of(&header);
+            if dest == Dest::Call {
+                self.call = Some(HarmonyCall {
+                    recipient: recipient_of(&header).to_string(),
+                    arguments: String::new(),
+                });
+            }
+            self.state = State::Body(dest);
             return true;
         }
         // Ends of turn inside a header: an empty message.
@@ -178,7 +212,8 @@ impl HarmonyParser {
     fn step_body(&mut self, dest: Dest, out: &mut HarmonyDelta) -> bool {
         match first_marker(&self.buf, BODY_MARKERS) {
             Some((at, m)) => {
-                out.add(dest, &self.buf[..at]);
+                let before = self.buf[..at].to_string();
+                self.emit(dest, &before, out);
                 let after = at + m.len();
                 match m {
                     END => {
@@ -195,15 +230,20 @@ impl HarmonyParser {
                         self.state = State::Header;
                     }
                     // Stray header markers inside a body: dropped.
-                    _ => self.buf.replace_range(..after, ""),
+                    _ => {
+                        self.buf.replace_range(..after, "");
+                        return true;
+                    }
                 }
+                self.end_call(out);
                 true
             }
             None => {
                 // Release all but a tail that may begin a marker.
                 let keep = marker_prefix_len(&self.buf);
                 let cut = self.buf.len() - keep;
-                out.add(dest, &self.buf[..cut]);
+                let text = self.buf[..cut].to_string();
+                self.emit(dest, &text, out);
                 self.buf.replace_range(..cut, "");
                 false
             }
@@ -224,7 +264,7 @@ fn looks_like_header(text: &str) -> bool {
 /// a message to a recipient (a tool call), the answer otherwise.
 fn dest_of(header: &str) -> Dest {
     if header.contains(" to=") || header.starts_with("to=") {
-        return Dest::Drop;
+        return Dest::Call;
     }
     let channel = header
         .split_once(CHANNEL)
@@ -237,6 +277,16 @@ fn dest_of(header: &str) -> Dest {
         "analysis" => Dest::Reasoning,
         _ => Dest::Content,
     }
+}
+
+/// The recipient a header names (`to=NAME`, up to a space or a marker).
+fn recipient_of(header: &str) -> &str {
+    let Some((_, rest)) = header.split_once("to=") else {
+        return "";
+    };
+    rest.split(|c: char| c.is_whitespace() || c == '<')
+        .next()
+        .unwrap_or("")
 }
 
 /// The earliest of `markers` in `text`: (byte offset, marker).
@@ -277,19 +327,25 @@ mod tests {
     const FULL: &str = "<|channel|>analysis<|message|>User says hi. Respond.<|end|>\
 <|start|>assistant<|channel|>final<|message|>Hello! How can I help?";
 
-    /// Feeds `pieces` one by one; returns (reasoning, content) and checks that the
-    /// parser never releases a marker.
-    fn run<'a>(pieces: impl IntoIterator<Item = &'a str>) -> (String, String) {
+    /// Feeds `pieces` one by one; returns everything released.
+    fn run_all<'a>(pieces: impl IntoIterator<Item = &'a str>) -> HarmonyDelta {
         let mut p = HarmonyParser::new();
         let mut all = HarmonyDelta::default();
-        for piece in pieces {
-            let d = p.push(piece);
+        let mut add = |d: HarmonyDelta| {
             all.reasoning.push_str(&d.reasoning);
             all.content.push_str(&d.content);
+            all.calls.extend(d.calls);
+        };
+        for piece in pieces {
+            add(p.push(piece));
         }
-        let d = p.finish();
-        all.reasoning.push_str(&d.reasoning);
-        all.content.push_str(&d.content);
+        add(p.finish());
+        all
+    }
+
+    /// Feeds `pieces` one by one; returns (reasoning, content).
+    fn run<'a>(pieces: impl IntoIterator<Item = &'a str>) -> (String, String) {
+        let all = run_all(pieces);
         (all.reasoning, all.content)
     }
 
@@ -438,6 +494,29 @@ mod tests {
             "<|channel|>commentary<|message|>Let me check.<|end|>",
             ("", "Let me check."),
         );
+    }
+
+    #[test]
+    fn calls_are_returned_whole() {
+        let call = |r: &str, a: &str| HarmonyCall {
+            recipient: r.into(),
+            arguments: a.into(),
+        };
+        let text = "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}";
+        let want = vec![call("functions.get_weather", "{\"city\":\"Paris\"}")];
+        // The engine stops at <|call|> without emitting it: the call ends with the text.
+        assert_eq!(run_all([text]).calls, want);
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        assert_eq!(run_all(chars.iter().map(String::as_str)).calls, want);
+        assert_eq!(run_all([text, "<|call|>"]).calls, want);
+        // Recipient before the channel; two calls in a row.
+        let two = "<|start|>assistant to=functions.a<|channel|>commentary json<|message|>{}<|end|><|start|>assistant to=functions.b<|channel|>commentary json<|message|>[1]";
+        assert_eq!(
+            run_all([two]).calls,
+            vec![call("functions.a", "{}"), call("functions.b", "[1]")]
+        );
+        // No call: none returned.
+        assert!(run_all([FULL]).calls.is_empty());
     }
 
     #[test]

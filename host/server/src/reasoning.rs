@@ -1,9 +1,9 @@
 //! A chat choice's generated text split for the response: reasoning (`reasoning_content`,
-//! as vLLM and llama.cpp's server name it) for models in harmony's format (gpt-oss), then
-//! tool calls out of the answer when the request has tools.
+//! as vLLM and llama.cpp's server name it) and harmony's calls to `functions.*` for models in
+//! harmony's format (gpt-oss), then tool calls out of the answer when the request has tools.
 
 use crate::tools::{Splitter, ToolCall};
-use kiln_runtime::harmony::HarmonyParser;
+use kiln_runtime::harmony::{HarmonyDelta, HarmonyParser};
 use serde_json::{json, Value};
 
 /// What a piece of a choice's text gave.
@@ -36,29 +36,53 @@ impl ChatText {
 
     /// Adds generated text.
     pub fn push(&mut self, text: &str) -> ChatPiece {
-        let (reasoning, content) = match &mut self.harmony {
+        match &mut self.harmony {
             Some(h) => {
                 let d = h.push(text);
-                (d.reasoning, d.content)
+                self.answer(d, false)
             }
-            None => (String::new(), text.to_string()),
-        };
-        self.answer(reasoning, &content, false)
+            None => self.answer(
+                HarmonyDelta {
+                    content: text.to_string(),
+                    ..Default::default()
+                },
+                false,
+            ),
+        }
     }
 
     /// Ends the text: releases what was held back.
     pub fn finish(&mut self) -> ChatPiece {
-        let (reasoning, content) = match &mut self.harmony {
-            Some(h) => {
-                let d = h.finish();
-                (d.reasoning, d.content)
-            }
-            None => (String::new(), String::new()),
+        let d = match &mut self.harmony {
+            Some(h) => h.finish(),
+            None => HarmonyDelta::default(),
         };
-        self.answer(reasoning, &content, true)
+        self.answer(d, true)
     }
 
-    fn answer(&mut self, reasoning: String, content: &str, last: bool) -> ChatPiece {
+    fn answer(&mut self, d: HarmonyDelta, last: bool) -> ChatPiece {
+        let HarmonyDelta {
+            reasoning,
+            content,
+            calls,
+        } = d;
+        let content = content.as_str();
+        let mut piece = self.tool_calls(reasoning, content, last);
+        // Harmony's calls to function tools, when the request has tools.
+        if self.tools.is_some() {
+            let harmony = calls.into_iter().filter_map(|c| {
+                let name = c.recipient.strip_prefix("functions.")?;
+                Some(ToolCall {
+                    name: name.to_string(),
+                    arguments: c.arguments.trim().to_string(),
+                })
+            });
+            piece.calls.extend(harmony);
+        }
+        piece
+    }
+
+    fn tool_calls(&mut self, reasoning: String, content: &str, last: bool) -> ChatPiece {
         match &mut self.tools {
             Some(sp) => {
                 let mut s = sp.push(content);
@@ -160,6 +184,28 @@ mod tests {
         );
         assert_eq!(got.reasoning, "Thinking.");
         assert_eq!(got.content, "Answer");
+    }
+
+    #[test]
+    fn harmony_calls_become_tool_calls() {
+        let text = [
+            "<|channel|>analysis<|message|>Need weather.<|end|>",
+            "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json",
+            "<|message|>{\"city\": ",
+            "\"Paris\"}",
+        ];
+        let got = all(&mut ChatText::new(true, true), &text);
+        assert_eq!(got.reasoning, "Need weather.");
+        assert_eq!(got.content, "");
+        assert_eq!(
+            got.calls,
+            [ToolCall {
+                name: "get_weather".into(),
+                arguments: "{\"city\": \"Paris\"}".into()
+            }]
+        );
+        // Without tools in the request, no calls are reported.
+        assert!(all(&mut ChatText::new(true, false), &text).calls.is_empty());
     }
 
     #[test]
