@@ -31,6 +31,10 @@ pub struct Message {
     /// The call a tool message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant's reasoning (`thinking`, as gpt-oss's template names it; clients send it
+    /// back as `reasoning_content`). Templates decide whether to render it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
 }
 
 impl Message {
@@ -42,6 +46,7 @@ impl Message {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            thinking: None,
         }
     }
 }
@@ -769,6 +774,7 @@ mod tests {
         let mut call = Message::new("assistant", "");
         call.tool_calls = Some(serde_json::json!([{"id": "c1", "type": "function",
             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]));
+        call.thinking = Some("Look it up.".into());
         let mut result = Message::new("tool", "sunny");
         result.tool_call_id = Some("c1".into());
         let msgs = [Message::new("user", "Weather in Paris?"), call, result];
@@ -782,6 +788,7 @@ mod tests {
                  // Current weather.\ntype get_weather = (_: {{\n// City name\ncity: string,\n\
                  unit?: \"c\" | \"f\",\n}}) => any;\n\n}} // namespace functions<|end|>\
                  <|start|>user<|message|>Weather in Paris?<|end|>\
+                 <|start|>assistant<|channel|>analysis<|message|>Look it up.<|end|>\
                  <|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>\
                  {{\"city\": \"Paris\"}}<|call|>\
                  <|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>\
