@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use kiln_runtime::chat::Message;
 use kiln_runtime::engine::{Engine, EngineOptions, Event, Finish, Input, Request, SamplerSpec};
+use kiln_runtime::harmony::HarmonyParser;
 use kiln_runtime::model::{LoadOptions, Model};
 use kiln_runtime::sampler::{builtin, SamplerModule};
 use kiln_runtime::sampler::{random_seed, SamplingParams};
@@ -231,6 +232,10 @@ pub struct RunArgs {
     /// System message (with --chat).
     #[arg(long)]
     pub system: Option<String>,
+    /// With --chat, also print the model's reasoning (gpt-oss's analysis channel), dimmed
+    /// on a terminal; by default only the answer is printed.
+    #[arg(long)]
+    pub show_reasoning: bool,
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -249,6 +254,10 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
+    /// Also print the model's reasoning (gpt-oss's analysis channel), dimmed on a terminal;
+    /// by default only the answer is printed.
+    #[arg(long)]
+    pub show_reasoning: bool,
     /// Most tokens per reply.
     #[arg(short = 'n', long = "n-predict")]
     pub n_predict: Option<usize>,
@@ -402,25 +411,101 @@ fn kv_line(engine: &Engine) -> String {
     )
 }
 
-/// Streams one request's text to stdout; returns how it ended (and the reply's text).
-fn stream(engine: &Engine, req: Request) -> Result<(Finish, String)> {
-    let handle = engine.submit(req)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut reply = String::new();
-    let mut write = |text: &str, reply: &mut String| -> Result<bool> {
-        reply.push_str(text);
-        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+/// How the generated text of a chat is shown.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChatView {
+    /// The model writes harmony channels: print the answer, hold the reasoning apart.
+    harmony: bool,
+    /// Print the reasoning too.
+    show_reasoning: bool,
+}
+
+/// Writes generated text to stdout: the answer as it comes, the reasoning (when shown)
+/// dimmed on a terminal, plain otherwise, a blank line between them.
+struct Printer<W: Write> {
+    out: W,
+    tty: bool,
+    view: ChatView,
+    parser: Option<HarmonyParser>,
+    /// What was printed last: 0 nothing, 1 reasoning, 2 answer.
+    last: u8,
+    /// The answer's text (what a chat keeps as the assistant's turn).
+    reply: String,
+}
+
+impl<W: Write> Printer<W> {
+    /// A printer to `out` (`tty`: a terminal, where reasoning is dimmed).
+    fn new(out: W, tty: bool, view: ChatView) -> Self {
+        Printer {
+            out,
+            tty,
+            view,
+            parser: view.harmony.then(HarmonyParser::new),
+            last: 0,
+            reply: String::new(),
+        }
+    }
+
+    /// Writes `bytes`; `false` when stdout is a closed pipe.
+    fn write(&mut self, bytes: &[u8]) -> Result<bool> {
+        match self.out.write_all(bytes).and_then(|_| self.out.flush()) {
             Ok(()) => Ok(true),
             // A closed pipe (e.g. `| head`) just ends the generation.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
             Err(e) => Err(e.into()),
         }
-    };
+    }
+
+    fn reasoning(&mut self, text: &str) -> Result<bool> {
+        if text.is_empty() || !self.view.show_reasoning {
+            return Ok(true);
+        }
+        self.last = 1;
+        if self.tty {
+            self.write(format!("\x1b[2m{text}\x1b[0m").as_bytes())
+        } else {
+            self.write(text.as_bytes())
+        }
+    }
+
+    fn answer(&mut self, text: &str) -> Result<bool> {
+        if text.is_empty() {
+            return Ok(true);
+        }
+        if self.last == 1 && !self.write(b"\n\n")? {
+            return Ok(false);
+        }
+        self.last = 2;
+        self.reply.push_str(text);
+        self.write(text.as_bytes())
+    }
+
+    /// Adds generated text (`last`: the end of the stream).
+    fn push(&mut self, text: &str, last: bool) -> Result<bool> {
+        let Some(p) = &mut self.parser else {
+            return self.answer(text);
+        };
+        let mut d = p.push(text);
+        if last {
+            let f = p.finish();
+            d.reasoning.push_str(&f.reasoning);
+            d.content.push_str(&f.content);
+        }
+        Ok(self.reasoning(&d.reasoning)? && self.answer(&d.content)?)
+    }
+}
+
+/// Streams one request's text to stdout; returns how it ended (and the reply's text: the
+/// answer alone for a model that reasons in harmony channels).
+fn stream(engine: &Engine, req: Request, view: ChatView) -> Result<(Finish, String)> {
+    let handle = engine.submit(req)?;
+    let out = std::io::stdout().lock();
+    let tty = std::io::IsTerminal::is_terminal(&out);
+    let mut p = Printer::new(out, tty, view);
     while let Some(ev) = handle.recv() {
         match ev {
             Event::Token { text, .. } => {
-                if !write(&text, &mut reply)? {
+                if !p.push(&text, false)? {
                     handle.cancel();
                 }
             }
@@ -430,9 +515,10 @@ fn stream(engine: &Engine, req: Request) -> Result<(Finish, String)> {
                 usage,
                 timings,
             } => {
-                write(&text, &mut reply)?;
-                let _ = writeln!(out);
-                drop(out);
+                p.push(&text, true)?;
+                let _ = writeln!(p.out);
+                let reply = std::mem::take(&mut p.reply);
+                drop(p);
                 if let Finish::Error(e) = &finish {
                     bail!("{e}");
                 }
@@ -467,7 +553,11 @@ fn run(a: RunArgs) -> Result<()> {
     req.seed = choice.seed;
     req.max_tokens = a.n_predict;
     req.ignore_eos = a.ignore_eos;
-    stream(&engine, req)?;
+    let view = ChatView {
+        harmony: a.chat && engine.model().tokenizer.uses_harmony(),
+        show_reasoning: a.show_reasoning,
+    };
+    stream(&engine, req, view)?;
     Ok(())
 }
 
@@ -480,6 +570,10 @@ fn chat(a: ChatArgs) -> Result<()> {
     if let Some(s) = &a.system {
         msgs.push(Message::new("system", s.clone()));
     }
+    let view = ChatView {
+        harmony: engine.model().tokenizer.uses_harmony(),
+        show_reasoning: a.show_reasoning,
+    };
     eprintln!(
         "[kiln] {} | {} | backend {} — type a message; /clear resets, /exit or Ctrl-D quits",
         engine.model().file.path.display(),
@@ -510,7 +604,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         let mut req = Request::new(Input::Chat(msgs.clone()), choice.spec.clone());
         req.seed = choice.seed;
         req.max_tokens = a.n_predict;
-        match stream(&engine, req) {
+        match stream(&engine, req, view) {
             Ok((finish, reply)) => {
                 if finish == Finish::ContextFull {
                     eprintln!("[kiln] the context is full; /clear to start over");
@@ -672,4 +766,66 @@ fn backends(a: BackendsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HARMONY: &[&str] = &[
+        "<|channel|>analysis",
+        "<|message|>Think",
+        "ing.<|end|><|start|>assistant<|channel|>final<|message|>",
+        "Answer",
+        ".",
+    ];
+
+    /// What a printer writes for `pieces`, and the reply it keeps.
+    fn print(view: ChatView, tty: bool, pieces: &[&str]) -> (String, String) {
+        let mut p = Printer::new(Vec::new(), tty, view);
+        for (i, piece) in pieces.iter().enumerate() {
+            assert!(p.push(piece, i + 1 == pieces.len()).unwrap());
+        }
+        (String::from_utf8(p.out).unwrap(), p.reply)
+    }
+
+    #[test]
+    fn harmony_answer_only_by_default() {
+        let view = ChatView {
+            harmony: true,
+            show_reasoning: false,
+        };
+        let want = ("Answer.".to_string(), "Answer.".to_string());
+        assert_eq!(print(view, false, HARMONY), want);
+        assert_eq!(print(view, true, HARMONY), want);
+    }
+
+    #[test]
+    fn harmony_reasoning_shown_on_request() {
+        let view = ChatView {
+            harmony: true,
+            show_reasoning: true,
+        };
+        assert_eq!(
+            print(view, false, HARMONY),
+            ("Thinking.\n\nAnswer.".into(), "Answer.".into())
+        );
+        assert_eq!(
+            print(view, true, HARMONY),
+            (
+                "\x1b[2mThink\x1b[0m\x1b[2ming.\x1b[0m\n\nAnswer.".into(),
+                "Answer.".into()
+            )
+        );
+    }
+
+    #[test]
+    fn other_models_print_everything() {
+        let view = ChatView {
+            harmony: false,
+            show_reasoning: true,
+        };
+        let text = HARMONY.concat();
+        assert_eq!(print(view, true, HARMONY), (text.clone(), text));
+    }
 }

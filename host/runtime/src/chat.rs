@@ -31,6 +31,10 @@ pub struct Message {
     /// The call a tool message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant's reasoning (`thinking`, as gpt-oss's template names it; clients send it
+    /// back as `reasoning_content`). Templates decide whether to render it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
 }
 
 impl Message {
@@ -42,6 +46,7 @@ impl Message {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            thinking: None,
         }
     }
 }
@@ -695,6 +700,102 @@ mod tests {
         let msgs = vec![Message::new("user", big.clone())];
         let out = ChatTemplate::chatml().render(&msgs, true, "", "").unwrap();
         assert!(out.len() > big.len());
+    }
+
+    /// gpt-oss's template (`testdata/gpt-oss-chat-template.jinja`): macros, namespaces,
+    /// loop slicing, `strftime_now`, `tojson`, `raise_exception`.
+    const GPT_OSS: &str = include_str!("testdata/gpt-oss-chat-template.jinja");
+
+    /// The system header gpt-oss's template writes (today's date, medium reasoning).
+    fn gpt_oss_system(tools: bool) -> String {
+        let today = chrono::Utc::now().format("%Y-%m-%d");
+        let calls = if tools {
+            "\nCalls to these tools must go to the commentary channel: 'functions'."
+        } else {
+            ""
+        };
+        format!(
+            "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n\
+             Knowledge cutoff: 2024-06\nCurrent date: {today}\n\nReasoning: medium\n\n\
+             # Valid channels: analysis, commentary, final. Channel must be included for every \
+             message.{calls}<|end|>"
+        )
+    }
+
+    #[test]
+    fn gpt_oss_template_renders() {
+        let t = ChatTemplate::new(GPT_OSS).unwrap();
+        let out = t
+            .render(&sys_user(), true, "<|startoftext|>", "<|return|>")
+            .unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{}<|start|>developer<|message|># Instructions\n\nYou are terse.\n\n<|end|>\
+                 <|start|>user<|message|>Hi there<|end|><|start|>assistant",
+                gpt_oss_system(false)
+            )
+        );
+        // Earlier answers come back on the final channel; no developer message without a
+        // system message.
+        let chat = [
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Bye"),
+        ];
+        let out = t.render(&chat, true, "", "").unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{}<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>\
+                 Hello!<|end|><|start|>user<|message|>Bye<|end|><|start|>assistant",
+                gpt_oss_system(false)
+            )
+        );
+        // An answer that carries channel markers is refused by the template itself.
+        let bad = [
+            Message::new("user", "Hi"),
+            Message::new("assistant", "<|channel|>final<|message|>x"),
+            Message::new("user", "Bye"),
+        ];
+        let err = t.render(&bad, true, "", "").unwrap_err().to_string();
+        assert!(err.contains("<|channel|> tags"), "{err}");
+    }
+
+    #[test]
+    fn gpt_oss_template_renders_tools_and_calls() {
+        let t = ChatTemplate::new(GPT_OSS).unwrap();
+        let tools = serde_json::json!([{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather.",
+            "parameters": {"type": "object", "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["c", "f"]}},
+                "required": ["city"]}}}]);
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = Some(serde_json::json!([{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]));
+        call.thinking = Some("Look it up.".into());
+        let mut result = Message::new("tool", "sunny");
+        result.tool_call_id = Some("c1".into());
+        let msgs = [Message::new("user", "Weather in Paris?"), call, result];
+        let out = t
+            .render_with_tools(&msgs, Some(&tools), true, "", "")
+            .unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{}<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {{\n\n\
+                 // Current weather.\ntype get_weather = (_: {{\n// City name\ncity: string,\n\
+                 unit?: \"c\" | \"f\",\n}}) => any;\n\n}} // namespace functions<|end|>\
+                 <|start|>user<|message|>Weather in Paris?<|end|>\
+                 <|start|>assistant<|channel|>analysis<|message|>Look it up.<|end|>\
+                 <|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>\
+                 {{\"city\": \"Paris\"}}<|call|>\
+                 <|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>\
+                 \"sunny\"<|end|><|start|>assistant",
+                gpt_oss_system(true)
+            )
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`model_file`]: a GGUF file mapped and parsed once.
 //! - [`tokenizer`]: tokenizers built from GGUF metadata, byte-exact with llama.cpp.
 //! - [`chat`]: chat templates (sandboxed Jinja).
+//! - [`harmony`]: gpt-oss's response format split into reasoning and answer.
 //! - [`sampler`]: the WebAssembly sampler runtime.
 //! - [`model`]: a model loaded on the backend that suits it, with its tokenizer and template.
 //! - [`engine`]: the multi-sequence scheduler: submit requests, stream their events.
@@ -29,6 +30,7 @@
 
 pub mod chat;
 pub mod engine;
+pub mod harmony;
 pub mod model;
 pub mod model_file;
 pub mod plugins;

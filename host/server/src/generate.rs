@@ -6,7 +6,8 @@
 
 use crate::error::{sanitize, ApiError};
 use crate::openai::{self, ChatRequest, CompletionRequest, Sampling};
-use crate::tools::{self, Splitter, ToolCall};
+use crate::reasoning::ChatText;
+use crate::tools::{self, ToolCall};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -58,6 +59,8 @@ struct Plan {
     logprobs: Option<usize>,
     /// Parse tool calls out of the text.
     tools: bool,
+    /// Split the model's harmony channels into reasoning and answer (chat with gpt-oss).
+    harmony: bool,
     parallel_tool_calls: bool,
 }
 
@@ -314,6 +317,7 @@ fn plan_common(
         logprobs,
         tools: false,
         parallel_tool_calls: true,
+        harmony: false,
     })
 }
 
@@ -573,6 +577,7 @@ fn plan_chat(st: &AppState, engine: &Engine, body: &[u8]) -> Result<Plan, ApiErr
         logprobs,
     )?;
     plan.tools = tools_value.is_some();
+    plan.harmony = engine.model().tokenizer.uses_harmony();
     plan.parallel_tool_calls = parallel;
     Ok(plan)
 }
@@ -649,11 +654,20 @@ fn chat_logprob(engine: &Engine, id: u32, lp: &TokenLogprob) -> Value {
 #[derive(Default)]
 struct Collected {
     text: String,
+    reasoning: String,
     calls: Vec<ToolCall>,
     tokens: Vec<(u32, Option<TokenLogprob>)>,
     finish: Option<Finish>,
     usage: Usage,
     ttft_ms: f64,
+}
+
+impl Collected {
+    fn add(&mut self, p: crate::reasoning::ChatPiece) {
+        self.reasoning.push_str(&p.reasoning);
+        self.text.push_str(&p.content);
+        self.calls.extend(p.calls);
+    }
 }
 
 /// Metrics and the log line of a finished request.
@@ -782,7 +796,7 @@ async fn respond_whole(
     let mut results: Vec<(usize, usize, Collected)> = Vec::new();
     for c in choices {
         let mut col = Collected::default();
-        let mut split = Splitter::default();
+        let mut split = ChatText::new(plan.harmony, plan.tools);
         let mut last = None::<Instant>;
         while let Some(ev) = c.handle.recv_async().await {
             match ev {
@@ -793,13 +807,8 @@ async fn respond_whole(
                         st.metrics.inter_token(now - prev);
                     }
                     last = Some(now);
-                    if plan.tools {
-                        let s = split.push(&text);
-                        col.text.push_str(&s.content);
-                        col.calls.extend(s.calls);
-                    } else {
-                        col.text.push_str(&text);
-                    }
+                    let s = split.push(&text);
+                    col.add(s);
                     col.tokens.push((id, logprob));
                 }
                 Event::Done {
@@ -808,16 +817,9 @@ async fn respond_whole(
                     usage,
                     timings,
                 } => {
-                    if plan.tools {
-                        let s = split.push(&text);
-                        col.text.push_str(&s.content);
-                        col.calls.extend(s.calls);
-                        let s = split.finish();
-                        col.text.push_str(&s.content);
-                        col.calls.extend(s.calls);
-                    } else {
-                        col.text.push_str(&text);
-                    }
+                    let s = split.push(&text);
+                    col.add(s);
+                    col.add(split.finish());
                     col.usage = usage;
                     col.ttft_ms = timings.ttft_ms;
                     col.finish = Some(finish);
@@ -869,10 +871,8 @@ async fn respond_whole(
                 } else {
                     Value::Null
                 };
-                let mut message = json!({"role": "assistant", "content": content, "refusal": null});
-                if !tool_calls.is_empty() {
-                    message["tool_calls"] = Value::Array(tool_calls);
-                }
+                let message =
+                    crate::reasoning::assistant_message(content, &c.reasoning, tool_calls);
                 let logprobs = plan.logprobs.map(|_| {
                     json!({"content": c.tokens.iter().filter_map(|(id, lp)| lp.as_ref().map(|lp| chat_logprob(&engine, *id, lp))).collect::<Vec<_>>(), "refusal": null})
                 });
@@ -945,6 +945,7 @@ struct StreamCtx {
     api: Api,
     logprobs: bool,
     tools: bool,
+    harmony: bool,
     parallel_calls: bool,
     /// Response id, creation time, model id.
     head: (String, u64, String),
@@ -959,6 +960,7 @@ fn choice_stream(ctx: StreamCtx, c: Choice) -> impl Stream<Item = Piece> + Send 
         api,
         logprobs,
         tools,
+        harmony,
         parallel_calls,
         head,
         rec,
@@ -968,7 +970,7 @@ fn choice_stream(ctx: StreamCtx, c: Choice) -> impl Stream<Item = Piece> + Send 
         st: Arc<AppState>,
         engine: Arc<Engine>,
         c: Choice,
-        split: Splitter,
+        split: ChatText,
         started: bool,
         calls: usize,
         last: Option<Instant>,
@@ -987,7 +989,7 @@ fn choice_stream(ctx: StreamCtx, c: Choice) -> impl Stream<Item = Piece> + Send 
         st,
         engine,
         c,
-        split: Splitter::default(),
+        split: ChatText::new(harmony, tools),
         started: false,
         calls: 0,
         last: None,
@@ -1043,23 +1045,27 @@ fn choice_stream(ctx: StreamCtx, c: Choice) -> impl Stream<Item = Piece> + Send 
                     } => (text, None, Some((finish, usage, timings.ttft_ms))),
                 };
                 // Text (and tool calls) of this event.
-                let (content, calls) = if tools {
-                    let mut sp = s.split.push(&text);
-                    if end.is_some() {
-                        let f = s.split.finish();
-                        sp.content.push_str(&f.content);
-                        sp.calls.extend(f.calls);
-                    }
-                    (sp.content, sp.calls)
-                } else {
-                    (text, Vec::new())
-                };
+                let mut sp = s.split.push(&text);
+                if end.is_some() {
+                    let f = s.split.finish();
+                    sp.reasoning.push_str(&f.reasoning);
+                    sp.content.push_str(&f.content);
+                    sp.calls.extend(f.calls);
+                }
+                let (reasoning, content, calls) = (sp.reasoning, sp.content, sp.calls);
                 let lp_json = lp.map(|(id, l)| match api {
                     Api::Chat => {
                         json!({"content": [chat_logprob(&s.engine, id, &l)], "refusal": null})
                     }
                     Api::Completion => completion_logprobs(&s.engine, &[(id, Some(l))]),
                 });
+                if !reasoning.is_empty() {
+                    s.queue.push_back(Piece::Chunk(chunk(
+                        json!({"index": index, "delta": {"reasoning_content": reasoning},
+                               "logprobs": null, "finish_reason": null}),
+                        api,
+                    )));
+                }
                 if !content.is_empty() || lp_json.is_some() {
                     let choice = match api {
                         Api::Chat => json!({"index": index, "delta": {"content": content},
@@ -1121,6 +1127,7 @@ fn respond_stream(
         api: plan.api,
         logprobs: plan.logprobs.is_some(),
         tools: plan.tools,
+        harmony: plan.harmony,
         parallel_calls: plan.parallel_tool_calls,
         head,
         rec: rec.clone(),

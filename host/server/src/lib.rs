@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod metrics;
 pub mod openai;
+pub mod reasoning;
 pub mod samplers;
 pub mod tokenize;
 pub mod tools;

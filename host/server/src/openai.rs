@@ -248,6 +248,9 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     /// An assistant's refusal (kept as its content).
     pub refusal: Option<String>,
+    /// An assistant's reasoning, as this server (and vLLM, llama.cpp) returns it; given to
+    /// the template as `thinking`.
+    pub reasoning_content: Option<String>,
 }
 
 /// A function a tool exposes.
@@ -465,6 +468,7 @@ pub fn to_messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
             name: m.name,
             tool_calls,
             tool_call_id: m.tool_call_id,
+            thinking: m.reasoning_content.filter(|_| role == "assistant"),
         });
     }
     Ok(out)

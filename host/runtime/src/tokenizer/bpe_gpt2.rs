@@ -70,7 +70,17 @@ const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?{L}+| ?{N}+| ?[^\s{L}{N}]
 pub fn pre_tokenizer_patterns(pre: &str) -> Option<Vec<String>> {
     let qwen2 = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{L}{N}]?{L}+|{N}| ?[^\s{L}{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let llama3 = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{L}{N}]?{L}+|{N}{1,3}| ?[^\s{L}{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    // llama.cpp's rewrite of o200k's pattern (LLAMA_VOCAB_PRE_TYPE_GPT4O). The original
+    // `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+` word classes become "a letter
+    // that is not a-z" then "a letter that is not A-Z": every non-ASCII letter counts as both
+    // cases and combining marks (not letters) end a word; `(?i:'s|...)` becomes explicit
+    // case pairs. llama.cpp runs it with std::regex on text whose non-ASCII code points are
+    // collapsed to one byte per category, which for this pattern is the same as running it
+    // on the text itself with llama.cpp's letter/digit classes.
+    let gpt4o = r"[^\r\n{L}{N}]?((?={L})([^a-z]))*((?={L})([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n{L}{N}]?((?={L})([^a-z]))+((?={L})([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|{N}{1,3}| ?[^\s{L}{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let patterns: Vec<&str> = match pre {
+        // gpt-oss (o200k_harmony), Llama 4 and others llama.cpp maps to the same type.
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => vec![gpt4o],
         "qwen2" | "megrez" | "deepseek-r1-qwen" => vec![qwen2],
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => vec![llama3],
         // Digits split one by one, then GPT-2's pattern.
@@ -85,7 +95,8 @@ pub fn pre_tokenizer_patterns(pre: &str) -> Option<Vec<String>> {
 
 /// Names accepted by [`pre_tokenizer_patterns`], for error messages.
 pub const KNOWN_PRE_TYPES: &str = "qwen2, megrez, deepseek-r1-qwen, llama3, llama-bpe, falcon3, \
-pixtral, smollm, starcoder, refact, command-r, codeshell, exaone, gpt-2, phi-2, roberta-bpe";
+pixtral, gpt-4o, llama4, kanana2, talkie, minimax-m2, smollm, starcoder, refact, command-r, codeshell, \
+exaone, gpt-2, phi-2, roberta-bpe";
 
 /// Builds the `tokenizers` pipeline for a gpt2 vocab. `tokens` are the GGUF token texts
 /// (index = id); returned ids at or above `tokens.len()` are placeholders to drop.
@@ -181,7 +192,7 @@ pub fn merges_from_bytes(raw: &[&[u8]]) -> Result<Vec<String>> {
 /// Errors unless every pattern of every known pre type compiles (used by tests).
 #[cfg(test)]
 pub fn check_all_patterns() -> Result<()> {
-    for pre in ["qwen2", "llama3", "smollm", "gpt2"] {
+    for pre in ["qwen2", "llama3", "gpt-4o", "smollm", "gpt2"] {
         let Some(ps) = pre_tokenizer_patterns(pre) else {
             anyhow::bail!("{pre} unknown")
         };
@@ -197,9 +208,119 @@ pub fn check_all_patterns() -> Result<()> {
     Ok(())
 }
 
+/// The words the pre-tokenizer of `pre` cuts `text` into, before byte-level mapping and
+/// BPE (used by tests).
+#[cfg(test)]
+pub fn split_words(pre: &str, text: &str) -> Result<Vec<String>> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let patterns = pre_tokenizer_patterns(pre).ok_or_else(|| anyhow!("{pre} unknown"))?;
+    let mut pts = PreTokenizedString::from(text);
+    for p in patterns {
+        let split = Split::new(
+            SplitPattern::Regex(p),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| anyhow!("{pre}: {e}"))?;
+        split
+            .pre_tokenize(&mut pts)
+            .map_err(|e| anyhow!("{pre}: {e}"))?;
+    }
+    Ok(pts
+        .get_splits(OffsetReferential::Original, OffsetType::Byte)
+        .into_iter()
+        .map(|(s, _, _)| s.to_string())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks the gpt-4o split of each `(text, words)` case.
+    fn check_gpt4o(cases: &[(&str, &[&str])]) {
+        for (text, want) in cases {
+            let got = split_words("gpt-4o", text).unwrap();
+            assert_eq!(got, *want, "split of {text:?}");
+        }
+    }
+
+    #[test]
+    fn gpt4o_split_words_and_case() {
+        check_gpt4o(&[
+            ("Hello world", &["Hello", " world"]),
+            // An upper-case run joins the lower-case run after it...
+            ("HELLOWorld", &["HELLOWorld"]),
+            ("CamelCaseXMLParser", &["Camel", "Case", "XMLParser"]),
+            // ...but a lower-case run ends at the next capital.
+            ("helloWorld", &["hello", "World"]),
+            ("HELLO world", &["HELLO", " world"]),
+            ("iPhone", &["i", "Phone"]),
+            // One leading non-letter, non-digit (not \r or \n) joins the word.
+            ("(foo) _bar", &["(foo", ")", " _", "bar"]),
+            ("\nfoo", &["\n", "foo"]),
+        ]);
+    }
+
+    #[test]
+    fn gpt4o_split_contractions() {
+        // Contractions attach to the word before them, in either case.
+        check_gpt4o(&[
+            (
+                "I'm don't WE'LL they'Re",
+                &["I'm", " don't", " WE'LL", " they'Re"],
+            ),
+            ("you'VE it's", &["you'VE", " it's"]),
+            // Not a contraction: the apostrophe leads the next word.
+            ("rock'n'roll", &["rock", "'n", "'roll"]),
+            ("'s alone", &["'s", " alone"]),
+            ("O'Neil's", &["O", "'Neil's"]),
+        ]);
+    }
+
+    #[test]
+    fn gpt4o_split_digits() {
+        check_gpt4o(&[
+            ("1234567 89", &["123", "456", "7", " ", "89"]),
+            ("x1y22z333", &["x", "1", "y", "22", "z", "333"]),
+            ("3.14159", &["3", ".", "141", "59"]),
+            // Non-ASCII digits are digits too.
+            ("٣٤٥٦", &["٣٤٥", "٦"]),
+        ]);
+    }
+
+    #[test]
+    fn gpt4o_split_whitespace_and_punctuation() {
+        check_gpt4o(&[
+            ("a   b", &["a", "  ", " b"]),
+            ("a  ", &["a", "  "]),
+            ("a \n\n b", &["a", " \n\n", " b"]),
+            ("a\r\n\tb", &["a", "\r\n", "\tb"]),
+            ("x!!\n\ny", &["x", "!!\n\n", "y"]),
+            // "/" continues a punctuation run's trailing newlines; a lone one leads a word.
+            ("a/b//c", &["a", "/b", "//", "c"]),
+            ("end.\n/", &["end", ".\n/"]),
+            ("\t\t", &["\t\t"]),
+            ("\u{3000}word", &["\u{3000}word"]),
+        ]);
+    }
+
+    #[test]
+    fn gpt4o_split_non_ascii() {
+        check_gpt4o(&[
+            // CJK letters (no case) form one word, with a leading space.
+            ("你好世界 日本語", &["你好世界", " 日本語"]),
+            ("emoji 🚀🚀 ok👍", &["emoji", " 🚀🚀", " ok", "👍"]),
+            // llama.cpp's rewrite: non-ASCII letters count as both cases, so a word of
+            // non-ASCII capitals ends after its first letter when ASCII capitals follow...
+            ("ÉCOLE école", &["É", "COLE", " école"]),
+            ("ΑΒΓ αβγ", &["ΑΒΓ", " αβγ"]),
+            // ...and combining marks are not letters: they lead the next word.
+            ("cafe\u{301}s", &["cafe", "\u{301}s"]),
+            ("e\u{301}", &["e", "\u{301}"]),
+            ("Straße", &["Straße"]),
+        ]);
+    }
 
     #[test]
     fn byte_table_is_a_bijection_onto_gpt2_alphabet() {

@@ -72,6 +72,9 @@ const EOG_TEXTS: &[&str] = &[
     "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>",
 ];
 
+/// Token texts llama.cpp always makes user-defined (gpt-oss's harmony format).
+const HARMONY_USER_DEFINED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
+
 /// End-of-turn texts, searched when the GGUF names no `eot_token_id`.
 const EOT_TEXTS: &[&str] = &[
     "<|eot_id|>",
@@ -178,6 +181,7 @@ pub struct Tokenizer {
     eog: HashSet<u32>,
     specials: SpecialMatcher,
     chat_template: Option<String>,
+    harmony: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -341,6 +345,13 @@ impl Tokenizer {
                 attrs[end as usize] = attr::USER_DEFINED;
             }
         }
+        // Harmony's (gpt-oss) structural tokens are always rendered and split out of text
+        // even without special-token parsing: llama.cpp makes them user-defined.
+        for (id, t) in texts.iter().enumerate() {
+            if HARMONY_USER_DEFINED.contains(&t.as_str()) {
+                attrs[id] = attr::USER_DEFINED;
+            }
+        }
         // With "<|tool_response>", "</s>" is ordinary text.
         if let (Some(s), Some(_)) = (eog_has(&eog, "</s>"), eog_has(&eog, "<|tool_response>")) {
             eog.remove(&s);
@@ -386,6 +397,7 @@ impl Tokenizer {
         let (piece_bytes, piece_offs) = build_piece_table(kind, &texts, &attrs);
         let specials = SpecialMatcher::new(&texts, &attrs);
         let chat_template = g.get_str("tokenizer.chat_template")?.map(str::to_string);
+        let harmony = crate::harmony::is_harmony_vocab(|t| texts.iter().any(|x| x == t));
 
         Ok(Tokenizer {
             kind,
@@ -402,6 +414,7 @@ impl Tokenizer {
             eog,
             specials,
             chat_template,
+            harmony,
         })
     }
 
@@ -507,6 +520,12 @@ impl Tokenizer {
     /// The chat template stored in the GGUF (`tokenizer.chat_template`), if any.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// Whether the vocab has harmony's tokens (gpt-oss): generated text then carries
+    /// channels that [`crate::harmony::HarmonyParser`] splits into reasoning and answer.
+    pub fn uses_harmony(&self) -> bool {
+        self.harmony
     }
 
     /// The raw vocab text of token `id` (byte-level or "▁"-escaped as stored).

@@ -3,6 +3,7 @@
 
 use super::*;
 use kiln_sdk::gguf::GgufWriter;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -603,4 +604,177 @@ fn tokenizer_and_decoder_can_be_shared_across_threads() {
     assert_send_sync::<Tokenizer>();
     assert_send_sync::<StreamDecoder>();
     assert_send_sync::<crate::chat::ChatTemplate>();
+}
+
+// ---- gpt-oss (o200k_harmony, pre "gpt-4o") against llama.cpp ----
+
+/// Harmony's special tokens among ids 199998..201088 (the others are reserved).
+const HARMONY_SPECIALS: &[(u32, &str)] = &[
+    (199_998, "<|startoftext|>"),
+    (199_999, "<|endoftext|>"),
+    (200_002, "<|return|>"),
+    (200_003, "<|constrain|>"),
+    (200_005, "<|channel|>"),
+    (200_006, "<|start|>"),
+    (200_007, "<|end|>"),
+    (200_008, "<|message|>"),
+    (200_012, "<|call|>"),
+];
+
+/// The merge that makes token `tok` (rank `rank`): BPE over its bytes with the lower ranks
+/// until two parts remain.
+fn merge_of(tok: &[u8], rank: u32, ranks: &HashMap<Vec<u8>, u32>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut parts: Vec<Vec<u8>> = tok.iter().map(|&b| vec![b]).collect();
+    while parts.len() > 2 {
+        let best = (0..parts.len() - 1)
+            .filter_map(|i| {
+                let joined = [parts[i].as_slice(), parts[i + 1].as_slice()].concat();
+                ranks.get(&joined).filter(|&&r| r < rank).map(|&r| (r, i))
+            })
+            .min()?;
+        let right = parts.remove(best.1 + 1);
+        parts[best.1].extend(right);
+    }
+    (parts.len() == 2).then(|| (parts[0].clone(), parts[1].clone()))
+}
+
+/// gpt-oss's vocab as a GGUF, the way llama.cpp's converter writes it: o200k_base's tokens
+/// (byte-level texts), merges derived from their ranks, harmony's special tokens (control)
+/// and reserved ones up to 201088 tokens.
+fn gpt_oss_vocab_gguf() -> Vec<u8> {
+    let bpe = tiktoken_rs::o200k_base().expect("o200k_base");
+    let n_base = 199_998u32;
+    let table = bpe_gpt2::byte_to_char_table();
+    let enc = |b: &[u8]| -> String { b.iter().map(|&x| table[x as usize]).collect() };
+    let mut ranks = HashMap::new();
+    let mut by_rank = Vec::with_capacity(n_base as usize);
+    for r in 0..n_base {
+        let bytes = bpe
+            ._decode_native_and_split(vec![r])
+            .next()
+            .expect("token bytes");
+        ranks.insert(bytes.clone(), r);
+        by_rank.push(bytes);
+    }
+    let mut merges = Vec::new();
+    for (r, tok) in by_rank.iter().enumerate() {
+        if tok.len() < 2 {
+            continue;
+        }
+        let (a, b) = merge_of(tok, r as u32, &ranks).expect("every token has a merge");
+        merges.push(format!("{} {}", enc(&a), enc(&b)));
+    }
+    let mut tokens: Vec<String> = by_rank.iter().map(|b| enc(b)).collect();
+    let mut types = vec![1i32; tokens.len()];
+    for id in n_base..201_088 {
+        let text = HARMONY_SPECIALS
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or_else(|| format!("<|reserved_{id}|>"), |(_, t)| t.to_string());
+        tokens.push(text);
+        types.push(3);
+    }
+    let mut w = GgufWriter::new();
+    w.add_str("general.architecture", "gpt-oss");
+    w.add_str("tokenizer.ggml.model", "gpt2");
+    w.add_str("tokenizer.ggml.pre", "gpt-4o");
+    w.add_array_str("tokenizer.ggml.tokens", &tokens);
+    w.add_array_i32("tokenizer.ggml.token_type", &types);
+    w.add_array_str("tokenizer.ggml.merges", &merges);
+    w.add_u32("tokenizer.ggml.bos_token_id", 199_998);
+    w.add_u32("tokenizer.ggml.eos_token_id", 200_002);
+    w.add_u32("tokenizer.ggml.padding_token_id", 199_999);
+    w.add_bool("tokenizer.ggml.add_bos_token", false);
+    w.finish()
+}
+
+/// The gpt-oss tokenizer, built once per test binary.
+fn gpt_oss() -> &'static Tokenizer {
+    static CELL: OnceLock<Tokenizer> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let bytes = gpt_oss_vocab_gguf();
+        let g = Gguf::parse(&bytes).expect("parse gguf");
+        Tokenizer::from_gguf(&g).expect("build tokenizer")
+    })
+}
+
+/// Every case llama.cpp tokenized (`testdata/gpt-oss-llama-cpp.json`: tricky texts and
+/// random ones, special-token parsing on and off) gives the same ids.
+#[test]
+fn gpt_oss_matches_llama_cpp() {
+    let tok = gpt_oss();
+    let r: serde_json::Value =
+        serde_json::from_str(include_str!("testdata/gpt-oss-llama-cpp.json")).expect("JSON");
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(cases.len() > 400);
+    let mut failed = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let parse = case["parse_special"].as_bool().expect("parse_special");
+        let want = ids_of(&case["ids"]);
+        let got = tok.encode(text, parse).unwrap();
+        if got != want {
+            failed.push(format!(
+                "{text:?} parse_special={parse}: {got:?} != {want:?}"
+            ));
+        }
+        assert_eq!(tok.decode(&got), text);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} cases differ:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn gpt_oss_special_tokens() {
+    let tok = gpt_oss();
+    assert!(tok.uses_harmony());
+    // <|return|> and <|call|> end generation; <|end|> only ends a message.
+    assert!(tok.is_eog(200_002) && tok.is_eog(200_012));
+    assert!(!tok.is_eog(200_007));
+    // Harmony's structure tokens are split out even without special-token parsing, and
+    // render as their text.
+    let ids = tok
+        .encode(
+            "<|start|>assistant<|channel|>final<|message|>Hi<|end|>",
+            false,
+        )
+        .unwrap();
+    assert_eq!(ids[0], 200_006);
+    assert!(ids.contains(&200_005) && ids.contains(&200_008) && ids.contains(&200_007));
+    assert_eq!(tok.decode(&[200_005, 200_007]), "<|channel|><|end|>");
+    // Control tokens need special-token parsing.
+    assert_eq!(tok.encode("<|return|>", true).unwrap(), [200_002]);
+    assert_ne!(tok.encode("<|return|>", false).unwrap(), [200_002]);
+    assert!(!tok.adds_bos());
+}
+
+#[test]
+fn gpt_oss_long_and_repetitive_inputs() {
+    let tok = gpt_oss();
+    for text in [
+        " ".repeat(100_000),
+        "\n".repeat(50_000),
+        "A".repeat(200_000),
+        "ab".repeat(100_000),
+        "aB".repeat(100_000),
+        "本".repeat(100_000),
+        "É".repeat(100_000),
+        "1".repeat(100_000),
+        "x\t \n".repeat(20_000),
+        "<|start|>".repeat(10_000),
+    ] {
+        let start = std::time::Instant::now();
+        let ids = tok.encode(&text, false).unwrap();
+        assert_eq!(tok.decode(&ids), text);
+        assert!(
+            start.elapsed().as_secs_f64() < 10.0,
+            "{:?}… took {:?}",
+            &text[..8],
+            start.elapsed()
+        );
+    }
 }
