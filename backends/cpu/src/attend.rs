@@ -65,6 +65,8 @@ pub struct Head<'a> {
     pub scale: f32,
     /// Optional score soft-cap.
     pub softcap: Option<f32>,
+    /// Optional attention sink: a logit that joins the denominator and brings no value.
+    pub sink: Option<f32>,
 }
 
 impl Head<'_> {
@@ -102,6 +104,17 @@ impl Head<'_> {
                 vs,
             );
             sum = sum * ms + vs;
+        }
+        if let Some(sink) = self.sink {
+            // The sink joins the final denominator against the running maximum; one above it
+            // becomes the maximum, and what was accumulated is rescaled to it.
+            if sink > m {
+                let ms = (m - sink).exp();
+                scale(acc, ms);
+                sum = sum * ms + 1.0;
+            } else {
+                sum += (sink - m).exp();
+            }
         }
         sum
     }
@@ -252,6 +265,7 @@ mod tests {
             q: &q,
             scale: 0.3,
             softcap: None,
+            sink: None,
         };
         let mut acc = vec![0f32; hv];
         let sum = head.attend(3, n - 1, &mut acc);
