@@ -365,3 +365,65 @@ pub trait Ops: Send + Sync + Sized + 'static {
         outs: &mut [RowOutput<'_>],
     ) -> Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::reference::rope_angle_scale;
+
+    /// gpt-oss-20b/120b: head size 64, base 150000, factor 32 over 4096 positions.
+    fn gpt_oss_rope() -> Rope {
+        Rope {
+            style: RopeStyle::Neox,
+            n_rot: 64,
+            base: 150_000.0,
+            freq_scale: 1.0 / 32.0,
+            yarn: Some(Yarn {
+                ext_factor: 1.0,
+                attn_factor: (0.1 * 32f32.ln() + 1.0) * (1.0 / (1.0 + 0.1 * 32f32.ln())),
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                n_ctx_orig: 4096,
+            }),
+        }
+    }
+
+    #[test]
+    fn yarn_matches_ggml_for_gpt_oss() {
+        let r = gpt_oss_rope();
+        let y = r.yarn.unwrap();
+        // ggml floors 8.09 and ceils 17.40 (HF with `truncate: false` keeps them).
+        assert_eq!(y.corr_dims(64, 150_000.0), [8.0, 18.0]);
+        let pos = 1000;
+        for i in 0..32 {
+            let extrap = pos as f64 * 150_000f64.powf(-2.0 * i as f64 / 64.0);
+            let (theta, m) = rope_angle_scale(&r, pos, i);
+            // Net magnitude: 1 + 0.1 ln 32, as HF's attention_factor.
+            assert!((m - (1.0 + 0.1 * 32f64.ln())).abs() < 1e-6, "{m}");
+            let want = if i <= 8 {
+                extrap // high frequencies keep their angle
+            } else if i >= 18 {
+                extrap / 32.0 // low frequencies are interpolated
+            } else {
+                let mix = 1.0 - (i as f64 - 8.0) / 10.0;
+                extrap / 32.0 * (1.0 - mix) + extrap * mix
+            };
+            assert!(
+                (theta - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "pair {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_yarn_the_rotation_is_unchanged() {
+        let r = Rope {
+            yarn: None,
+            freq_scale: 0.25,
+            ..gpt_oss_rope()
+        };
+        let (theta, m) = rope_angle_scale(&r, 77, 5);
+        assert_eq!(m, 1.0);
+        assert_eq!(theta, crate::model::reference::rope_angle(&r, 77, 5));
+    }
+}
