@@ -770,14 +770,18 @@ impl Ops for CpuOps {
         }
         let bias_row = match bias {
             Some(b) => {
-                if b.vector.is_some() || b.cols != d_out || b.rows != n_expert {
-                    return Err(shape_err("matmul_experts bias"));
-                }
-                Some(
+                let rb =
                     b.ty.bytes_for(d_out as u64)
                         .ok_or_else(|| shape_err("matmul_experts bias"))?
-                        as usize,
-                )
+                        as usize;
+                if b.vector.is_some()
+                    || b.cols != d_out
+                    || b.rows != n_expert
+                    || b.data.len() < rb * n_expert
+                {
+                    return Err(shape_err("matmul_experts bias"));
+                }
+                Some(rb)
             }
             None => None,
         };

@@ -310,3 +310,30 @@ fn malformed_gpt_oss_files_are_refused_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn bad_expert_counts_are_refused() {
+    use kiln_sdk::gguf::GgufWriter;
+    let g = gguf();
+    for (key, value, why) in [
+        ("gpt-oss.expert_used_count", 9, "9 used of 8 experts"),
+        ("gpt-oss.expert_used_count", 0, "0 used of 8 experts"),
+        ("gpt-oss.expert_count", 0, "4 used of 0 experts"),
+        ("gpt-oss.expert_feed_forward_length", 0, "experts of size 0"),
+    ] {
+        let mut w = GgufWriter::new();
+        for m in g.metadata.iter().filter(|m| m.key != key) {
+            w.add_raw(m.key.as_bytes(), m.value_type as u32, m.raw);
+        }
+        w.add_u32(key, value);
+        for t in &g.tensors {
+            w.add_tensor(t.name, t.ty, &t.dims, t.data);
+        }
+        let bytes: &'static [u8] = Box::leak(w.finish().into_boxed_slice());
+        let bad = Gguf::parse(bytes).expect("parses");
+        match TransformerModel::load(Arc::new(CpuOps::new(1)), &bad) {
+            Ok(_) => panic!("loaded {key} = {value}"),
+            Err(e) => assert!(e.message.contains(why), "{key} = {value}: {}", e.message),
+        }
+    }
+}

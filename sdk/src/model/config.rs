@@ -285,9 +285,15 @@ impl Config {
         let ffn = if arch.moe {
             let n_expert = u(g, &k("expert_count"))?;
             let n_used = u(g, &k("expert_used_count"))?;
-            if n_expert == 0 || n_expert > 4096 || n_used == 0 || n_used > n_expert {
+            if n_expert == 0
+                || n_expert > 4096
+                || n_used == 0
+                || n_used > n_expert
+                || n_ff == 0
+                || n_used.checked_mul(n_ff.max(n_embd)).is_none()
+            {
                 return Err(BackendError::invalid(format!(
-                    "bad mixture of experts: {n_used} used of {n_expert} experts"
+                    "bad mixture of experts: {n_used} used of {n_expert} experts of size {n_ff}"
                 )));
             }
             Ffn::Moe {
