@@ -273,6 +273,67 @@ fn bench_reports_json() {
 }
 
 #[test]
+fn bench_runs_a_synthetic_model_and_reuses_its_file() {
+    let dir = std::env::temp_dir().join(format!("kiln-synthetic-test-{}", std::process::id()));
+    let file = dir.join("m.gguf");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "bench",
+            "--synthetic",
+            "llama-135m:q4_0",
+            "--synthetic-out",
+            file.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        kiln(&a, &[])
+    };
+    let o = run(&[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["test"], "pp8");
+    assert!(v[1]["median_ts"].as_f64().unwrap() > 0.0);
+    // The file is a GGUF of the real shapes, reused by the next run.
+    let bytes = std::fs::read(&file).unwrap();
+    let g = kiln_sdk::gguf::Gguf::parse(&bytes).unwrap();
+    assert_eq!(
+        g.get_str("kiln.synthetic.spec").unwrap(),
+        Some("llama-135m:q4_0")
+    );
+    assert_eq!(
+        g.tensor("blk.29.ffn_down.weight").unwrap().dims,
+        vec![1536, 576]
+    );
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", texts(&o).1);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        modified
+    );
+    // Bad specs are clear errors.
+    let o = kiln(&["bench", "--synthetic", "qwen2-1.5b:mxfp4"], &[]);
+    assert!(!o.status.success());
+    assert!(texts(&o).1.contains("MoE shapes"), "{}", texts(&o).1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn interactive_chat_keeps_the_conversation() {
     use std::io::Write;
     let Some(path) = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {

@@ -13,3 +13,4 @@ pub mod conformance;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod synthetic;

@@ -48,9 +48,15 @@ pub fn round_slice(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = round_f16(*v));
 }
 
-/// One query head attending over cache positions `lo..=hi`. Keys of position `p` start at
-/// `k[p * k_stride]`, values at `v[p * v_stride]`; `q` is already rounded to f16.
-pub struct Head<'a> {
+/// The query heads that share one KV head (grouped-query attention), attending over cache
+/// positions `lo..=hi` together: each block of keys is scored for every head in one pass and
+/// each block of values is converted from f16 once for all of them. Keys of position `p` start
+/// at `k[p * k_stride]`, values at `v[p * v_stride]`.
+///
+/// A head's result depends only on its query, the cache and `lo..=hi` (not on how many heads
+/// share the pass, nor on other rows): the score of a position is one fixed sequence of
+/// operations on that position's key.
+pub struct Group<'a> {
     /// Key cache of the sequence, offset to this KV head.
     pub k: &'a [u16],
     /// Value cache of the sequence, offset to this KV head.
@@ -59,64 +65,221 @@ pub struct Head<'a> {
     pub k_stride: usize,
     /// Elements between consecutive positions in `v`.
     pub v_stride: usize,
-    /// The query (f16-rounded).
-    pub q: &'a [f32],
+    /// The queries, `hk` values each (f16-rounded), head after head.
+    pub qs: &'a [f32],
+    /// Key/query head size.
+    pub hk: usize,
     /// Score multiplier.
     pub scale: f32,
     /// Optional score soft-cap.
     pub softcap: Option<f32>,
-    /// Optional attention sink: a logit that joins the denominator and brings no value.
-    pub sink: Option<f32>,
+    /// Optional attention sinks, one per head of the group: a logit that joins the
+    /// denominator and brings no value.
+    pub sinks: Option<&'a [f32]>,
 }
 
-impl Head<'_> {
-    /// The score of position `pos`.
-    #[inline]
-    fn score(&self, pos: usize) -> f32 {
-        let hk = self.q.len();
-        let kr = &self.k[pos * self.k_stride..pos * self.k_stride + hk];
-        let s = crate::kernels::dot_f16_f32(kr, self.q) * self.scale;
-        match self.softcap {
-            Some(c) => c * (s / c).tanh(),
-            None => s,
-        }
+/// Reusable buffers of [`Group::attend`], plus the caller's per-task queries, outputs and
+/// denominators.
+#[derive(Default)]
+pub struct Scratch {
+    probs: Vec<f32>,
+    values: Vec<f32>,
+    max: Vec<f32>,
+    /// Queries of a task (`g * hk`).
+    pub qs: Vec<f32>,
+    /// Outputs of a task (`g * hv`).
+    pub accs: Vec<f32>,
+    /// Denominators of a task (`g`).
+    pub sums: Vec<f32>,
+}
+
+impl Scratch {
+    /// Sizes what [`Group::attend`] itself uses.
+    fn reserve_block(&mut self, g: usize, hv: usize) {
+        let grow = |v: &mut Vec<f32>, n: usize| v.resize(v.len().max(n), 0.0);
+        grow(&mut self.probs, g * BLOCK);
+        grow(&mut self.values, BLOCK * hv);
+        self.max.reserve(g);
     }
 
-    /// Runs positions `lo..=hi` into `acc` (zeroed first); returns the softmax denominator
-    /// (`acc` is left unnormalised).
-    pub fn attend(&self, lo: usize, hi: usize, acc: &mut [f32]) -> f32 {
-        acc.iter_mut().for_each(|a| *a = 0.0);
-        let hv = acc.len();
-        let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
-        for pos in lo..=hi {
-            let s = self.score(pos);
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                scale(acc, ms);
-            } else {
-                vs = (s - m).exp();
-            }
-            mad(
-                acc,
-                &self.v[pos * self.v_stride..pos * self.v_stride + hv],
-                vs,
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        [
+            &self.probs,
+            &self.values,
+            &self.max,
+            &self.qs,
+            &self.accs,
+            &self.sums,
+        ]
+        .iter()
+        .map(|v| v.capacity() as u64 * 4)
+        .sum()
+    }
+
+    /// Sizes the buffers for `g` heads of `hk`-value keys and `hv`-value values (done by
+    /// [`Group::attend`] too; calling it first keeps allocation out of later steps).
+    pub fn reserve(&mut self, g: usize, hk: usize, hv: usize) {
+        let grow = |v: &mut Vec<f32>, n: usize| v.resize(v.len().max(n), 0.0);
+        self.reserve_block(g, hv);
+        grow(&mut self.qs, g * hk);
+        grow(&mut self.accs, g * hv);
+        grow(&mut self.sums, g);
+    }
+}
+
+impl Group<'_> {
+    /// Runs positions `lo..=hi` for every head: `accs` (`g * hv`, zeroed first) receives each
+    /// head's unnormalised output, `sums` (`g`) its softmax denominator.
+    ///
+    /// Positions go in blocks of [`BLOCK`] starting at `lo`: the block's scores, per head the
+    /// block maximum, one rescale of the accumulator when it grows, the probabilities with a
+    /// vectorised `exp`, then the values weighted by them.
+    pub fn attend(
+        &self,
+        lo: usize,
+        hi: usize,
+        accs: &mut [f32],
+        sums: &mut [f32],
+        sc: &mut Scratch,
+    ) {
+        let (hk, g) = (self.hk, sums.len());
+        let hv = accs.len().checked_div(g).unwrap_or(0);
+        assert!(
+            g > 0 && accs.len() == g * hv && self.qs.len() == g * hk,
+            "attention group shapes"
+        );
+        accs.iter_mut().for_each(|a| *a = 0.0);
+        sums.iter_mut().for_each(|s| *s = 0.0);
+        sc.reserve_block(g, hv);
+        sc.max.clear();
+        sc.max.resize(g, f32::NEG_INFINITY);
+        let mut start = lo;
+        while start <= hi {
+            let end = (start + BLOCK).min(hi + 1);
+            let b = end - start;
+            assert!(
+                (end - 1) * self.k_stride + hk <= self.k.len()
+                    && (end - 1) * self.v_stride + hv <= self.v.len(),
+                "attention range past the cache"
             );
-            sum = sum * ms + vs;
+            scores(
+                &self.k[start * self.k_stride..],
+                self.k_stride,
+                b,
+                self.qs,
+                hk,
+                &mut sc.probs,
+            );
+            for i in 0..b {
+                let pos = start + i;
+                crate::kernels::f16_to_f32_slice(
+                    &self.v[pos * self.v_stride..pos * self.v_stride + hv],
+                    &mut sc.values[i * hv..(i + 1) * hv],
+                );
+            }
+            for h in 0..g {
+                let p = &mut sc.probs[h * BLOCK..h * BLOCK + b];
+                for s in p.iter_mut() {
+                    let x = *s * self.scale;
+                    *s = match self.softcap {
+                        Some(c) => c * (x / c).tanh(),
+                        None => x,
+                    };
+                }
+                let mb = p
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+                if mb == f32::NEG_INFINITY {
+                    // Every score of the block is −∞ (or NaN): it adds nothing.
+                    continue;
+                }
+                let acc = &mut accs[h * hv..(h + 1) * hv];
+                let m = &mut sc.max[h];
+                if mb > *m {
+                    if *m != f32::NEG_INFINITY {
+                        let f = crate::vexp::exp(*m - mb);
+                        scale(acc, f);
+                        sums[h] *= f;
+                    }
+                    *m = mb;
+                }
+                crate::vexp::exp_minus_in_place(p, *m);
+                for &w in p.iter() {
+                    sums[h] += w;
+                }
+                mad_block_f32(acc, &sc.values[..b * hv], p);
+            }
+            start = end;
         }
-        if let Some(sink) = self.sink {
-            // The sink joins the final denominator against the running maximum; one above it
-            // becomes the maximum, and what was accumulated is rescaled to it.
-            if sink > m {
-                let ms = (m - sink).exp();
-                scale(acc, ms);
-                sum = sum * ms + 1.0;
-            } else {
-                sum += (sink - m).exp();
+        if let Some(sinks) = self.sinks {
+            // Each sink joins its head's final denominator against the running maximum; one
+            // above it becomes the maximum, and what was accumulated is rescaled to it.
+            for (h, &sink) in sinks.iter().enumerate().take(g) {
+                let m = sc.max[h];
+                if sink > m {
+                    let f = (m - sink).exp();
+                    scale(&mut accs[h * hv..(h + 1) * hv], f);
+                    sums[h] = sums[h] * f + 1.0;
+                } else {
+                    sums[h] += (sink - m).exp();
+                }
             }
         }
-        sum
+    }
+}
+
+/// Positions per block of [`Group::attend`].
+pub const BLOCK: usize = 32;
+
+/// `out[h * BLOCK + j] = dot(k[j * stride..][..hk], qs[h * hk..][..hk])` for `j < b` and every
+/// head `h`. The SIMD versions score four positions at a time and reduce them together; a
+/// position's score is the same whichever of the four slots it takes.
+fn scores(k: &[u16], stride: usize, b: usize, qs: &[f32], hk: usize, out: &mut [f32]) {
+    let g = qs.len() / hk.max(1);
+    assert!(
+        b <= BLOCK && out.len() >= g * BLOCK && (b == 0 || k.len() >= (b - 1) * stride + hk),
+        "attention scores shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: features checked at run time; every key row read is in `k` (asserted).
+        2 if hk.is_multiple_of(16) => return unsafe { x86::scores512(k, stride, b, qs, hk, out) },
+        // SAFETY: as above.
+        1 if hk.is_multiple_of(8) => return unsafe { x86::scores256(k, stride, b, qs, hk, out) },
+        _ => {}
+    }
+    for h in 0..g {
+        let q = &qs[h * hk..(h + 1) * hk];
+        for j in 0..b {
+            let kr = &k[j * stride..j * stride + hk];
+            out[h * BLOCK + j] = kr
+                .iter()
+                .zip(q)
+                .map(|(&a, &b)| half::f16::from_bits(a).to_f32() * b)
+                .sum();
+        }
+    }
+}
+
+/// For each `j` in order, `acc[i] = fma(v[j * acc.len() + i], w[j], acc[i])`; the SIMD
+/// versions keep a slice of `acc` in registers across the positions (same operations, same
+/// bits).
+fn mad_block_f32(acc: &mut [f32], v: &[f32], w: &[f32]) {
+    let hv = acc.len();
+    assert!(v.len() >= w.len() * hv, "value block too short");
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: features checked at run time; `v` covers every row read (asserted above).
+        2 => return unsafe { x86::mad_block512(acc, v, w) },
+        // SAFETY: as above.
+        1 => return unsafe { x86::mad_block256(acc, v, w) },
+        _ => {}
+    }
+    for (j, &s) in w.iter().enumerate() {
+        for (a, &x) in acc.iter_mut().zip(&v[j * hv..(j + 1) * hv]) {
+            *a = x.mul_add(s, *a);
+        }
     }
 }
 
@@ -131,22 +294,6 @@ fn scale(acc: &mut [f32], s: f32) {
         _ => {}
     }
     acc.iter_mut().for_each(|a| *a *= s);
-}
-
-/// `acc[i] = fma(v[i], s, acc[i])` with `v` in f16 bits.
-fn mad(acc: &mut [f32], v: &[u16], s: f32) {
-    debug_assert_eq!(acc.len(), v.len());
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: features checked at run time.
-        2 => return unsafe { x86::mad512(acc, v, s) },
-        // SAFETY: features checked at run time.
-        1 => return unsafe { x86::mad(acc, v, s) },
-        _ => {}
-    }
-    for (a, &b) in acc.iter_mut().zip(v) {
-        *a = half::f16::from_bits(b).to_f32().mul_add(s, *a);
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -180,21 +327,165 @@ mod x86 {
         }
     }
 
+    /// [`super::mad_block_f32`]: 32 columns of `acc` in four registers at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mad(acc: &mut [f32], v: &[u16], s: f32) {
-        let n = acc.len().min(v.len());
-        let n8 = n / 8 * 8;
+    pub unsafe fn mad_block256(acc: &mut [f32], v: &[f32], w: &[f32]) {
+        let hv = acc.len();
         let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
-        let sv = _mm256_set1_ps(s);
-        for i in (0..n8).step_by(8) {
-            let vf = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(i) as *const __m128i));
-            _mm256_storeu_ps(
-                pa.add(i),
-                _mm256_fmadd_ps(vf, sv, _mm256_loadu_ps(pa.add(i))),
-            );
+        let mut c = 0;
+        while c + 32 <= hv {
+            let mut a = [
+                _mm256_loadu_ps(pa.add(c)),
+                _mm256_loadu_ps(pa.add(c + 8)),
+                _mm256_loadu_ps(pa.add(c + 16)),
+                _mm256_loadu_ps(pa.add(c + 24)),
+            ];
+            for (j, &s) in w.iter().enumerate() {
+                let sv = _mm256_set1_ps(s);
+                let row = pv.add(j * hv + c);
+                for (k, ak) in a.iter_mut().enumerate() {
+                    *ak = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8 * k)), sv, *ak);
+                }
+            }
+            for (k, ak) in a.iter().enumerate() {
+                _mm256_storeu_ps(pa.add(c + 8 * k), *ak);
+            }
+            c += 32;
         }
-        for i in n8..n {
-            acc[i] = half::f16::from_bits(v[i]).to_f32().mul_add(s, acc[i]);
+        if c < hv {
+            for (j, &s) in w.iter().enumerate() {
+                for i in c..hv {
+                    acc[i] = v[j * hv + i].mul_add(s, acc[i]);
+                }
+            }
+        }
+    }
+
+    /// [`super::mad_block_f32`]: 64 columns of `acc` in four registers at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn mad_block512(acc: &mut [f32], v: &[f32], w: &[f32]) {
+        let hv = acc.len();
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let mut c = 0;
+        while c + 64 <= hv {
+            let mut a = [
+                _mm512_loadu_ps(pa.add(c)),
+                _mm512_loadu_ps(pa.add(c + 16)),
+                _mm512_loadu_ps(pa.add(c + 32)),
+                _mm512_loadu_ps(pa.add(c + 48)),
+            ];
+            for (j, &s) in w.iter().enumerate() {
+                let sv = _mm512_set1_ps(s);
+                let row = pv.add(j * hv + c);
+                for (k, ak) in a.iter_mut().enumerate() {
+                    *ak = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(16 * k)), sv, *ak);
+                }
+            }
+            for (k, ak) in a.iter().enumerate() {
+                _mm512_storeu_ps(pa.add(c + 16 * k), *ak);
+            }
+            c += 64;
+        }
+        if c < hv {
+            for (j, &s) in w.iter().enumerate() {
+                for i in c..hv {
+                    acc[i] = v[j * hv + i].mul_add(s, acc[i]);
+                }
+            }
+        }
+    }
+
+    /// Four 8-lane sums reduced together: `[sum(t0), sum(t1), sum(t2), sum(t3)]`, each as
+    /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reduce4(t: [__m256; 4]) -> [f32; 4] {
+        let u01 = _mm256_hadd_ps(t[0], t[1]);
+        let u23 = _mm256_hadd_ps(t[2], t[3]);
+        let v = _mm256_hadd_ps(u01, u23);
+        let r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), r);
+        out
+    }
+
+    /// [`super::scores`] with 8-lane accumulators (`hk` a multiple of 8).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores256(
+        k: &[u16],
+        stride: usize,
+        b: usize,
+        qs: &[f32],
+        hk: usize,
+        out: &mut [f32],
+    ) {
+        let g = qs.len() / hk;
+        let mut j = 0;
+        while j < b {
+            // Slots past the block repeat its last position and are not stored.
+            let rows: [*const u16; 4] =
+                core::array::from_fn(|t| k.as_ptr().add((j + t).min(b - 1) * stride));
+            for h in 0..g {
+                let q = qs.as_ptr().add(h * hk);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut c = 0;
+                while c < hk {
+                    let qv = _mm256_loadu_ps(q.add(c));
+                    for t in 0..4 {
+                        let kv = _mm256_cvtph_ps(_mm_loadu_si128(rows[t].add(c) as *const __m128i));
+                        acc[t] = _mm256_fmadd_ps(kv, qv, acc[t]);
+                    }
+                    c += 8;
+                }
+                let r = reduce4(acc);
+                for t in 0..4.min(b - j) {
+                    out[h * super::BLOCK + j + t] = r[t];
+                }
+            }
+            j += 4;
+        }
+    }
+
+    /// [`super::scores`] with 16-lane accumulators (`hk` a multiple of 16).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn scores512(
+        k: &[u16],
+        stride: usize,
+        b: usize,
+        qs: &[f32],
+        hk: usize,
+        out: &mut [f32],
+    ) {
+        let g = qs.len() / hk;
+        let mut j = 0;
+        while j < b {
+            let rows: [*const u16; 4] =
+                core::array::from_fn(|t| k.as_ptr().add((j + t).min(b - 1) * stride));
+            for h in 0..g {
+                let q = qs.as_ptr().add(h * hk);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                let mut c = 0;
+                while c < hk {
+                    let qv = _mm512_loadu_ps(q.add(c));
+                    for t in 0..4 {
+                        let kv =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(rows[t].add(c) as *const __m256i));
+                        acc[t] = _mm512_fmadd_ps(kv, qv, acc[t]);
+                    }
+                    c += 16;
+                }
+                let halves: [__m256; 4] = core::array::from_fn(|t| {
+                    _mm256_add_ps(
+                        _mm512_castps512_ps256(acc[t]),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[t]))),
+                    )
+                });
+                let r = reduce4(halves);
+                for t in 0..4.min(b - j) {
+                    out[h * super::BLOCK + j + t] = r[t];
+                }
+            }
+            j += 4;
         }
     }
 
@@ -208,22 +499,6 @@ mod x86 {
         }
         scale(&mut acc[n16..], s);
     }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn mad512(acc: &mut [f32], v: &[u16], s: f32) {
-        let n = acc.len().min(v.len());
-        let n16 = n / 16 * 16;
-        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
-        let sv = _mm512_set1_ps(s);
-        for i in (0..n16).step_by(16) {
-            let vf = _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(i) as *const __m256i));
-            _mm512_storeu_ps(
-                pa.add(i),
-                _mm512_fmadd_ps(vf, sv, _mm512_loadu_ps(pa.add(i))),
-            );
-        }
-        mad(&mut acc[n16..n], &v[n16..n], s);
-    }
 }
 
 #[cfg(test)]
@@ -232,60 +507,119 @@ mod tests {
 
     #[test]
     fn simd_and_portable_agree() {
-        let mut x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let v: Vec<u16> = (0..37)
-            .map(|i| half::f16::from_f32((i as f32 * 0.11).cos()).to_bits())
+        let mut x: Vec<f32> = (0..80).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let v: Vec<f32> = (0..80 * 5)
+            .map(|i| half::f16::from_f32((i as f32 * 0.11).cos()).to_f32())
             .collect();
+        let w = [0.731f32, 0.2, -0.5, 1e-3, 0.9];
         let mut y = x.clone();
-        mad(&mut x, &v, 0.731);
+        mad_block_f32(&mut x, &v, &w);
         scale(&mut x, 0.5117);
-        for (a, &b) in y.iter_mut().zip(&v) {
-            *a = half::f16::from_bits(b).to_f32().mul_add(0.731, *a);
-            *a *= 0.5117;
+        for (j, &s) in w.iter().enumerate() {
+            for (i, a) in y.iter_mut().enumerate() {
+                *a = v[j * 80 + i].mul_add(s, *a);
+            }
         }
+        y.iter_mut().for_each(|a| *a *= 0.5117);
         assert_eq!(x, y);
         let mut z = vec![1.0001f32, 65519.0, -2.71, 1e-8];
         round_slice(&mut z);
         assert_eq!(z, vec![1.0, 65504.0, -2.7109375, round_f16(1e-8)]);
     }
 
+    /// Plain f64 softmax attention of query `q` over positions `lo..=hi`.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        k: &[u16],
+        v: &[u16],
+        hk: usize,
+        hv: usize,
+        q: &[f32],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+    ) -> Vec<f64> {
+        let f = |x: u16| half::f16::from_bits(x).to_f32() as f64;
+        let scores: Vec<f64> = (lo..=hi)
+            .map(|p| (0..hk).map(|d| f(k[p * hk + d]) * q[d] as f64).sum::<f64>() * scale as f64)
+            .collect();
+        let m = scores.iter().copied().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        (0..hv)
+            .map(|d| (lo..=hi).map(|p| w[p - lo] * f(v[p * hv + d])).sum::<f64>() / z)
+            .collect()
+    }
+
     #[test]
-    fn head_attention_matches_a_plain_loop() {
-        let (hk, hv, n) = (64, 32, 40);
+    fn groups_match_a_plain_softmax_and_each_other() {
+        let (hk, hv, n, g) = (64, 48, 150, 3);
         let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
         let k: Vec<u16> = (0..n * hk).map(|i| f(i, 0.37)).collect();
         let v: Vec<u16> = (0..n * hv).map(|i| f(i, 0.11)).collect();
-        let mut q: Vec<f32> = (0..hk).map(|i| (i as f32 * 0.7).cos()).collect();
-        round_slice(&mut q);
-        let head = Head {
+        let mut qs: Vec<f32> = (0..g * hk).map(|i| (i as f32 * 0.7).cos() * 2.0).collect();
+        round_slice(&mut qs);
+        fn group<'a>(k: &'a [u16], v: &'a [u16], hk: usize, hv: usize, qs: &'a [f32]) -> Group<'a> {
+            Group {
+                k,
+                v,
+                k_stride: hk,
+                v_stride: hv,
+                qs,
+                hk,
+                scale: 0.3,
+                softcap: None,
+                sinks: None,
+            }
+        }
+        let mut sc = Scratch::default();
+        for (lo, hi) in [(0, 0), (3, 39), (0, 149), (17, 130), (100, 101)] {
+            let (mut accs, mut sums) = (vec![0f32; g * hv], vec![0f32; g]);
+            group(&k, &v, hk, hv, &qs).attend(lo, hi, &mut accs, &mut sums, &mut sc);
+            for h in 0..g {
+                let want = naive(&k, &v, hk, hv, &qs[h * hk..(h + 1) * hk], lo, hi, 0.3);
+                for d in 0..hv {
+                    let got = accs[h * hv + d] as f64 / sums[h] as f64;
+                    assert!(
+                        (got - want[d]).abs() < 1e-5,
+                        "{lo}..={hi} head {h} dim {d}: {got} vs {}",
+                        want[d]
+                    );
+                }
+                // One head alone gives the same bits as inside the group.
+                let (mut a1, mut s1) = (vec![0f32; hv], vec![0f32; 1]);
+                group(&k, &v, hk, hv, &qs[h * hk..(h + 1) * hk])
+                    .attend(lo, hi, &mut a1, &mut s1, &mut sc);
+                assert_eq!(a1, accs[h * hv..(h + 1) * hv], "head {h}");
+                assert_eq!(s1[0], sums[h]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_softcap_bounds_the_scores() {
+        let (hk, hv, n) = (16, 16, 40);
+        let k: Vec<u16> = (0..n * hk)
+            .map(|i| half::f16::from_f32(if i % 3 == 0 { 60.0 } else { -60.0 }).to_bits())
+            .collect();
+        let v: Vec<u16> = (0..n * hv)
+            .map(|i| half::f16::from_f32((i % 7) as f32).to_bits())
+            .collect();
+        let qs = vec![1.0f32; hk];
+        let g = Group {
             k: &k,
             v: &v,
             k_stride: hk,
             v_stride: hv,
-            q: &q,
-            scale: 0.3,
-            softcap: None,
-            sink: None,
+            qs: &qs,
+            hk,
+            scale: 1.0,
+            softcap: Some(5.0),
+            sinks: None,
         };
-        let mut acc = vec![0f32; hv];
-        let sum = head.attend(3, n - 1, &mut acc);
-        let (mut m, mut want_sum, mut want) = (f32::NEG_INFINITY, 0f32, vec![0f32; hv]);
-        for p in 3..n {
-            let s = crate::kernels::dot_f16_f32(&k[p * hk..(p + 1) * hk], &q) * 0.3;
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                want.iter_mut().for_each(|a| *a *= ms);
-            } else {
-                vs = (s - m).exp();
-            }
-            for (a, &b) in want.iter_mut().zip(&v[p * hv..(p + 1) * hv]) {
-                *a = half::f16::from_bits(b).to_f32().mul_add(vs, *a);
-            }
-            want_sum = want_sum * ms + vs;
-        }
-        assert_eq!(acc, want);
-        assert_eq!(sum, want_sum);
+        let (mut acc, mut sum) = (vec![0f32; hv], vec![0f32; 1]);
+        g.attend(0, n - 1, &mut acc, &mut sum, &mut Scratch::default());
+        assert!(sum[0].is_finite() && sum[0] >= 1.0);
+        assert!(acc.iter().all(|a| a.is_finite()));
     }
 }

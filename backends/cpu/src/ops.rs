@@ -14,7 +14,6 @@ use kiln_sdk::model::ops::{SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT};
 use kiln_sdk::model::select::{write_output_with, TopNScratch};
 use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
-use std::cell::RefCell;
 
 /// A weight: 2-D matrices and 3-D expert stacks stay in the mapped file; vectors (norms,
 /// biases) are converted to f32.
@@ -47,11 +46,14 @@ impl CpuAct {
     }
 }
 
-/// Per-context scratch: top-N selection, RoPE rotation tables and the expert matmul's
-/// gathered rows.
+/// Per-context scratch: top-N selection, attention buffers, RoPE rotation tables and the
+/// expert matmul's gathered rows.
 pub struct CpuExec {
     /// One selection scratch per pool thread (output rows are served in parallel).
     tops: Vec<std::sync::Mutex<TopNScratch>>,
+    /// One attention scratch per pool share (sized by the first attention call, on the
+    /// calling thread, so no worker allocates in a later step).
+    attn: Vec<std::sync::Mutex<attend::Scratch>>,
     rope: Vec<(f32, f32)>,
     moe: MoeScratch,
 }
@@ -151,11 +153,6 @@ fn alloc_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> Result<Vec<T>> {
         }
         Ok(Vec::from_raw_parts(p, n, n))
     }
-}
-
-thread_local! {
-    /// Per-thread attention buffers: the f16-rounded query and the accumulator of one head.
-    static HEAD: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl CpuOps {
@@ -275,6 +272,9 @@ impl Ops for CpuOps {
             tops: (0..n)
                 .map(|_| std::sync::Mutex::new(TopNScratch::with_vocab(spec.n_vocab)))
                 .collect(),
+            attn: (0..self.pool.n_threads())
+                .map(|_| std::sync::Mutex::new(attend::Scratch::default()))
+                .collect(),
             rope: Vec::with_capacity(spec.max_cols / 2),
             moe: MoeScratch {
                 x: alloc_zeroed(spec.n_batch_max * spec.expert_cols, "expert scratch")?,
@@ -297,8 +297,14 @@ impl Ops for CpuOps {
             .iter()
             .map(|t| t.lock().map_or(0, |t| t.bytes()))
             .sum();
+        let attn: u64 = ex
+            .attn
+            .iter()
+            .map(|a| a.lock().map_or(0, |a| a.bytes()))
+            .sum();
         let m = &ex.moe;
-        tops + ex.rope.capacity() as u64 * 8
+        tops + attn
+            + ex.rope.capacity() as u64 * 8
             + (m.x.len() + m.y.len() + m.bias.len()) as u64 * 4
             + m.src.capacity() as u64 * 16
     }
@@ -485,13 +491,7 @@ impl Ops for CpuOps {
             return Err(shape_err("glu"));
         }
         match act {
-            Activation::Silu => gate
-                .live_mut()
-                .iter_mut()
-                .zip(up.live())
-                .for_each(|(g, &u)| {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }),
+            Activation::Silu => crate::vexp::silu_mul(gate.live_mut(), up.live()),
             Activation::SwigluOai => {
                 gate.live_mut()
                     .iter_mut()
@@ -598,7 +598,7 @@ impl Ops for CpuOps {
 
     fn attention(
         &self,
-        _: &mut CpuExec,
+        ex: &mut CpuExec,
         kv: &mut CpuKv,
         layer: usize,
         q: &CpuAct,
@@ -638,52 +638,79 @@ impl Ops for CpuOps {
         }
         let (kc, vc) = (&l.k[..], &l.v[..]);
         let group = p.n_head / p.n_head_kv;
-        let n_tasks = rows.len() * p.n_head;
+        // One task per (row, KV head): the query heads sharing a KV head read its keys and
+        // values once.
+        let n_tasks = rows.len() * p.n_head_kv;
         let out_ptr = SharedMut(out.data.as_mut_ptr());
         let out_cols = out.cols;
-        self.pool.run(|t, nt| {
-            HEAD.with(|cell| {
-                let mut bufs = cell.borrow_mut();
-                let (qh16, acc) = &mut *bufs;
-                qh16.resize(hk, 0.0);
-                acc.resize(hv, 0.0);
-                let (qh16, acc) = (&mut qh16[..hk], &mut acc[..hv]);
-                let per = n_tasks.div_ceil(nt);
-                for task in t * per..((t + 1) * per).min(n_tasks) {
-                    let (i, h) = (task / p.n_head, task % p.n_head);
-                    let r = rows[i];
-                    let kvh = h / group;
-                    let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
-                    let qh = &q.data[i * q.cols + h * hk..i * q.cols + (h + 1) * hk];
-                    // The query meets the f16 cache in f16, as in llama.cpp.
-                    qh16.copy_from_slice(qh);
-                    attend::round_slice(qh16);
-                    // Online softmax over the f16 cache with an f32 accumulator.
-                    let base = r.seq * n_ctx;
-                    let head = attend::Head {
-                        k: &kc[base * kw + kvh * hk..],
-                        v: &vc[base * vw + kvh * hv..],
-                        k_stride: kw,
-                        v_stride: vw,
-                        q: qh16,
-                        scale: p.scale,
-                        softcap: p.softcap,
-                        sink: p.sinks.map(|s| s[h]),
-                    };
-                    let sum = head.attend(lo, r.pos, acc);
+        // Tasks are claimed one by one, latest rows first: a causal prompt's last rows see
+        // the most positions, so they start early and the threads finish together.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        for a in &ex.attn {
+            a.lock()
+                .map_err(|_| shape_err("attention scratch"))?
+                .reserve(group, hk, hv);
+        }
+        let scratches = &ex.attn;
+        self.pool.run(|t, _| {
+            // Share `t` runs on one thread at a time: its scratch is uncontended.
+            let Some(Ok(mut guard)) = scratches.get(t).map(|m| m.lock()) else {
+                return;
+            };
+            let sc = &mut *guard;
+            let (mut qs, mut accs, mut sums) = (
+                std::mem::take(&mut sc.qs),
+                std::mem::take(&mut sc.accs),
+                std::mem::take(&mut sc.sums),
+            );
+            let (qs_t, accs_t, sums_t) = (
+                &mut qs[..group * hk],
+                &mut accs[..group * hv],
+                &mut sums[..group],
+            );
+            loop {
+                let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if task >= n_tasks {
+                    break;
+                }
+                let (i, kvh) = (rows.len() - 1 - task / p.n_head_kv, task % p.n_head_kv);
+                let r = rows[i];
+                let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                let h0 = kvh * group;
+                let src = &q.data[i * q.cols + h0 * hk..i * q.cols + (h0 + group) * hk];
+                // The queries meet the f16 cache in f16, as in llama.cpp.
+                qs_t.copy_from_slice(src);
+                attend::round_slice(qs_t);
+                // Online softmax over the f16 cache with f32 accumulators.
+                let base = r.seq * n_ctx;
+                let g = attend::Group {
+                    k: &kc[base * kw + kvh * hk..],
+                    v: &vc[base * vw + kvh * hv..],
+                    k_stride: kw,
+                    v_stride: vw,
+                    qs: qs_t,
+                    hk,
+                    scale: p.scale,
+                    softcap: p.softcap,
+                    sinks: p.sinks.map(|s| &s[h0..h0 + group]),
+                };
+                g.attend(lo, r.pos, accs_t, sums_t, sc);
+                for (j, &sum) in sums_t.iter().enumerate() {
                     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                    // SAFETY: each (row, head) task writes its own disjoint `hv` floats of `out`.
+                    // SAFETY: each (row, KV head) task writes its own heads' disjoint
+                    // `group * hv` floats of `out`.
                     unsafe {
                         let dst = std::slice::from_raw_parts_mut(
-                            out_ptr.get().add(i * out_cols + h * hv),
+                            out_ptr.get().add(i * out_cols + (h0 + j) * hv),
                             hv,
                         );
                         dst.iter_mut()
-                            .zip(acc.iter())
+                            .zip(&accs_t[j * hv..(j + 1) * hv])
                             .for_each(|(d, &a)| *d = a * inv);
                     }
                 }
-            })
+            }
+            (sc.qs, sc.accs, sc.sums) = (qs, accs, sums);
         });
         Ok(())
     }

@@ -53,6 +53,51 @@ pub fn sum_exp_minus(row: &[f32], m: f32) -> f64 {
     lanes.iter().map(|&l| l as f64).sum()
 }
 
+/// `row[i] = exp(row[i] - m)` for every entry (`m` finite, at least every entry): the
+/// probabilities of one block of attention scores.
+pub fn exp_minus_in_place(row: &mut [f32], m: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx512 && has!("avx512f") {
+            // SAFETY: the feature was detected.
+            return unsafe { x86::exp_minus512(row, m) };
+        }
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx2
+            && has!("avx2")
+            && has!("fma")
+        {
+            // SAFETY: the features were detected.
+            return unsafe { x86::exp_minus256(row, m) };
+        }
+    }
+    row.iter_mut().for_each(|v| *v = exp(*v - m));
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` (`silu(x) = x / (1 + exp(-x))`), over the shorter length.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let (gate, up) = (&mut gate[..n], &up[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx512 && has!("avx512f") {
+            // SAFETY: the feature was detected; lengths are equal.
+            return unsafe { x86::silu_mul512(gate, up) };
+        }
+        if crate::kernels::active_level() >= crate::kernels::SimdLevel::Avx2
+            && has!("avx2")
+            && has!("fma")
+        {
+            // SAFETY: the features were detected; lengths are equal.
+            return unsafe { x86::silu_mul256(gate, up) };
+        }
+    }
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -74,7 +119,7 @@ pub fn exp(x: f32) -> f32 {
         return 0.0;
     }
     let x = x.min(HI);
-    let n = (x * LOG2E).round();
+    let n = (x * LOG2E).round_ties_even();
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let mut p = P[0];
     for &c in &P[1..] {
@@ -152,6 +197,78 @@ mod x86 {
         lanes.iter().map(|&l| l as f64).sum()
     }
 
+    /// [`super::silu_mul`], 16 lanes at a time (`x / (1 + exp(-x)) * u`, as the portable
+    /// loop computes it).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_mul512(gate: &mut [f32], up: &[f32]) {
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < gate.len() {
+            let k = (gate.len() - i).min(16);
+            let live: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let g = _mm512_maskz_loadu_ps(live, pg.add(i));
+            let u = _mm512_maskz_loadu_ps(live, pu.add(i));
+            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let r = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+            _mm512_mask_storeu_ps(pg.add(i), live, r);
+            i += 16;
+        }
+    }
+
+    /// [`super::silu_mul`], 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul256(gate: &mut [f32], up: &[f32]) {
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let n8 = gate.len() / 8 * 8;
+        let mut i = 0;
+        while i < n8 {
+            let g = _mm256_loadu_ps(pg.add(i));
+            let u = _mm256_loadu_ps(pu.add(i));
+            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let r = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u);
+            _mm256_storeu_ps(pg.add(i), r);
+            i += 8;
+        }
+        for j in n8..gate.len() {
+            let g = gate[j];
+            gate[j] = g / (1.0 + super::exp(-g)) * up[j];
+        }
+    }
+
+    /// `row[i] = exp(row[i] - m)`, 16 lanes at a time.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_minus512(row: &mut [f32], m: f32) {
+        let mv = _mm512_set1_ps(m);
+        let p = row.as_mut_ptr();
+        let mut i = 0;
+        while i < row.len() {
+            let k = (row.len() - i).min(16);
+            let live: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let v = _mm512_maskz_loadu_ps(live, p.add(i));
+            _mm512_mask_storeu_ps(p.add(i), live, exp512(_mm512_sub_ps(v, mv)));
+            i += 16;
+        }
+    }
+
+    /// `row[i] = exp(row[i] - m)`, 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_minus256(row: &mut [f32], m: f32) {
+        let mv = _mm256_set1_ps(m);
+        let p = row.as_mut_ptr();
+        let n8 = row.len() / 8 * 8;
+        let mut i = 0;
+        while i < n8 {
+            let v = _mm256_loadu_ps(p.add(i));
+            _mm256_storeu_ps(p.add(i), exp256(_mm256_sub_ps(v, mv)));
+            i += 8;
+        }
+        for v in &mut row[n8..] {
+            *v = super::exp(*v - m);
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp256(x: __m256) -> __m256 {
@@ -221,6 +338,29 @@ mod tests {
         }
         assert!(worst < 3.0 * f32::EPSILON as f64, "{worst:e}");
         assert_eq!(exp(-100.0), 0.0);
+    }
+
+    #[test]
+    fn silu_mul_matches_the_formula() {
+        let g: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.07).collect();
+        let u: Vec<f32> = (0..1003)
+            .map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let mut got = g.clone();
+        silu_mul(&mut got, &u);
+        for i in 0..g.len() {
+            let want = (g[i] as f64 / (1.0 + (-g[i] as f64).exp())) * u[i] as f64;
+            assert!(
+                (got[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{i}: {} vs {want}",
+                got[i]
+            );
+        }
+        // Large negative inputs give (about) zero, large positive ones pass through.
+        let mut x = vec![-200.0f32, 200.0];
+        silu_mul(&mut x, &[1.0, 1.0]);
+        assert!(x[0].abs() < 1e-30, "{}", x[0]);
+        assert_eq!(x[1], 200.0);
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! warm-up, then `-r` repetitions; median, mean and spread of tokens/s), through the engine
 //! that `kiln run` uses: the same scheduler, the same sampler (llama.cpp's default chain on
 //! its top-N view, or the full row with `--full-logits`). With `--parallel N`, N sequences
-//! decode together and the aggregate and per-sequence rates are reported.
+//! decode together and the aggregate and per-sequence rates are reported. With
+//! `--synthetic SHAPE:MIX`, the model is a random-weight one of a real model's shapes and
+//! quantization mix ([`kiln_sdk::synthetic`]), generated once and cached.
 
 use crate::cli::ModelArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_runtime::engine::{Engine, EngineOptions, Event, Finish, Input, Request, SamplerSpec};
 use kiln_runtime::sampler::SamplingParams;
+use kiln_sdk::synthetic;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `kiln bench` options.
@@ -16,6 +20,17 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Benchmark a random-weight model with a real model's shapes and quantization mix instead
+    /// of a file, e.g. `qwen2-1.5b:q4_k_m`, `gpt-oss-20b:mxfp4` (shapes: llama-135m,
+    /// qwen2-0.5b, qwen2-1.5b, qwen2-7b, gpt-oss-20b, gpt-oss-120b; mixes: f16, q8_0, q6_k,
+    /// q5_0, q4_0, q4_1, q4_k_m, q5_k_m, mxfp4 for gpt-oss).
+    #[arg(long, value_name = "SHAPE:MIX", conflicts_with = "model")]
+    pub synthetic: Option<String>,
+    /// Where the synthetic model is written (a GGUF llama.cpp loads too); default:
+    /// `~/.cache/kiln/synthetic/SHAPE-MIX.gguf`. An existing file of the same spec and
+    /// generator version is reused.
+    #[arg(long, value_name = "PATH", requires = "synthetic")]
+    pub synthetic_out: Option<PathBuf>,
     /// Prompt tokens per prompt-processing test (0 = skip).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
     pub n_prompt: usize,
@@ -131,7 +146,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.reps == 0 || a.parallel == 0 || a.batch == 0 {
         bail!("-r, --parallel and --batch must be at least 1");
     }
-    let model = a.model.load()?;
+    let mut margs = a.model.clone();
+    if let Some(spec) = &a.synthetic {
+        let path = synthetic_model(spec, a.synthetic_out.as_deref())?;
+        margs.model = Some(path.to_string_lossy().into_owned());
+    }
+    let model = margs.load()?;
     let n_vocab = model.n_vocab();
     let n_ctx = (a.n_prompt.max(a.n_gen + 1)).max(16) as u32;
     let engine = Engine::start(
@@ -240,12 +260,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let threads = if a.model.threads == 0 {
+    let threads = if margs.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     } else {
-        a.model.threads as usize
+        margs.threads as usize
     };
     let view = if a.full_logits { "full" } else { "top-n" };
     if a.json {
@@ -338,4 +358,74 @@ fn print_profile(p: &kiln_sdk::backend::Profile, n_layer: usize, json: bool) -> 
         );
     }
     Ok(())
+}
+
+/// Seed of the synthetic models' weights (fixed, so every run measures the same file).
+const SYNTHETIC_SEED: u64 = 0x6b69_6c6e;
+
+/// The file of the synthetic model `spec`: `out`, or the cache's, reused when it holds the
+/// same spec from the same generator version; generated (with a progress bar) otherwise.
+pub fn synthetic_model(spec: &str, out: Option<&Path>) -> Result<PathBuf> {
+    let spec = synthetic::parse(spec)?;
+    let path = match out {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let dir = crate::catalog::models_dir()
+                .parent()
+                .map(|p| p.join("synthetic"))
+                .unwrap_or_else(|| PathBuf::from("synthetic"));
+            dir.join(format!("{}-{}.gguf", spec.shape.name, spec.mix))
+        }
+    };
+    if is_synthetic(&path, &spec) {
+        eprintln!("[kiln] synthetic model {spec}: {}", path.display());
+        return Ok(path);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let total = synthetic::data_bytes(&spec);
+    let tmp = path.with_extension("gguf.partial");
+    let pb = crate::catalog::progress_bar(total, &format!("generating {spec}"));
+    let write = || -> Result<()> {
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
+        synthetic::write(&spec, SYNTHETIC_SEED, &mut w, |done, _| {
+            pb.set_position(done)
+        })
+        .with_context(|| format!("writing {}", tmp.display()))?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    };
+    let r = write();
+    pb.finish_and_clear();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r?;
+    eprintln!(
+        "[kiln] synthetic model {spec}: {} ({:.1} GB)",
+        path.display(),
+        total as f64 / 1e9
+    );
+    Ok(path)
+}
+
+/// Whether `path` is a complete synthetic model of `spec` from this generator version.
+fn is_synthetic(path: &Path, spec: &synthetic::Spec) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: mapped read-only; a file changed underneath only yields a parse error here.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else {
+        return false;
+    };
+    let Ok(g) = kiln_sdk::gguf::Gguf::parse(&map) else {
+        return false;
+    };
+    g.get_str(synthetic::SPEC_KEY).ok().flatten() == Some(spec.to_string().as_str())
+        && g.get_u64(synthetic::VERSION_KEY).ok().flatten() == Some(synthetic::VERSION as u64)
 }

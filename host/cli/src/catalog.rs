@@ -348,7 +348,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn progress_bar(total: u64, message: &str) -> ProgressBar {
+/// A byte-counting progress bar (on stderr) with `message` in front.
+pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}",

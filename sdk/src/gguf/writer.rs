@@ -1,4 +1,5 @@
-//! [`GgufWriter`]: builds GGUF files in memory, for tests, fuzz seeds and synthetic models.
+//! [`GgufWriter`]: builds GGUF files in memory (or streams them to a writer, for synthetic
+//! models larger than memory), for tests, fuzz seeds and synthetic models.
 //!
 //! The writer is deliberately permissive — it writes whatever it is given (duplicate keys,
 //! unknown type ids, wrong data sizes) so that tests can build malformed files too.
@@ -13,7 +14,23 @@ struct WTensor {
     name: Vec<u8>,
     type_id: u32,
     dims: Vec<u64>,
-    data: Vec<u8>,
+    data: TensorData,
+}
+
+/// A tensor's bytes: given now, or produced while writing ([`GgufWriter::write_to`]).
+#[derive(Clone, Debug)]
+enum TensorData {
+    Bytes(Vec<u8>),
+    Deferred(usize),
+}
+
+impl TensorData {
+    fn len(&self) -> usize {
+        match self {
+            TensorData::Bytes(b) => b.len(),
+            TensorData::Deferred(n) => *n,
+        }
+    }
 }
 
 /// Builds a GGUF file (v3 unless [`GgufWriter::set_version`] says otherwise) in memory.
@@ -253,15 +270,57 @@ impl GgufWriter {
             name: name.to_vec(),
             type_id,
             dims: dims.to_vec(),
-            data: data.to_vec(),
+            data: TensorData::Bytes(data.to_vec()),
         });
         self
     }
 
+    /// Adds a tensor of `bytes` bytes whose data [`GgufWriter::write_to`] asks for while
+    /// writing (so a file larger than memory can be streamed); [`GgufWriter::finish`] writes
+    /// zeros for it.
+    pub fn add_tensor_deferred(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        dims: &[u64],
+        bytes: usize,
+    ) -> &mut Self {
+        self.tensors.push(WTensor {
+            name: name.as_bytes().to_vec(),
+            type_id: ty as u32,
+            dims: dims.to_vec(),
+            data: TensorData::Deferred(bytes),
+        });
+        self
+    }
+
+    /// Number of tensors added so far (the index the next one gets in
+    /// [`GgufWriter::write_to`]'s callback).
+    pub fn n_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+
     /// Writes the file: header, metadata, tensor infos, padding to the alignment, then each
     /// tensor's data padded to the alignment (no padding after the last tensor). With no
-    /// tensors the file ends right after the metadata.
+    /// tensors the file ends right after the metadata. Deferred tensors are zeros.
     pub fn finish(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, |_, buf| {
+            buf.fill(0);
+            Ok(())
+        })
+        .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Streams the file to `w`, as [`GgufWriter::finish`] lays it out. For each deferred
+    /// tensor, `fill(index, buf)` writes its bytes into `buf` (already of the declared size);
+    /// an error from `fill` or `w` stops the writing and is returned.
+    pub fn write_to<W: std::io::Write>(
+        &self,
+        w: &mut W,
+        mut fill: impl FnMut(usize, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let align = self.alignment as usize;
         let pad = |n: usize| n.div_ceil(align) * align;
         let mut out = Vec::new();
@@ -286,16 +345,27 @@ impl GgufWriter {
             offset = pad(offset + t.data.len());
         }
         if self.tensors.is_empty() {
-            return out;
+            return w.write_all(&out);
         }
         out.resize(pad(out.len()), 0);
+        w.write_all(&out)?;
         let last = self.tensors.len() - 1;
+        let mut buf = Vec::new();
         for (i, t) in self.tensors.iter().enumerate() {
-            out.extend_from_slice(&t.data);
+            let n = t.data.len();
+            match &t.data {
+                TensorData::Bytes(b) => w.write_all(b)?,
+                TensorData::Deferred(_) => {
+                    buf.clear();
+                    buf.resize(n, 0);
+                    fill(i, &mut buf)?;
+                    w.write_all(&buf)?;
+                }
+            }
             if i != last {
-                out.resize(pad(out.len()), 0);
+                w.write_all(&vec![0u8; pad(n) - n])?;
             }
         }
-        out
+        Ok(())
     }
 }

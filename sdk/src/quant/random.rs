@@ -106,6 +106,54 @@ pub fn random_tensor(ty: GgmlType, n: usize, scale: f32, rng: &mut Rng) -> Vec<u
     data
 }
 
+/// Fills `out` (a whole number of blocks of `ty`) like [`random_tensor`], faster (eight
+/// random bytes per draw): for synthetic models of many gigabytes. A different stream than
+/// [`random_tensor`] for the same generator.
+pub fn random_blocks_into(ty: GgmlType, scale: f32, rng: &mut Rng, out: &mut [u8]) {
+    let ts = ty.type_size();
+    match ty {
+        GgmlType::F32 => {
+            for c in out.chunks_exact_mut(4) {
+                c.copy_from_slice(&(rng.symmetric() * scale).to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for c in out.chunks_exact_mut(2) {
+                c.copy_from_slice(&f32_to_f16(rng.symmetric() * scale).to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for c in out.chunks_exact_mut(2) {
+                let b = ((rng.symmetric() * scale).to_bits() >> 16) as u16;
+                c.copy_from_slice(&b.to_le_bytes());
+            }
+        }
+        _ => {
+            let mut chunks = out.chunks_exact_mut(8);
+            for c in &mut chunks {
+                c.copy_from_slice(&rng.next_u64().to_le_bytes());
+            }
+            let rest = chunks.into_remainder();
+            let last = rng.next_u64().to_le_bytes();
+            rest.copy_from_slice(&last[..rest.len()]);
+            let unit = scale / unit_magnitude(ty);
+            let e = (127.0 + (scale / 3.0).max(1e-30).log2()).round() as i64;
+            for blk in out.chunks_exact_mut(ts) {
+                let r = rng.next_u64();
+                for (j, &off) in f16_fields(ty).iter().enumerate() {
+                    let bits = (r >> (24 * j)) & 0xFF_FFFF;
+                    let mag = (0.2 + 0.8 * (bits as f32 / (1u32 << 24) as f32)) * unit;
+                    let v = if (r >> (56 + j)) & 7 == 0 { -mag } else { mag };
+                    blk[off..off + 2].copy_from_slice(&f32_to_f16(v).to_le_bytes());
+                }
+                if ty == GgmlType::MXFP4 {
+                    blk[0] = (e + (r % 3) as i64 - 1).clamp(1, 254) as u8;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

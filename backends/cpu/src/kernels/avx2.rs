@@ -524,6 +524,49 @@ unsafe fn dot_q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc)
 }
 
+/// `MXFP4` dot product in `Q8_0`'s signed form: the E2M1 codes become their doubled values
+/// (a byte shuffle), the scale is half the E8M0 power of two.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_mxfp4(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nblk = row.len() / 17;
+    let p = row.as_ptr();
+    let table =
+        _mm256_broadcastsi128_si256(loadu128(super::scalar::MXFP4_DOUBLED.as_ptr() as *const u8));
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..nblk {
+        let q = p.add(17 * b);
+        let w = _mm256_shuffle_epi8(table, nib(q.add(1)));
+        let t = dot4_signed(w, loadu256(a.qs.as_ptr().add(32 * b) as *const u8));
+        let d = super::scalar::e8m0_half(*q);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(t),
+            _mm256_set1_ps(d * *a.d.get_unchecked(b)),
+            acc,
+        );
+    }
+    hsum(acc)
+}
+
+/// `MXFP4` unpacker (doubled values plus 128, as the scalar one).
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_mxfp4(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nblk = row.len() / 17;
+    let p = row.as_ptr();
+    let table =
+        _mm256_broadcastsi128_si256(loadu128(super::scalar::MXFP4_DOUBLED.as_ptr() as *const u8));
+    for b in 0..nblk {
+        let q = p.add(17 * b);
+        let d = super::scalar::e8m0_half(*q);
+        let w = _mm256_shuffle_epi8(table, nib(q.add(1)));
+        let z = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+        _mm256_storeu_si256(u.as_mut_ptr().add(32 * b) as *mut __m256i, z);
+        _mm256_storeu_ps(wl.as_mut_ptr().add(8 * b), _mm256_set1_ps(d));
+        mw[2 * b] = -128.0 * d;
+        mw[2 * b + 1] = -128.0 * d;
+    }
+    zero_tail(u, wl, mw, 32 * nblk);
+}
+
 /// `Q8_0` unpacker (bytes are the signed values plus 128, like the scalar one).
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 pub(super) unsafe fn unpack_q8_0(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
@@ -628,6 +671,81 @@ pub(super) unsafe fn unpack_q4_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
                 o.add(32) as *mut __m256i,
                 _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
             );
+            let w = wl.as_mut_ptr().add(64 * sb + 16 * j);
+            _mm256_storeu_ps(w, lane(ws, 2 * j as i32));
+            _mm256_storeu_ps(w.add(8), lane(ws, 2 * j as i32 + 1));
+        }
+        let (m0, m1) = pairs(m);
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb), m0);
+        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), m1);
+    }
+    zero_tail(u, wl, mw, 256 * nsb);
+}
+
+/// `Q5_K` dot product: [`dot_q4_k`]'s arithmetic on the five-bit values of [`unpack_q5_k`].
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_q5_k(row: &[u8], a: ActRow<'_>) -> f32 {
+    let nsb = row.len() / 176;
+    let m0f = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut corr = _mm256_setzero_ps();
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(176 * sb);
+        let (ws, mw) = q4k_factors(p);
+        let qh = loadu256(p.add(16));
+        let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
+        let mut s = _mm256_setzero_ps();
+        for j in 0..4 {
+            let y = loadu256(p.add(48 + 32 * j));
+            let bit = |k: i32| {
+                let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)), one);
+                _mm256_slli_epi16::<4>(b)
+            };
+            let lo = _mm256_or_si256(_mm256_and_si256(y, m0f), bit(2 * j as i32));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
+                bit(2 * j as i32 + 1),
+            );
+            let tl = dot4(lo, loadu256(xq.add(64 * j)));
+            let th = dot4(hi, loadu256(xq.add(64 * j + 32)));
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tl), lane(ws, 2 * j as i32), s);
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(th), lane(ws, 2 * j as i32 + 1), s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(*a.d.get_unchecked(8 * sb)), acc);
+        let (m0, m1) = pairs(mw);
+        let xs = a.xsum.as_ptr().add(16 * sb);
+        corr = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr);
+        corr = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr);
+    }
+    hsum(_mm256_add_ps(acc, corr))
+}
+
+/// `Q5_K` unpacker: `Q4_K`'s nibbles and factors (same layout after the 32 `qh` bytes), plus
+/// bit `2j` (low nibbles) or `2j + 1` (high nibbles) of `qh` as the value's fifth bit.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q5_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let nsb = row.len() / 176;
+    let m0f = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    for sb in 0..nsb {
+        let p = row.as_ptr().add(176 * sb);
+        let (ws, m) = q4k_factors(p);
+        let qh = loadu256(p.add(16));
+        for j in 0..4 {
+            let y = loadu256(p.add(48 + 32 * j));
+            let bit = |k: i32| {
+                let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)), one);
+                _mm256_slli_epi16::<4>(b)
+            };
+            let lo = _mm256_or_si256(_mm256_and_si256(y, m0f), bit(2 * j as i32));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
+                bit(2 * j as i32 + 1),
+            );
+            let o = u.as_mut_ptr().add(256 * sb + 64 * j);
+            _mm256_storeu_si256(o as *mut __m256i, lo);
+            _mm256_storeu_si256(o.add(32) as *mut __m256i, hi);
             let w = wl.as_mut_ptr().add(64 * sb + 16 * j);
             _mm256_storeu_ps(w, lane(ws, 2 * j as i32));
             _mm256_storeu_ps(w.add(8), lane(ws, 2 * j as i32 + 1));
@@ -767,7 +885,9 @@ multi_row!(
     rows_q5_0 => dot_q5_0, true;
     rows_q5_1 => dot_q5_1, true;
     rows_q8_0 => dot_q8_0, false;
+    rows_mxfp4 => dot_mxfp4, false;
     rows_q4_k => dot_q4_k, false;
+    rows_q5_k => dot_q5_k, false;
     rows_q6_k => dot_q6_k, false;
 );
 
@@ -790,7 +910,9 @@ pub(super) fn dot_fn(ty: GgmlType) -> Option<super::matmul::DotFn> {
         GgmlType::Q5_0 => rows_q5_0,
         GgmlType::Q5_1 => rows_q5_1,
         GgmlType::Q8_0 => rows_q8_0,
+        GgmlType::MXFP4 => rows_mxfp4,
         GgmlType::Q4_K => rows_q4_k,
+        GgmlType::Q5_K => rows_q5_k,
         GgmlType::Q6_K => rows_q6_k,
         _ => return None,
     })
@@ -804,7 +926,9 @@ pub(super) fn unpack_fn(ty: GgmlType) -> Option<super::matmul::UnpackFn> {
         GgmlType::Q5_0 => unpack_q5_0,
         GgmlType::Q5_1 => unpack_q5_1,
         GgmlType::Q8_0 => unpack_q8_0,
+        GgmlType::MXFP4 => unpack_mxfp4,
         GgmlType::Q4_K => unpack_q4_k,
+        GgmlType::Q5_K => unpack_q5_k,
         GgmlType::Q6_K => unpack_q6_k,
         _ => return None,
     })

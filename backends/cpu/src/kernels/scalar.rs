@@ -60,7 +60,15 @@ pub(crate) fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
 pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32], mw: &mut [f32]) {
     match ty {
         GgmlType::Q4_0 => {
-            let blk: BlockQ4_0 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ4_0 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ4_0>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             for (j, &q) in blk.qs.iter().enumerate() {
                 u[j] = q & 0x0F;
@@ -70,7 +78,15 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
             mw[..2].fill(-8.0 * d);
         }
         GgmlType::Q4_1 => {
-            let blk: BlockQ4_1 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ4_1 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ4_1>(b);
+                    &tmp
+                }
+            };
             for (j, &q) in blk.qs.iter().enumerate() {
                 u[j] = q & 0x0F;
                 u[j + 16] = q >> 4;
@@ -79,7 +95,15 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
             mw[..2].fill(f16_to_f32(blk.m));
         }
         GgmlType::Q5_0 => {
-            let blk: BlockQ5_0 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ5_0 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ5_0>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             let qh = u32::from_le_bytes(blk.qh);
             for (j, &q) in blk.qs.iter().enumerate() {
@@ -90,7 +114,15 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
             mw[..2].fill(-16.0 * d);
         }
         GgmlType::Q5_1 => {
-            let blk: BlockQ5_1 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ5_1 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ5_1>(b);
+                    &tmp
+                }
+            };
             let qh = u32::from_le_bytes(blk.qh);
             for (j, &q) in blk.qs.iter().enumerate() {
                 u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
@@ -100,7 +132,15 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
             mw[..2].fill(f16_to_f32(blk.m));
         }
         GgmlType::Q8_0 => {
-            let blk: BlockQ8_0 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ8_0 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ8_0>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             for (o, &q) in u.iter_mut().zip(&blk.qs) {
                 *o = (q as u8) ^ 0x80;
@@ -109,44 +149,97 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
             mw[..2].fill(-128.0 * d);
         }
         GgmlType::MXFP4 => {
-            let blk: BlockMxfp4 = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockMxfp4 = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockMxfp4>(b);
+                    &tmp
+                }
+            };
             let d = e8m0_half(blk.e);
-            for (j, &q) in blk.qs.iter().enumerate() {
-                u[j] = (MXFP4_DOUBLED[(q & 0x0F) as usize] as u8) ^ 0x80;
-                u[j + 16] = (MXFP4_DOUBLED[(q >> 4) as usize] as u8) ^ 0x80;
+            // A table of the stored bytes, so the loop is a plain lookup.
+            const T: [u8; 16] = {
+                let mut t = [0u8; 16];
+                let mut i = 0;
+                while i < 16 {
+                    t[i] = (MXFP4_DOUBLED[i] as u8) ^ 0x80;
+                    i += 1;
+                }
+                t
+            };
+            let (lo, hi) = u[..32].split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk.qs) {
+                *l = T[(q & 0x0F) as usize];
+                *h = T[(q >> 4) as usize];
             }
             ws[..2].fill(d);
             mw[..2].fill(-128.0 * d);
         }
         GgmlType::Q2_K => {
-            let blk: BlockQ2K = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ2K = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ2K>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             let dmin = f16_to_f32(blk.dmin);
             for (g, &sc) in blk.scales.iter().enumerate() {
                 ws[g] = d * (sc & 0x0F) as f32;
                 mw[g] = -(dmin * (sc >> 4) as f32);
             }
-            for (e, o) in u[..QK_K].iter_mut().enumerate() {
-                let (n, s, m) = (e / 128, (e % 128) / 32, e % 32);
-                *o = (blk.qs[32 * n + m] >> (2 * s)) & 3;
+            // Value `128 n + 32 s + m` is bits `2s..2s+2` of `qs[32 n + m]`; loops of fixed
+            // `(n, s)` so the compiler vectorises them.
+            for n in 0..2 {
+                let q = &blk.qs[32 * n..32 * n + 32];
+                for s in 0..4 {
+                    let o = &mut u[128 * n + 32 * s..128 * n + 32 * s + 32];
+                    for (o, &b) in o.iter_mut().zip(q) {
+                        *o = (b >> (2 * s)) & 3;
+                    }
+                }
             }
         }
         GgmlType::Q3_K => {
-            let blk: BlockQ3K = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ3K = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ3K>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             for (g, &sc) in q3k_scales(&blk.scales).iter().enumerate() {
                 ws[g] = d * sc as f32;
                 mw[g] = -4.0 * ws[g];
             }
-            for (e, o) in u[..QK_K].iter_mut().enumerate() {
-                let (n, s, m) = (e / 128, (e % 128) / 32, e % 32);
-                let lo = (blk.qs[32 * n + m] >> (2 * s)) & 3;
-                let hb = (blk.hmask[m] >> (4 * n + s)) & 1;
-                *o = lo | (hb << 2);
+            for n in 0..2 {
+                let q = &blk.qs[32 * n..32 * n + 32];
+                for s in 0..4 {
+                    let o = &mut u[128 * n + 32 * s..128 * n + 32 * s + 32];
+                    for ((o, &b), &h) in o.iter_mut().zip(q).zip(&blk.hmask) {
+                        *o = ((b >> (2 * s)) & 3) | (((h >> (4 * n + s)) & 1) << 2);
+                    }
+                }
             }
         }
         GgmlType::Q4_K => {
-            let blk: BlockQ4K = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ4K = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ4K>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             let dmin = f16_to_f32(blk.dmin);
             for j in 0..8 {
@@ -154,17 +247,25 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
                 ws[2 * j..2 * j + 2].fill(d * sc as f32);
                 mw[2 * j..2 * j + 2].fill(-(dmin * m as f32));
             }
-            for (e, o) in u[..QK_K].iter_mut().enumerate() {
-                let (i, t) = (e / 64, e % 64);
-                *o = if t < 32 {
-                    blk.qs[32 * i + t] & 0x0F
-                } else {
-                    blk.qs[32 * i + t - 32] >> 4
-                };
+            for i in 0..4 {
+                let q = &blk.qs[32 * i..32 * i + 32];
+                let (lo, hi) = u[64 * i..64 * i + 64].split_at_mut(32);
+                for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+                    *l = b & 0x0F;
+                    *h = b >> 4;
+                }
             }
         }
         GgmlType::Q5_K => {
-            let blk: BlockQ5K = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ5K = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ5K>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             let dmin = f16_to_f32(blk.dmin);
             for j in 0..8 {
@@ -172,37 +273,40 @@ pub(crate) fn unpack_block(ty: GgmlType, b: &[u8], u: &mut [u8], ws: &mut [f32],
                 ws[2 * j..2 * j + 2].fill(d * sc as f32);
                 mw[2 * j..2 * j + 2].fill(-(dmin * m as f32));
             }
-            for (e, o) in u[..QK_K].iter_mut().enumerate() {
-                let (i, t) = (e / 64, e % 64);
-                let (lo, hb) = if t < 32 {
-                    (blk.qs[32 * i + t] & 0x0F, (blk.qh[t] >> (2 * i)) & 1)
-                } else {
-                    (
-                        blk.qs[32 * i + t - 32] >> 4,
-                        (blk.qh[t - 32] >> (2 * i + 1)) & 1,
-                    )
-                };
-                *o = lo | (hb << 4);
+            for i in 0..4 {
+                let q = &blk.qs[32 * i..32 * i + 32];
+                let (lo, hi) = u[64 * i..64 * i + 64].split_at_mut(32);
+                for (((l, h), &b), &qh) in lo.iter_mut().zip(hi.iter_mut()).zip(q).zip(&blk.qh) {
+                    *l = (b & 0x0F) | (((qh >> (2 * i)) & 1) << 4);
+                    *h = (b >> 4) | (((qh >> (2 * i + 1)) & 1) << 4);
+                }
             }
         }
         GgmlType::Q6_K => {
-            let blk: BlockQ6K = bytemuck::pod_read_unaligned(b);
+            let tmp;
+            // Blocks are read in place when aligned (they are in GGUF files), else copied.
+            let blk: &BlockQ6K = match bytemuck::try_from_bytes(b) {
+                Ok(r) => r,
+                Err(_) => {
+                    tmp = bytemuck::pod_read_unaligned::<BlockQ6K>(b);
+                    &tmp
+                }
+            };
             let d = f16_to_f32(blk.d);
             for (g, &sc) in blk.scales.iter().enumerate() {
                 ws[g] = d * sc as f32;
                 mw[g] = -32.0 * ws[g];
             }
-            for (e, o) in u[..QK_K].iter_mut().enumerate() {
-                let (n, s, l) = (e / 128, (e % 128) / 32, e % 32);
-                let ql = &blk.ql[64 * n..];
-                let qh = blk.qh[32 * n + l];
-                let lo = match s {
-                    0 => ql[l] & 0x0F,
-                    1 => ql[l + 32] & 0x0F,
-                    2 => ql[l] >> 4,
-                    _ => ql[l + 32] >> 4,
-                };
-                *o = lo | (((qh >> (2 * s)) & 3) << 4);
+            for n in 0..2 {
+                let qh = &blk.qh[32 * n..32 * n + 32];
+                for s in 0..4 {
+                    let ql = &blk.ql[64 * n + 32 * (s % 2)..64 * n + 32 * (s % 2) + 32];
+                    let shift = 4 * (s / 2);
+                    let o = &mut u[128 * n + 32 * s..128 * n + 32 * s + 32];
+                    for ((o, &l), &h) in o.iter_mut().zip(ql).zip(qh) {
+                        *o = ((l >> shift) & 0x0F) | (((h >> (2 * s)) & 3) << 4);
+                    }
+                }
             }
         }
         _ => {
