@@ -391,3 +391,29 @@ fn sampling_flags_conflict_with_a_sampler_module() {
         "{err}"
     );
 }
+
+#[test]
+fn a_gpt_oss_file_is_inspected_and_scored() {
+    let dir = std::env::temp_dir().join(format!("kiln-gpt-oss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny-gpt-oss.gguf");
+    std::fs::write(
+        &path,
+        kiln_sdk::conformance::synthetic_gpt_oss(3, 128, 4096),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let o = kiln(&["inspect", p], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("gpt-oss") && out.contains("blk.0.ffn_gate_exps.weight"),
+        "{out}"
+    );
+    let o = kiln(&["backends", "-m", p], &[]);
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("gpt-oss with"), "{out}{err}");
+    println!("{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}

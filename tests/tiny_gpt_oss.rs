@@ -9,7 +9,7 @@
 //!
 //! - `tokenizer_and_chat_template_of_the_tiny_gpt_oss` (runs today): Kiln's tokenizer encodes
 //!   the reference texts to the script's ids, and the harmony chat template renders.
-//! - `tiny_gpt_oss_logits_match_transformers` (ignored until the SDK has gpt-oss): Kiln's CPU
+//! - `tiny_gpt_oss_logits_match_transformers`: Kiln's CPU
 //!   backend over the same 384 tokens, once as one batch and once in chunks and single-token
 //!   steps, then greedy decoding.
 //!
@@ -292,7 +292,6 @@ fn run_chunks(
 }
 
 #[test]
-#[ignore = "needs the gpt-oss architecture (branch gpt-oss)"]
 fn tiny_gpt_oss_logits_match_transformers() {
     let r = reference();
     let Some(path) = build_gguf("logits") else {

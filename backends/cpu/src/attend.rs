@@ -73,6 +73,9 @@ pub struct Group<'a> {
     pub scale: f32,
     /// Optional score soft-cap.
     pub softcap: Option<f32>,
+    /// Optional attention sinks, one per head of the group: a logit that joins the
+    /// denominator and brings no value.
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Reusable buffers of [`Group::attend`], plus the caller's per-task queries, outputs and
@@ -208,6 +211,20 @@ impl Group<'_> {
                 mad_block_f32(acc, &sc.values[..b * hv], p);
             }
             start = end;
+        }
+        if let Some(sinks) = self.sinks {
+            // Each sink joins its head's final denominator against the running maximum; one
+            // above it becomes the maximum, and what was accumulated is rescaled to it.
+            for (h, &sink) in sinks.iter().enumerate().take(g) {
+                let m = sc.max[h];
+                if sink > m {
+                    let f = (m - sink).exp();
+                    scale(&mut accs[h * hv..(h + 1) * hv], f);
+                    sums[h] = sums[h] * f + 1.0;
+                } else {
+                    sums[h] += (sink - m).exp();
+                }
+            }
         }
     }
 }
@@ -552,6 +569,7 @@ mod tests {
                 hk,
                 scale: 0.3,
                 softcap: None,
+                sinks: None,
             }
         }
         let mut sc = Scratch::default();
@@ -597,6 +615,7 @@ mod tests {
             hk,
             scale: 1.0,
             softcap: Some(5.0),
+            sinks: None,
         };
         let (mut acc, mut sum) = (vec![0f32; hv], vec![0f32; 1]);
         g.attend(0, n - 1, &mut acc, &mut sum, &mut Scratch::default());

@@ -10,15 +10,19 @@ use crate::attend;
 use crate::kernels::{self, ThreadPool, WeightMatrix};
 use kiln_sdk::backend::{BackendError, ErrorKind, Result, RowOutput};
 use kiln_sdk::gguf::TensorInfo;
+use kiln_sdk::model::ops::{SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT};
 use kiln_sdk::model::select::{write_output_with, TopNScratch};
 use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
 
-/// A weight: 2-D matrices stay in the mapped file; vectors (norms, biases) are converted to f32.
+/// A weight: 2-D matrices and 3-D expert stacks stay in the mapped file; vectors (norms,
+/// biases) are converted to f32.
 pub struct CpuWeight {
     ty: GgmlType,
     rows: usize,
     cols: usize,
+    /// Matrices stacked along the third dimension (1 for a 2-D weight).
+    experts: usize,
     data: &'static [u8],
     vector: Option<Vec<f32>>,
 }
@@ -42,7 +46,8 @@ impl CpuAct {
     }
 }
 
-/// Per-context scratch: top-N selection, attention buffers and RoPE rotation tables.
+/// Per-context scratch: top-N selection, attention buffers, RoPE rotation tables and the
+/// expert matmul's gathered rows.
 pub struct CpuExec {
     /// One selection scratch per pool thread (output rows are served in parallel).
     tops: Vec<std::sync::Mutex<TopNScratch>>,
@@ -50,6 +55,19 @@ pub struct CpuExec {
     /// calling thread, so no worker allocates in a later step).
     attn: Vec<std::sync::Mutex<attend::Scratch>>,
     rope: Vec<(f32, f32)>,
+    moe: MoeScratch,
+}
+
+/// Room for one expert's rows of a step: `n_batch_max` input and output rows of
+/// `expert_cols`, one bias row, and where each gathered row came from.
+struct MoeScratch {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    bias: Vec<f32>,
+    /// (batch row, slot) of each gathered row.
+    src: Vec<(usize, usize)>,
+    rows: usize,
+    cols: usize,
 }
 
 struct KvLayer {
@@ -182,9 +200,16 @@ impl Ops for CpuOps {
                 ty: GgmlType::F32,
                 rows: 1,
                 cols,
+                experts: 1,
                 data: &[],
                 vector: Some(v),
             });
+        }
+        if t.dims.len() > 3 {
+            return Err(BackendError::invalid(format!(
+                "a weight of {} dimensions",
+                t.dims.len()
+            )));
         }
         if !kernels::supports(t.ty) {
             return Err(BackendError::unsupported(format!(
@@ -196,6 +221,11 @@ impl Ops for CpuOps {
             ty: t.ty,
             rows,
             cols,
+            experts: if t.dims.len() == 3 {
+                t.dims[2] as usize
+            } else {
+                1
+            },
             data: t.data,
             vector: None,
         })
@@ -246,6 +276,18 @@ impl Ops for CpuOps {
                 .map(|_| std::sync::Mutex::new(attend::Scratch::default()))
                 .collect(),
             rope: Vec::with_capacity(spec.max_cols / 2),
+            moe: MoeScratch {
+                x: alloc_zeroed(spec.n_batch_max * spec.expert_cols, "expert scratch")?,
+                y: alloc_zeroed(spec.n_batch_max * spec.expert_cols, "expert scratch")?,
+                bias: alloc_zeroed(spec.expert_cols, "expert scratch")?,
+                src: Vec::with_capacity(if spec.expert_cols > 0 {
+                    spec.n_batch_max
+                } else {
+                    0
+                }),
+                rows: spec.n_batch_max,
+                cols: spec.expert_cols,
+            },
         })
     }
 
@@ -260,7 +302,11 @@ impl Ops for CpuOps {
             .iter()
             .map(|a| a.lock().map_or(0, |a| a.bytes()))
             .sum();
-        tops + attn + ex.rope.capacity() as u64 * 8
+        let m = &ex.moe;
+        tops + attn
+            + ex.rope.capacity() as u64 * 8
+            + (m.x.len() + m.y.len() + m.bias.len()) as u64 * 4
+            + m.src.capacity() as u64 * 16
     }
 
     fn write(&self, _: &mut CpuExec, x: &mut CpuAct, data: &[f32]) -> Result<()> {
@@ -393,11 +439,36 @@ impl Ops for CpuOps {
         cs.clear();
         cs.resize(half, (0.0, 0.0));
         let cols = x.cols;
+        // YaRN as ggml's `rope_yarn` computes it, in f32.
+        let yarn = rope.yarn.map(|y| {
+            let [low, high] = y.corr_dims(rope.n_rot, rope.base);
+            let mscale = if y.ext_factor != 0.0 {
+                y.attn_factor * (1.0 + 0.1 * (1.0 / rope.freq_scale).ln())
+            } else {
+                y.attn_factor
+            };
+            (y.ext_factor, low, (high - low).max(0.001), mscale)
+        });
         for (row, &pos) in x.live_mut().chunks_exact_mut(cols).zip(positions) {
             let mut theta = pos as f32;
-            for c in cs.iter_mut() {
-                let t = theta * rope.freq_scale;
-                *c = (t.cos(), t.sin());
+            for (i, c) in cs.iter_mut().enumerate() {
+                match yarn {
+                    None => {
+                        let t = theta * rope.freq_scale;
+                        *c = (t.cos(), t.sin());
+                    }
+                    Some((ext, low, span, mscale)) => {
+                        let interp = rope.freq_scale * theta;
+                        let t = if ext != 0.0 {
+                            let y = (i as f32 - low) / span;
+                            let mix = (1.0 - y.clamp(0.0, 1.0)) * ext;
+                            interp * (1.0 - mix) + theta * mix
+                        } else {
+                            interp
+                        };
+                        *c = (t.cos() * mscale, t.sin() * mscale);
+                    }
+                }
                 theta *= theta_scale;
             }
             for head in row.chunks_exact_mut(head_dim) {
@@ -421,6 +492,16 @@ impl Ops for CpuOps {
         }
         match act {
             Activation::Silu => crate::vexp::silu_mul(gate.live_mut(), up.live()),
+            Activation::SwigluOai => {
+                gate.live_mut()
+                    .iter_mut()
+                    .zip(up.live())
+                    .for_each(|(g, &u)| {
+                        let x = g.min(SWIGLU_OAI_LIMIT);
+                        let u = u.clamp(-SWIGLU_OAI_LIMIT, SWIGLU_OAI_LIMIT);
+                        *g = x / (1.0 + (-SWIGLU_OAI_ALPHA * x).exp()) * (u + 1.0);
+                    })
+            }
             Activation::GeluTanh => {
                 let table = gelu_table();
                 gate.live_mut()
@@ -542,6 +623,7 @@ impl Ops for CpuOps {
             || l.shape.n_head_kv * l.shape.head_dim_k != kw
             || p.n_head_kv == 0
             || !p.n_head.is_multiple_of(p.n_head_kv)
+            || p.sinks.is_some_and(|s| s.len() != p.n_head)
         {
             return Err(shape_err("attention"));
         }
@@ -610,6 +692,7 @@ impl Ops for CpuOps {
                     hk,
                     scale: p.scale,
                     softcap: p.softcap,
+                    sinks: p.sinks.map(|s| &s[h0..h0 + group]),
                 };
                 g.attend(lo, r.pos, accs_t, sums_t, sc);
                 for (j, &sum) in sums_t.iter().enumerate() {
@@ -629,6 +712,198 @@ impl Ops for CpuOps {
             }
             (sc.qs, sc.accs, sc.sums) = (qs, accs, sums);
         });
+        Ok(())
+    }
+
+    fn moe_route(
+        &self,
+        _: &mut CpuExec,
+        logits: &CpuAct,
+        k: usize,
+        ids: &mut CpuAct,
+        weights: &mut CpuAct,
+    ) -> Result<()> {
+        let n_expert = logits.cols;
+        if k == 0
+            || k > n_expert
+            || ids.rows != logits.rows
+            || weights.rows != logits.rows
+            || ids.cols != k
+            || weights.cols != k
+        {
+            return Err(shape_err("moe_route"));
+        }
+        // Better: larger, ties to the lower index (scanned first), NaN after every number.
+        let better = |x: f32, best: f32| !x.is_nan() && (best.is_nan() || x > best);
+        for ((row, id), wt) in logits
+            .live()
+            .chunks_exact(n_expert)
+            .zip(ids.data.chunks_exact_mut(k))
+            .zip(weights.data.chunks_exact_mut(k))
+        {
+            // Selection by k scans (k is small); the chosen ids are kept in `id`.
+            for j in 0..k {
+                let mut best: Option<usize> = None;
+                for (e, &v) in row.iter().enumerate() {
+                    if id[..j].iter().any(|&c| c as usize == e) {
+                        continue;
+                    }
+                    if best.is_none_or(|b| better(v, row[b])) {
+                        best = Some(e);
+                    }
+                }
+                id[j] = best.unwrap_or(0) as f32;
+            }
+            let m = row[id[0] as usize];
+            let mut sum = 0f32;
+            for (w, &e) in wt.iter_mut().zip(id.iter()) {
+                *w = (row[e as usize] - m).exp();
+                sum += *w;
+            }
+            wt.iter_mut().for_each(|w| *w /= sum);
+        }
+        Ok(())
+    }
+
+    fn matmul_experts(
+        &self,
+        ex: &mut CpuExec,
+        x: &CpuAct,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        ids: &CpuAct,
+        out: &mut CpuAct,
+    ) -> Result<()> {
+        let (n_expert, d_in) = (w.experts, w.cols);
+        let d_out = w.rows / n_expert.max(1);
+        let k = ids.cols;
+        let n = x.rows;
+        if w.vector.is_some()
+            || n_expert == 0
+            || w.rows != d_out * n_expert
+            || ids.rows != n
+            || out.rows != n
+            || out.cols != k * d_out
+            || !(x.cols == d_in || x.cols == k * d_in)
+        {
+            return Err(shape_err("matmul_experts"));
+        }
+        let s = &mut ex.moe;
+        if d_in > s.cols || d_out > s.cols || s.rows == 0 {
+            return Err(BackendError::internal(format!(
+                "matmul_experts of {d_in} → {d_out} columns; the context's expert scratch holds {}",
+                s.cols
+            )));
+        }
+        let bias_row = match bias {
+            Some(b) => {
+                let rb =
+                    b.ty.bytes_for(d_out as u64)
+                        .ok_or_else(|| shape_err("matmul_experts bias"))?
+                        as usize;
+                if b.vector.is_some()
+                    || b.cols != d_out
+                    || b.rows != n_expert
+                    || b.data.len() < rb * n_expert
+                {
+                    return Err(shape_err("matmul_experts bias"));
+                }
+                Some(rb)
+            }
+            None => None,
+        };
+        let id_list = &ids.data[..n * k];
+        if let Some(&bad) = id_list
+            .iter()
+            .find(|&&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < n_expert))
+        {
+            return Err(BackendError::invalid(format!(
+                "expert id {bad} out of 0..{n_expert}"
+            )));
+        }
+        let w_bytes =
+            w.ty.bytes_for((d_out * d_in) as u64)
+                .ok_or_else(|| shape_err("matmul_experts"))? as usize;
+        if w.data.len() != w_bytes * n_expert {
+            return Err(shape_err("matmul_experts weight data"));
+        }
+        let per_slot = x.cols != d_in;
+        // Group rows by expert: each expert's matrix is read once for all the rows that chose
+        // it. The kernels give a row the same bits whatever the other rows, so the grouping
+        // changes no result.
+        for e in 0..n_expert {
+            let m = WeightMatrix {
+                ty: w.ty,
+                rows: d_out,
+                cols: d_in,
+                data: &w.data[e * w_bytes..(e + 1) * w_bytes],
+            };
+            if let (Some(b), Some(rb)) = (bias, bias_row) {
+                dequantize_row(b.ty, &b.data[e * rb..(e + 1) * rb], &mut s.bias[..d_out])
+                    .map_err(|er| BackendError::internal(er.to_string()))?;
+            }
+            let mut start = 0;
+            while start < n * k {
+                s.src.clear();
+                let mut end = start;
+                while end < n * k && s.src.len() < s.rows {
+                    if id_list[end] as usize == e {
+                        let (i, j) = (end / k, end % k);
+                        let xo = i * x.cols + if per_slot { j * d_in } else { 0 };
+                        let g = s.src.len();
+                        s.x[g * d_in..(g + 1) * d_in].copy_from_slice(&x.data[xo..xo + d_in]);
+                        s.src.push((i, j));
+                    }
+                    end += 1;
+                }
+                start = end;
+                let g = s.src.len();
+                if g == 0 {
+                    continue;
+                }
+                kernels::matmul(&self.pool, &m, &s.x[..g * d_in], g, &mut s.y[..g * d_out])
+                    .map_err(|er| BackendError::internal(er.to_string()))?;
+                for (r, &(i, j)) in s.src.iter().enumerate() {
+                    let dst = &mut out.data[i * out.cols + j * d_out..][..d_out];
+                    dst.copy_from_slice(&s.y[r * d_out..(r + 1) * d_out]);
+                    if bias.is_some() {
+                        dst.iter_mut()
+                            .zip(&s.bias[..d_out])
+                            .for_each(|(a, &b)| *a += b);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn moe_combine(
+        &self,
+        _: &mut CpuExec,
+        y: &CpuAct,
+        weights: &CpuAct,
+        out: &mut CpuAct,
+    ) -> Result<()> {
+        let k = weights.cols;
+        let c = out.cols;
+        if k == 0 || y.rows != weights.rows || out.rows != y.rows || y.cols != k * c {
+            return Err(shape_err("moe_combine"));
+        }
+        for ((o, yr), wr) in out
+            .live_mut()
+            .chunks_exact_mut(c)
+            .zip(y.live().chunks_exact(k * c))
+            .zip(weights.live().chunks_exact(k))
+        {
+            o.iter_mut()
+                .zip(&yr[..c])
+                .for_each(|(a, &v)| *a = v * wr[0]);
+            for (j, &wj) in wr.iter().enumerate().skip(1) {
+                o.iter_mut()
+                    .zip(&yr[j * c..(j + 1) * c])
+                    .for_each(|(a, &v)| *a += v * wj);
+            }
+        }
         Ok(())
     }
 

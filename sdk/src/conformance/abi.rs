@@ -30,6 +30,10 @@ pub struct Tolerance {
     pub float: f32,
     /// For the quantized models (8-bit activations and an f16 KV cache are expected).
     pub quantized: f32,
+    /// For the quantized mixture-of-experts model (gpt-oss): the 8-bit rounding of the
+    /// router's input may reorder a near-tie of router logits and pick another expert, which
+    /// moves that position's logits further than rounding alone.
+    pub moe: f32,
 }
 
 impl Default for Tolerance {
@@ -37,6 +41,7 @@ impl Default for Tolerance {
         Tolerance {
             float: 2e-2,
             quantized: 0.15,
+            moe: 0.3,
         }
     }
 }
@@ -257,10 +262,10 @@ fn check_model(lib: &BackendLib, kind: Synthetic, tol: &Tolerance) -> Result<Str
 
     // 2. Accuracy against the reference model.
     let reference = reference_logits(&gguf, &toks)?;
-    let limit = if kind == Synthetic::LlamaF32 {
-        tol.float
-    } else {
-        tol.quantized
+    let limit = match kind {
+        Synthetic::LlamaF32 => tol.float,
+        Synthetic::GptOss => tol.moe,
+        _ => tol.quantized,
     };
     let mut worst = 0f32;
     for (i, (got, want)) in seq_ref.iter().zip(&reference).enumerate() {

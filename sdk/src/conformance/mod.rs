@@ -12,4 +12,4 @@ pub mod models;
 pub mod ops;
 
 pub use abi::{check, Report, Tolerance};
-pub use models::{synthetic_llama, Synthetic, VOCAB};
+pub use models::{synthetic_gpt_oss, synthetic_llama, Synthetic, VOCAB};

@@ -21,7 +21,12 @@
 //! | `matmul`, float weights (F32, F16, BF16) | 1e-5 |
 //! | `matmul`, weights in 32-value blocks (Q4_0…Q8_0, MXFP4) | 6e-2 |
 //! | `matmul`, k-quant weights (256-value blocks) | 0.15 |
-//! | `attention` (f16 cache) | 1e-2 |
+//! | `attention` (f16 cache; with and without sinks) | 1e-2 |
+//! | `rope` with YaRN (factor 32, NeoX and normal) | 1e-3 |
+//! | `glu` SwiGLU-OAI (clamped at ±7) | 1e-5 |
+//! | `moe_route` (expert ids exact; weights) | 1e-5 |
+//! | `matmul_experts` (2304 values per case) | 1.5 × `matmul`'s limit of the weight type |
+//! | `moe_combine` | 1e-5 |
 //! | `outputs` (top-N ids exact; lse, target) | 1e-6 |
 //!
 //! Use it from a test of your backend crate:
@@ -29,7 +34,9 @@
 
 use crate::backend::{BackendError, RowOutput, Want};
 use crate::gguf::TensorInfo;
-use crate::model::ops::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
+use crate::model::ops::{
+    Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, Yarn,
+};
 use crate::model::RefOps;
 use crate::quant::random::{random_tensor, Rng};
 use crate::quant::GgmlType;
@@ -55,6 +62,12 @@ pub struct OpsTolerance {
     pub matmul_kquant: f32,
     /// `attention`.
     pub attention: f32,
+    /// `glu` with SwiGLU-OAI.
+    pub swiglu_oai: f32,
+    /// `moe_route` weights (the expert ids must match exactly).
+    pub moe_route: f32,
+    /// `moe_combine`.
+    pub moe_combine: f32,
 }
 
 impl Default for OpsTolerance {
@@ -69,6 +82,9 @@ impl Default for OpsTolerance {
             matmul_quant: 6e-2,
             matmul_kquant: 0.15,
             attention: 1e-2,
+            swiglu_oai: 1e-5,
+            moe_route: 1e-5,
+            moe_combine: 1e-5,
         }
     }
 }
@@ -236,6 +252,7 @@ pub fn check<O: Ops>(ops: &O, types: &[GgmlType], tol: &OpsTolerance) -> R<OpsRe
         n_logit_rows: 8,
         n_vocab: 3000,
         max_cols: 3000,
+        expert_cols: MOE_IN.max(MOE_OUT),
     };
     let mut p = Pair {
         ops,
@@ -255,6 +272,13 @@ pub fn check<O: Ops>(ops: &O, types: &[GgmlType], tol: &OpsTolerance) -> R<OpsRe
     check_rope(&mut p, &mut rng)?;
     check_attention(&mut p, &mut rng)?;
     check_outputs(&mut p, &mut rng)?;
+    // The mixture-of-experts operations draw from their own generator, so that the cases
+    // above keep their inputs.
+    let mut rng = Rng::new(0x6d6f65);
+    for &ty in types {
+        check_matmul_experts(&mut p, &mut store, ty, &mut rng)?;
+    }
+    check_moe_route_combine(&mut p, &mut rng)?;
     Ok(p.report)
 }
 
@@ -322,6 +346,7 @@ fn check_elementwise<O: Ops>(p: &mut Pair<'_, O>, store: &mut Store, rng: &mut R
     for (act, limit, name) in [
         (Activation::Silu, p.tol.silu, "glu silu"),
         (Activation::GeluTanh, p.tol.gelu, "glu gelu"),
+        (Activation::SwigluOai, p.tol.swiglu_oai, "glu swiglu-oai"),
     ] {
         let (mut g, mut rg) = p.acts(rows, cols, &x)?;
         let (u, ru) = p.acts(rows, cols, &y)?;
@@ -429,13 +454,36 @@ fn check_rope<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
     let cols = hd * heads;
     let x = values(rows * cols, 1.0, rng);
     let positions = [0i32, 1, 7, 100, 1000, 4095];
+    // gpt-oss's YaRN: factor 32 over 4096 trained positions, base 150000.
+    let yarn = Yarn {
+        ext_factor: 1.0,
+        attn_factor: (0.1 * 32f32.ln() + 1.0) * (1.0 / (1.0 + 0.1 * 32f32.ln())),
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        n_ctx_orig: 4096,
+    };
     for style in [RopeStyle::Normal, RopeStyle::Neox] {
-        for (n_rot, freq_scale, base) in [(64usize, 1.0f32, 10_000.0f32), (32, 0.25, 1_000_000.0)] {
+        for (n_rot, freq_scale, base, yarn) in [
+            (64usize, 1.0f32, 10_000.0f32, None),
+            (32, 0.25, 1_000_000.0, None),
+            (64, 1.0 / 32.0, 150_000.0, Some(yarn)),
+            (
+                32,
+                0.5,
+                10_000.0,
+                Some(Yarn {
+                    ext_factor: 0.5,
+                    attn_factor: 0.9,
+                    ..yarn
+                }),
+            ),
+        ] {
             let rope = Rope {
                 style,
                 n_rot,
                 base,
                 freq_scale,
+                yarn,
             };
             let (mut a, mut ra) = p.acts(rows, cols, &x)?;
             p.ops
@@ -445,7 +493,10 @@ fn check_rope<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
                 .map_err(be("rope"))?;
             let (got, want) = (p.read(&a)?, p.read_ref(&ra)?);
             p.expect(
-                format!("rope {style:?} n_rot {n_rot} scale {freq_scale}"),
+                format!(
+                    "rope {style:?} n_rot {n_rot} scale {freq_scale}{}",
+                    if yarn.is_some() { " yarn" } else { "" }
+                ),
                 &got,
                 &want,
                 p.tol.rope,
@@ -463,6 +514,7 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
         hd: usize,
         window: Option<usize>,
         softcap: Option<f32>,
+        sinks: Option<Vec<f32>>,
     }
     let cases = [
         Case {
@@ -472,6 +524,7 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             hd: 64,
             window: None,
             softcap: None,
+            sinks: None,
         },
         Case {
             name: "multi-query, window 3",
@@ -480,6 +533,7 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             hd: 128,
             window: Some(3),
             softcap: None,
+            sinks: None,
         },
         Case {
             name: "multi-head, softcap 30",
@@ -488,6 +542,26 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             hd: 64,
             window: None,
             softcap: Some(30.0),
+            sinks: None,
+        },
+        // Sinks below, near and far above the scores (the last dominates the denominator).
+        Case {
+            name: "grouped-query, sinks",
+            n_head: 4,
+            n_head_kv: 2,
+            hd: 64,
+            window: None,
+            softcap: None,
+            sinks: Some(vec![-3.0, 0.5, 2.0, 9.0]),
+        },
+        Case {
+            name: "grouped-query, window 3, sinks",
+            n_head: 4,
+            n_head_kv: 2,
+            hd: 64,
+            window: Some(3),
+            softcap: None,
+            sinks: Some(vec![1.0, -0.25, 4.0, 0.0]),
         },
     ];
     for c in cases {
@@ -513,6 +587,7 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             scale: 1.0 / (c.hd as f32).sqrt(),
             window: c.window,
             softcap: c.softcap,
+            sinks: c.sinks.as_deref(),
         };
         let (qd, kd) = (c.n_head * c.hd, c.n_head_kv * c.hd);
         let mut len = [0usize; 3];
@@ -583,6 +658,171 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             &alone[1],
             &alone[0],
             &format!("attention {} after kv_copy", c.name),
+        )?;
+    }
+    Ok(())
+}
+
+/// Input and output size of the expert matrices of [`check_matmul_experts`].
+const MOE_IN: usize = 256;
+const MOE_OUT: usize = 64;
+
+/// Routes `rows` random router rows with the reference: expert ids as f32, and the weights.
+fn random_routes(rows: usize, n_expert: usize, k: usize, rng: &mut Rng) -> R<(Vec<f32>, Vec<f32>)> {
+    let logits = values(rows * n_expert, 2.0, rng);
+    let r = RefOps;
+    let mut ex = r
+        .exec(&ExecSpec {
+            n_batch_max: rows,
+            n_logit_rows: 1,
+            n_vocab: 1,
+            max_cols: n_expert,
+            expert_cols: 0,
+        })
+        .map_err(be("reference exec"))?;
+    let mut a = r.act(rows, n_expert).map_err(be("act"))?;
+    r.write(&mut ex, &mut a, &logits).map_err(be("write"))?;
+    let mut ids = r.act(rows, k).map_err(be("act"))?;
+    let mut w = r.act(rows, k).map_err(be("act"))?;
+    r.moe_route(&mut ex, &a, k, &mut ids, &mut w)
+        .map_err(be("reference moe_route"))?;
+    let (mut vi, mut vw) = (vec![0f32; rows * k], vec![0f32; rows * k]);
+    r.read(&mut ex, &ids, &mut vi).map_err(be("read"))?;
+    r.read(&mut ex, &w, &mut vw).map_err(be("read"))?;
+    Ok((vi, vw))
+}
+
+fn check_matmul_experts<O: Ops>(
+    p: &mut Pair<'_, O>,
+    store: &mut Store,
+    ty: GgmlType,
+    rng: &mut Rng,
+) -> R<()> {
+    // Four times the values of a `matmul` case, so a wider tail of the activations'
+    // quantization error: 1.5 × the limit.
+    let limit = 1.5
+        * if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            p.tol.matmul_float
+        } else if ty.block_size() == crate::quant::QK_K {
+            p.tol.matmul_kquant
+        } else {
+            p.tol.matmul_quant
+        };
+    let (n_expert, k, n) = (8usize, 4usize, 9usize);
+    let (d_in, d_out) = (MOE_IN, MOE_OUT);
+    let t = store.tensor(
+        ty,
+        &[d_in as u64, d_out as u64, n_expert as u64],
+        random_tensor(ty, n_expert * d_out * d_in, 1.0 / (d_in as f32).sqrt(), rng),
+    );
+    let w = p
+        .ops
+        .weight(&t)
+        .map_err(be(&format!("{ty} expert weight")))?;
+    let rw = p.r.weight(&t).map_err(be("reference weight"))?;
+    let bdata: Vec<u8> = (0..d_out * n_expert)
+        .flat_map(|_| (0.5 * rng.symmetric()).to_le_bytes())
+        .collect();
+    let bt = store.tensor(GgmlType::F32, &[d_out as u64, n_expert as u64], bdata);
+    let b = p.ops.weight(&bt).map_err(be("expert bias"))?;
+    let rb = p.r.weight(&bt).map_err(be("reference bias"))?;
+    let (ids, _) = random_routes(n, n_expert, k, rng)?;
+    // Shared input (gate/up) and per-slot input (down); with and without the bias.
+    for (per_slot, bias) in [(false, true), (true, true), (false, false)] {
+        let cols = if per_slot { k * d_in } else { d_in };
+        let x = values(n * cols, 1.0, rng);
+        let zeros = vec![0f32; n * k * d_out];
+        let (a, ra) = p.acts(n, cols, &x)?;
+        let (ia, ria) = p.acts(n, k, &ids)?;
+        let (mut o, mut ro) = p.acts(n, k * d_out, &zeros)?;
+        let name = format!(
+            "matmul_experts {ty} {n_expert}x{d_out}x{d_in} top-{k}{}{}",
+            if per_slot { " per-slot input" } else { "" },
+            if bias { " + bias" } else { "" }
+        );
+        p.ops
+            .matmul_experts(&mut p.ex, &a, &w, bias.then_some(&b), &ia, &mut o)
+            .map_err(be(&name))?;
+        p.r.matmul_experts(&mut p.rex, &ra, &rw, bias.then_some(&rb), &ria, &mut ro)
+            .map_err(be("reference matmul_experts"))?;
+        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
+        p.expect(name.clone(), &got, &want, limit)?;
+        // Rows are independent: each row alone gives the same bits.
+        for i in [0, 5, n - 1] {
+            let (a1, _) = p.acts(1, cols, &x[i * cols..(i + 1) * cols])?;
+            let (i1, _) = p.acts(1, k, &ids[i * k..(i + 1) * k])?;
+            let (mut o1, _) = p.acts(1, k * d_out, &zeros[..k * d_out])?;
+            p.ops
+                .matmul_experts(&mut p.ex, &a1, &w, bias.then_some(&b), &i1, &mut o1)
+                .map_err(be("matmul_experts of one row"))?;
+            let alone = p.read(&o1)?;
+            same_bits(
+                &got[i * k * d_out..(i + 1) * k * d_out],
+                &alone,
+                &format!("{name} row {i}"),
+            )?;
+        }
+    }
+    // An expert id out of range is an error, not a panic.
+    let (a, _) = p.acts(1, d_in, &vec![0.5; d_in])?;
+    let (i1, _) = p.acts(1, k, &[0.0, 1.0, 2.0, n_expert as f32])?;
+    let (mut o1, _) = p.acts(1, k * d_out, &vec![0f32; k * d_out])?;
+    if p.ops
+        .matmul_experts(&mut p.ex, &a, &w, None, &i1, &mut o1)
+        .is_ok()
+    {
+        return Err(format!(
+            "matmul_experts {ty} accepted expert id {n_expert} of {n_expert}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_moe_route_combine<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
+    for (n_expert, k) in [(8usize, 4usize), (32, 4), (128, 4), (5, 1), (6, 6)] {
+        let n = 11;
+        let mut logits = values(n * n_expert, 2.0, rng);
+        // Ties go to the lower index.
+        logits[3] = logits[1];
+        let (a, ra) = p.acts(n, n_expert, &logits)?;
+        let z = vec![0f32; n * k];
+        let (mut ids, mut rids) = p.acts(n, k, &z)?;
+        let (mut w, mut rw) = p.acts(n, k, &z)?;
+        p.ops
+            .moe_route(&mut p.ex, &a, k, &mut ids, &mut w)
+            .map_err(be("moe_route"))?;
+        p.r.moe_route(&mut p.rex, &ra, k, &mut rids, &mut rw)
+            .map_err(be("reference moe_route"))?;
+        let (gi, wi) = (p.read(&ids)?, p.read_ref(&rids)?);
+        same_bits(
+            &gi,
+            &wi,
+            &format!("moe_route {n_expert} experts top-{k}: ids"),
+        )?;
+        let (gw, ww) = (p.read(&w)?, p.read_ref(&rw)?);
+        p.expect(
+            format!("moe_route {n_expert} experts top-{k}: weights"),
+            &gw,
+            &ww,
+            p.tol.moe_route,
+        )?;
+        // moe_combine of per-slot rows with these weights.
+        let cols = 96;
+        let y = values(n * k * cols, 1.0, rng);
+        let (ya, rya) = p.acts(n, k * cols, &y)?;
+        let zo = vec![0f32; n * cols];
+        let (mut o, mut ro) = p.acts(n, cols, &zo)?;
+        p.ops
+            .moe_combine(&mut p.ex, &ya, &w, &mut o)
+            .map_err(be("moe_combine"))?;
+        p.r.moe_combine(&mut p.rex, &rya, &rw, &mut ro)
+            .map_err(be("reference moe_combine"))?;
+        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
+        p.expect(
+            format!("moe_combine top-{k}"),
+            &got,
+            &want,
+            p.tol.moe_combine,
         )?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! keys into one [`LayerSpec`] per block, so the model code has no per-architecture branches and
 //! a new architecture adds a table entry (and new cases where it needs a new kind of block).
 
-use super::ops::{Activation, Rope, RopeStyle};
+use super::ops::{Activation, Rope, RopeStyle, Yarn};
 use crate::backend::{BackendError, Result};
 use crate::gguf::Gguf;
 
@@ -12,8 +12,9 @@ use crate::gguf::Gguf;
 pub struct SlidingWindow {
     /// Every `global_every`-th layer (1-based) is global; the others are local.
     pub global_every: usize,
-    /// RoPE base of the local layers (they use no position scaling).
-    pub local_rope_base: f32,
+    /// RoPE base of the local layers, which then use no position scaling (gemma3); `None`:
+    /// the same RoPE as the global layers (gpt-oss).
+    pub local_rope_base: Option<f32>,
 }
 
 /// What distinguishes an architecture, as data.
@@ -34,6 +35,15 @@ pub struct ArchSpec {
     pub embed_scale_sqrt: bool,
     /// Local/global attention layout, when the file sets `<arch>.attention.sliding_window`.
     pub sliding_window: Option<SlidingWindow>,
+    /// Name of the norm before the feed-forward block (`blk.N.<name>.weight`): `ffn_norm`, or
+    /// `post_attention_norm` for gpt-oss.
+    pub ffn_norm: &'static str,
+    /// The feed-forward block is a mixture of experts (`<arch>.expert_count`,
+    /// `expert_used_count`, `expert_feed_forward_length`; router `ffn_gate_inp`, experts
+    /// `ffn_{gate,up,down}_exps`, all with biases), routed by a softmax over the top-k logits.
+    pub moe: bool,
+    /// Per-head attention sinks (`blk.N.attn_sinks.weight`).
+    pub attn_sinks: bool,
 }
 
 /// The architectures the SDK's model code runs.
@@ -46,6 +56,9 @@ pub const ARCHS: &[ArchSpec] = &[
         post_norms: false,
         embed_scale_sqrt: false,
         sliding_window: None,
+        ffn_norm: "ffn_norm",
+        moe: false,
+        attn_sinks: false,
     },
     ArchSpec {
         name: "qwen2",
@@ -55,6 +68,9 @@ pub const ARCHS: &[ArchSpec] = &[
         post_norms: false,
         embed_scale_sqrt: false,
         sliding_window: None,
+        ffn_norm: "ffn_norm",
+        moe: false,
+        attn_sinks: false,
     },
     ArchSpec {
         name: "gemma3",
@@ -65,8 +81,29 @@ pub const ARCHS: &[ArchSpec] = &[
         embed_scale_sqrt: true,
         sliding_window: Some(SlidingWindow {
             global_every: 6,
-            local_rope_base: 10_000.0,
+            local_rope_base: Some(10_000.0),
         }),
+        ffn_norm: "ffn_norm",
+        moe: false,
+        attn_sinks: false,
+    },
+    // OpenAI gpt-oss (llama.cpp's LLM_ARCH_OPENAI_MOE): even layers (0, 2, ...) use the
+    // sliding window, every layer the same NeoX RoPE with YaRN; QKV and output biases,
+    // attention sinks, and a top-k softmax-weighted MoE of clamped-SwiGLU experts.
+    ArchSpec {
+        name: "gpt-oss",
+        rope_style: RopeStyle::Neox,
+        act: Activation::SwigluOai,
+        qk_norm: false,
+        post_norms: false,
+        embed_scale_sqrt: false,
+        sliding_window: Some(SlidingWindow {
+            global_every: 2,
+            local_rope_base: None,
+        }),
+        ffn_norm: "post_attention_norm",
+        moe: true,
+        attn_sinks: true,
     },
 ];
 
@@ -80,6 +117,17 @@ pub fn supported_archs() -> Vec<&'static str> {
 pub enum Ffn {
     /// `down(act(gate(x)) * up(x))`.
     Glu(Activation),
+    /// Mixture of experts: router logits `W_r x + b_r`, the `n_used` largest, softmax over
+    /// those; each selected expert computes `down(act(gate x + b_g, up x + b_u)) + b_d`, and
+    /// the block's output is their weighted sum.
+    Moe {
+        /// Experts.
+        n_expert: usize,
+        /// Experts per token.
+        n_used: usize,
+        /// Gated activation of the experts.
+        act: Activation,
+    },
 }
 
 /// One transformer block, as the model code runs it.
@@ -99,6 +147,10 @@ pub struct LayerSpec {
     pub attn_scale: f32,
     /// Soft-capping of attention scores.
     pub softcap: Option<f32>,
+    /// Per-head attention sinks (`attn_sinks.weight`).
+    pub attn_sinks: bool,
+    /// Bias on the attention output projection (present in the file).
+    pub attn_out_bias: bool,
     /// Feed-forward block.
     pub ffn: Ffn,
 }
@@ -116,7 +168,7 @@ pub struct Config {
     pub n_embd: usize,
     /// Blocks.
     pub n_layer: usize,
-    /// Feed-forward size.
+    /// Feed-forward size (of one expert, for a mixture of experts).
     pub n_ff: usize,
     /// Query heads.
     pub n_head: usize,
@@ -169,7 +221,11 @@ impl Config {
         let k = |s: &str| format!("{name}.{s}");
         let n_embd = u(g, &k("embedding_length"))?;
         let n_layer = u(g, &k("block_count"))?;
-        let n_ff = u(g, &k("feed_forward_length"))?;
+        let n_ff = if arch.moe {
+            u(g, &k("expert_feed_forward_length"))?
+        } else {
+            u(g, &k("feed_forward_length"))?
+        };
         let n_head = u(g, &k("attention.head_count"))?;
         let n_head_kv = u_or(g, &k("attention.head_count_kv"), n_head)?;
         if n_head == 0
@@ -195,15 +251,20 @@ impl Config {
                 "bad rope dimension {n_rot} for head size {head_dim_k}"
             )));
         }
+        let n_ctx_train = u_or(g, &k("context_length"), 2048)?;
         let mut freq_scale = 1.0;
-        if g.get_str(&k("rope.scaling.type"))? == Some("linear") {
+        let mut yarn = None;
+        let scaling = g.get_str(&k("rope.scaling.type"))?;
+        if matches!(scaling, Some("linear") | Some("yarn")) {
             if let Some(f) = g.get_f32(&k("rope.scaling.factor"))? {
-                if f > 0.0 {
+                if f > 0.0 && f.is_finite() {
                     freq_scale = 1.0 / f;
                 }
             }
         }
-        let n_ctx_train = u_or(g, &k("context_length"), 2048)?;
+        if scaling == Some("yarn") {
+            yarn = Some(yarn_params(g, &name, freq_scale, n_ctx_train)?);
+        }
         let emb = g
             .tensor("token_embd.weight")
             .ok_or_else(|| BackendError::invalid("missing tensor token_embd.weight"))?;
@@ -219,6 +280,29 @@ impl Config {
             n_rot,
             base,
             freq_scale,
+            yarn,
+        };
+        let ffn = if arch.moe {
+            let n_expert = u(g, &k("expert_count"))?;
+            let n_used = u(g, &k("expert_used_count"))?;
+            if n_expert == 0
+                || n_expert > 4096
+                || n_used == 0
+                || n_used > n_expert
+                || n_ff == 0
+                || n_used.checked_mul(n_ff.max(n_embd)).is_none()
+            {
+                return Err(BackendError::invalid(format!(
+                    "bad mixture of experts: {n_used} used of {n_expert} experts of size {n_ff}"
+                )));
+            }
+            Ffn::Moe {
+                n_expert,
+                n_used,
+                act: arch.act,
+            }
+        } else {
+            Ffn::Glu(arch.act)
         };
         let window = match arch.sliding_window {
             Some(_) => g
@@ -233,10 +317,11 @@ impl Config {
                     (Some(sw), Some(_)) => !(l + 1).is_multiple_of(sw.global_every.max(1)),
                     _ => false,
                 };
-                let layer_rope = match arch.sliding_window {
-                    Some(sw) if local => Rope {
-                        base: sw.local_rope_base,
+                let layer_rope = match arch.sliding_window.and_then(|sw| sw.local_rope_base) {
+                    Some(local_base) if local => Rope {
+                        base: local_base,
                         freq_scale: 1.0,
+                        yarn: None,
                         ..rope
                     },
                     _ => rope,
@@ -249,7 +334,9 @@ impl Config {
                     window: if local { window } else { None },
                     attn_scale: 1.0 / (head_dim_k as f32).sqrt(),
                     softcap: None,
-                    ffn: Ffn::Glu(arch.act),
+                    attn_sinks: arch.attn_sinks,
+                    attn_out_bias: g.tensor(&format!("blk.{l}.attn_output.bias")).is_some(),
+                    ffn,
                 }
             })
             .collect();
@@ -275,6 +362,45 @@ impl Config {
     pub fn kv_bytes_per_token(&self) -> u64 {
         (self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * 2) as u64
     }
+}
+
+/// YaRN as llama.cpp sets it up for a file whose `rope.scaling.type` is `yarn`: `ext_factor`
+/// 1, `beta_fast`/`beta_slow` from `rope.scaling.yarn_beta_fast`/`_slow` (32 and 1), the
+/// original context from `rope.scaling.original_context_length` (else the trained one), and
+/// `attn_factor = get_mscale(factor) / (1 + 0.1 ln factor) * rope.scaling.attn_factor` in f32
+/// (llama.cpp cancels ggml's own `mscale` this way and ggml applies it again, so the net
+/// magnitude is `1 + 0.1 ln factor`, up to f32 rounding).
+fn yarn_params(g: &Gguf<'_>, name: &str, freq_scale: f32, n_ctx_train: usize) -> Result<Yarn> {
+    let k = |s: &str| format!("{name}.{s}");
+    if let Some(m) = g.get_f32(&k("rope.scaling.yarn_log_multiplier"))? {
+        if m != 0.0 {
+            return Err(BackendError::unsupported(format!(
+                "YaRN with rope.scaling.yarn_log_multiplier = {m}"
+            )));
+        }
+    }
+    let factor = 1.0 / freq_scale;
+    let get_mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+    let attn_factor = get_mscale(factor)
+        * (1.0 / (1.0 + 0.1 * factor.ln()))
+        * g.get_f32(&k("rope.scaling.attn_factor"))?.unwrap_or(1.0);
+    let n_ctx_orig = u_or(g, &k("rope.scaling.original_context_length"), n_ctx_train)?;
+    let beta_fast = g
+        .get_f32(&k("rope.scaling.yarn_beta_fast"))?
+        .unwrap_or(32.0);
+    let beta_slow = g.get_f32(&k("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0);
+    if n_ctx_orig == 0 || !(beta_fast > 0.0 && beta_slow > 0.0 && attn_factor.is_finite()) {
+        return Err(BackendError::invalid(format!(
+            "bad YaRN parameters: original context {n_ctx_orig}, beta {beta_fast}/{beta_slow}"
+        )));
+    }
+    Ok(Yarn {
+        ext_factor: 1.0,
+        attn_factor,
+        beta_fast,
+        beta_slow,
+        n_ctx_orig,
+    })
 }
 
 /// Whether the SDK's model code can run the model in `g` with a backend that supports the

@@ -20,8 +20,12 @@
 //!   the per-op conformance check ([`crate::conformance::ops`]), whose tolerances are stated
 //!   there.
 
-use crate::backend::{Result, RowOutput};
+use crate::backend::{BackendError, Result, RowOutput};
 use crate::gguf::TensorInfo;
+
+fn unsupported(op: &str) -> BackendError {
+    BackendError::unsupported(format!("this backend does not implement {op}"))
+}
 
 /// Activation function of a gated feed-forward block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +34,15 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation (gemma).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU (llama.cpp's `swiglu_oai`, alpha 1.702, limit 7):
+    /// `g = min(gate, 7)`, `u = clamp(up, -7, 7)`, `gate = g * sigmoid(1.702 * g) * (u + 1)`.
+    SwigluOai,
 }
+
+/// `alpha` of [`Activation::SwigluOai`].
+pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
+/// `limit` of [`Activation::SwigluOai`].
+pub const SWIGLU_OAI_LIMIT: f32 = 7.0;
 
 /// Rotary embedding style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +64,43 @@ pub struct Rope {
     pub base: f32,
     /// Linear position scale (1 / scaling factor).
     pub freq_scale: f32,
+    /// YaRN scaling, as ggml's `rope_yarn` applies it (`None`: plain rotation, the
+    /// position times `freq_scale`).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN parameters of a [`Rope`], with ggml's semantics. Pair `i` (of `n_rot / 2`) rotates by
+/// `theta = interp * (1 - mix) + extrap * mix`, where `extrap = pos * base^(-2i / n_rot)`,
+/// `interp = freq_scale * extrap` and `mix = ext_factor * (1 - clamp((i - low) / max(0.001,
+/// high - low), 0, 1))`; `[low, high]` are [`Yarn::corr_dims`]. Cosine and sine are multiplied
+/// by `attn_factor * (1 + 0.1 * ln(1 / freq_scale))` (only `attn_factor` when `ext_factor` is
+/// 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    /// Weight of the extrapolated angle in the ramp (1 for YaRN models).
+    pub ext_factor: f32,
+    /// Multiplier of the rotated values' magnitude (before YaRN's own `mscale`).
+    pub attn_factor: f32,
+    /// Rotations at which the ramp starts (32).
+    pub beta_fast: f32,
+    /// Rotations at which the ramp ends (1).
+    pub beta_slow: f32,
+    /// The context the model was trained at before extension.
+    pub n_ctx_orig: usize,
+}
+
+impl Yarn {
+    /// The ramp's first and last pair index, as ggml's `ggml_rope_yarn_corr_dims` computes
+    /// them in f32 (floored and ceiled: HF's `truncate: false` of gpt-oss would skip that).
+    pub fn corr_dims(&self, n_rot: usize, base: f32) -> [f32; 2] {
+        let dim = |rot: f32| {
+            n_rot as f32 * (self.n_ctx_orig as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let start = dim(self.beta_fast).floor();
+        let end = dim(self.beta_slow).ceil();
+        [start.max(0.0), end.min(n_rot as f32 - 1.0)]
+    }
 }
 
 /// Shape of one attention layer's KV cache entries.
@@ -70,7 +119,7 @@ pub struct KvShape {
 
 /// Parameters of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Attention {
+pub struct Attention<'a> {
     /// Query heads.
     pub n_head: usize,
     /// KV heads (query head `h` uses KV head `h / (n_head / n_head_kv)`).
@@ -85,6 +134,10 @@ pub struct Attention {
     pub window: Option<usize>,
     /// Soft-capping of the scores (`c * tanh(s / c)`).
     pub softcap: Option<f32>,
+    /// Attention sinks: one learned logit per query head that joins the softmax denominator
+    /// (`+ exp(sink - max)`) and contributes no value (gpt-oss). The slice belongs to the model
+    /// and keeps its address for the model's lifetime, so a device backend may upload it once.
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Where each batch row goes: its sequence and position.
@@ -107,6 +160,9 @@ pub struct ExecSpec {
     pub n_vocab: usize,
     /// Widest activation (columns).
     pub max_cols: usize,
+    /// Widest input or output row of one expert in [`Ops::matmul_experts`] (0: the model has
+    /// no mixture-of-experts block); a backend sizes its expert scratch from it.
+    pub expert_cols: usize,
 }
 
 /// What one step will read from the host, given to [`Ops::begin`]. The slices later passed to
@@ -214,7 +270,7 @@ pub trait Ops: Send + Sync + Sized + 'static {
         head_dim: usize,
         rope: &Rope,
     ) -> Result<()>;
-    /// `gate = act(gate) * up`.
+    /// `gate = act(gate) * up` ([`Activation::SwigluOai`] defines its own product with `up`).
     fn glu(
         &self,
         ex: &mut Self::Exec,
@@ -254,6 +310,50 @@ pub trait Ops: Send + Sync + Sized + 'static {
         p: &Attention,
         out: &mut Self::Act,
     ) -> Result<()>;
+    /// Mixture-of-experts routing: for each row of `logits` (`rows × n_expert` router logits),
+    /// the `k` largest (ties to the lower index) in decreasing order, written to `ids` as exact
+    /// integers (`rows × k`, f32), and their softmax over those `k` to `weights` (`rows × k`).
+    fn moe_route(
+        &self,
+        ex: &mut Self::Exec,
+        logits: &Self::Act,
+        k: usize,
+        ids: &mut Self::Act,
+        weights: &mut Self::Act,
+    ) -> Result<()> {
+        let _ = (ex, logits, k, ids, weights);
+        Err(unsupported("moe_route"))
+    }
+    /// Expert matmul: `w` is a 3-D weight `[in, out, n_expert]` (expert `e` is the
+    /// `[out × in]` matrix at index `e`), `bias` an optional `[out, n_expert]`. For every row
+    /// `i` and slot `j` of `ids` (`rows × k`, from [`Ops::moe_route`]),
+    /// `out[i][j*out..(j+1)*out] = W[ids[i][j]] · x_j + b[ids[i][j]]`, where `x_j` is row `i` of
+    /// `x` when `x` has `in` columns, or its slot `j` when it has `k * in`. Only the selected
+    /// experts are computed; a row's result must not depend on the other rows.
+    fn matmul_experts(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        ids: &Self::Act,
+        out: &mut Self::Act,
+    ) -> Result<()> {
+        let _ = (ex, x, w, bias, ids, out);
+        Err(unsupported("matmul_experts"))
+    }
+    /// `out[i] = Σ_j weights[i][j] * y[i][j*cols..(j+1)*cols]`, slots summed in order `j = 0..k`
+    /// (`y`: `rows × k·cols`, `weights`: `rows × k`, `out`: `rows × cols`).
+    fn moe_combine(
+        &self,
+        ex: &mut Self::Exec,
+        y: &Self::Act,
+        weights: &Self::Act,
+        out: &mut Self::Act,
+    ) -> Result<()> {
+        let _ = (ex, y, weights, out);
+        Err(unsupported("moe_combine"))
+    }
     /// Writes what `outs[i]` asks for from row `i` of `logits` (rows in use = `outs.len()`):
     /// bans first, then the full row or its top N, the log-sum-exp and the target logit.
     /// The `row` field of each request is the batch row and is not used here. May modify
@@ -264,4 +364,66 @@ pub trait Ops: Send + Sync + Sized + 'static {
         logits: &mut Self::Act,
         outs: &mut [RowOutput<'_>],
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::reference::rope_angle_scale;
+
+    /// gpt-oss-20b/120b: head size 64, base 150000, factor 32 over 4096 positions.
+    fn gpt_oss_rope() -> Rope {
+        Rope {
+            style: RopeStyle::Neox,
+            n_rot: 64,
+            base: 150_000.0,
+            freq_scale: 1.0 / 32.0,
+            yarn: Some(Yarn {
+                ext_factor: 1.0,
+                attn_factor: (0.1 * 32f32.ln() + 1.0) * (1.0 / (1.0 + 0.1 * 32f32.ln())),
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                n_ctx_orig: 4096,
+            }),
+        }
+    }
+
+    #[test]
+    fn yarn_matches_ggml_for_gpt_oss() {
+        let r = gpt_oss_rope();
+        let y = r.yarn.unwrap();
+        // ggml floors 8.09 and ceils 17.40 (HF with `truncate: false` keeps them).
+        assert_eq!(y.corr_dims(64, 150_000.0), [8.0, 18.0]);
+        let pos = 1000;
+        for i in 0..32 {
+            let extrap = pos as f64 * 150_000f64.powf(-2.0 * i as f64 / 64.0);
+            let (theta, m) = rope_angle_scale(&r, pos, i);
+            // Net magnitude: 1 + 0.1 ln 32, as HF's attention_factor.
+            assert!((m - (1.0 + 0.1 * 32f64.ln())).abs() < 1e-6, "{m}");
+            let want = if i <= 8 {
+                extrap // high frequencies keep their angle
+            } else if i >= 18 {
+                extrap / 32.0 // low frequencies are interpolated
+            } else {
+                let mix = 1.0 - (i as f64 - 8.0) / 10.0;
+                extrap / 32.0 * (1.0 - mix) + extrap * mix
+            };
+            assert!(
+                (theta - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "pair {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_yarn_the_rotation_is_unchanged() {
+        let r = Rope {
+            yarn: None,
+            freq_scale: 0.25,
+            ..gpt_oss_rope()
+        };
+        let (theta, m) = rope_angle_scale(&r, 77, 5);
+        assert_eq!(m, 1.0);
+        assert_eq!(theta, crate::model::reference::rope_angle(&r, 77, 5));
+    }
 }

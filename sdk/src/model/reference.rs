@@ -3,7 +3,10 @@
 //! conformance check ([`crate::conformance::ops`]) and, through [`super::TransformerModel`],
 //! a complete (slow) reference model of every architecture.
 
-use super::ops::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
+use super::ops::{
+    Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, SWIGLU_OAI_ALPHA,
+    SWIGLU_OAI_LIMIT,
+};
 use super::select::{write_output, TopNScratch};
 use crate::backend::{BackendError, ErrorKind, Result, RowOutput};
 use crate::gguf::TensorInfo;
@@ -13,11 +16,24 @@ use crate::quant::dequantize_row;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RefOps;
 
-/// A weight, dequantized to f32: `rows × cols` (vectors have one row).
+/// A weight, dequantized to f32: `rows × cols` (vectors have one row; a 3-D expert tensor
+/// stacks its `experts` matrices).
 pub struct RefWeight {
     rows: usize,
     cols: usize,
+    experts: usize,
     data: Vec<f32>,
+}
+
+/// The expert index stored in an ids activation, checked.
+fn expert_id(v: f32, n_expert: usize) -> Result<usize> {
+    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < n_expert {
+        Ok(v as usize)
+    } else {
+        Err(BackendError::invalid(format!(
+            "expert id {v} out of 0..{n_expert}"
+        )))
+    }
 }
 
 /// An activation: `cap` rows reserved, `rows` in use.
@@ -83,10 +99,37 @@ pub fn gelu_tanh(x: f64) -> f64 {
     0.5 * x * (1.0 + (c * (x + 0.044_715 * x * x * x)).tanh())
 }
 
-/// The rotation angle of pair `i` of a head at `pos`, in f64.
+/// gpt-oss's clamped SwiGLU of one gate and up value ([`Activation::SwigluOai`]), in f64.
+pub fn swiglu_oai(gate: f64, up: f64) -> f64 {
+    let limit = SWIGLU_OAI_LIMIT as f64;
+    let g = gate.min(limit);
+    let u = up.clamp(-limit, limit);
+    g / (1.0 + (-(SWIGLU_OAI_ALPHA as f64) * g).exp()) * (u + 1.0)
+}
+
+/// The rotation angle of pair `i` of a head at `pos`, in f64 (without YaRN).
 pub fn rope_angle(rope: &Rope, pos: i32, i: usize) -> f64 {
     let inv = (rope.base as f64).powf(-2.0 * i as f64 / rope.n_rot as f64);
     pos as f64 * rope.freq_scale as f64 * inv
+}
+
+/// The rotation angle of pair `i` at `pos` and the magnitude multiplier of its cosine and
+/// sine, in f64, YaRN included ([`super::ops::Yarn`]).
+pub fn rope_angle_scale(rope: &Rope, pos: i32, i: usize) -> (f64, f64) {
+    let Some(y) = rope.yarn else {
+        return (rope_angle(rope, pos, i), 1.0);
+    };
+    let extrap = pos as f64 * (rope.base as f64).powf(-2.0 * i as f64 / rope.n_rot as f64);
+    let interp = rope.freq_scale as f64 * extrap;
+    let mut mscale = y.attn_factor as f64;
+    if y.ext_factor == 0.0 {
+        return (interp, mscale);
+    }
+    let [low, high] = y.corr_dims(rope.n_rot, rope.base);
+    let t = (i as f64 - low as f64) / (high as f64 - low as f64).max(0.001);
+    let mix = (1.0 - t.clamp(0.0, 1.0)) * y.ext_factor as f64;
+    mscale *= 1.0 + 0.1 * (1.0 / rope.freq_scale as f64).ln();
+    (interp * (1.0 - mix) + extrap * mix, mscale)
 }
 
 impl Ops for RefOps {
@@ -98,10 +141,20 @@ impl Ops for RefOps {
     fn weight(&self, t: &TensorInfo<'static>) -> Result<RefWeight> {
         let cols = t.dims.first().copied().unwrap_or(1) as usize;
         let rows = t.dims.iter().skip(1).product::<u64>() as usize;
+        let experts = if t.dims.len() == 3 {
+            t.dims[2] as usize
+        } else {
+            1
+        };
         let mut data = zeroed(rows * cols, "a weight")?;
         dequantize_row(t.ty, t.data, &mut data)
             .map_err(|e| BackendError::unsupported(e.to_string()))?;
-        Ok(RefWeight { rows, cols, data })
+        Ok(RefWeight {
+            rows,
+            cols,
+            experts,
+            data,
+        })
     }
 
     fn weight_bytes(&self, w: &RefWeight) -> u64 {
@@ -287,14 +340,15 @@ impl Ops for RefOps {
         for (row, &pos) in x.live_mut().chunks_exact_mut(cols).zip(positions) {
             for head in row.chunks_exact_mut(head_dim) {
                 for i in 0..half {
-                    let t = rope_angle(rope, pos, i);
+                    let (t, m) = rope_angle_scale(rope, pos, i);
                     let (a, b) = match rope.style {
                         RopeStyle::Normal => (2 * i, 2 * i + 1),
                         RopeStyle::Neox => (i, i + half),
                     };
                     let (x0, x1) = (head[a] as f64, head[b] as f64);
-                    head[a] = (x0 * t.cos() - x1 * t.sin()) as f32;
-                    head[b] = (x0 * t.sin() + x1 * t.cos()) as f32;
+                    let (c, s) = (t.cos() * m, t.sin() * m);
+                    head[a] = (x0 * c - x1 * s) as f32;
+                    head[b] = (x0 * s + x1 * c) as f32;
                 }
             }
         }
@@ -307,11 +361,11 @@ impl Ops for RefOps {
         }
         for (g, &u) in gate.live_mut().iter_mut().zip(up.live()) {
             let x = *g as f64;
-            let a = match act {
-                Activation::Silu => silu(x),
-                Activation::GeluTanh => gelu_tanh(x),
-            };
-            *g = (a * u as f64) as f32;
+            *g = match act {
+                Activation::Silu => silu(x) * u as f64,
+                Activation::GeluTanh => gelu_tanh(x) * u as f64,
+                Activation::SwigluOai => swiglu_oai(x, u as f64),
+            } as f32;
         }
         Ok(())
     }
@@ -421,8 +475,16 @@ impl Ops for RefOps {
                     }
                     scores.push(s);
                 }
-                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut sum = 0.0;
+                let sink = match p.sinks {
+                    Some(s) => Some(*s.get(h).ok_or_else(|| shape("attention sinks"))? as f64),
+                    None => None,
+                };
+                let m = scores
+                    .iter()
+                    .copied()
+                    .chain(sink)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = sink.map_or(0.0, |s| (s - m).exp());
                 acc.iter_mut().for_each(|a| *a = 0.0);
                 for (j, t) in (lo..=r.pos).enumerate() {
                     let e = (scores[j] - m).exp();
@@ -436,6 +498,116 @@ impl Ops for RefOps {
                 for (d, &a) in dst.iter_mut().zip(&acc) {
                     *d = (a / sum) as f32;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn moe_route(
+        &self,
+        _: &mut RefExec,
+        logits: &RefAct,
+        k: usize,
+        ids: &mut RefAct,
+        weights: &mut RefAct,
+    ) -> Result<()> {
+        let n_expert = logits.cols;
+        if k == 0
+            || k > n_expert
+            || ids.rows != logits.rows
+            || weights.rows != logits.rows
+            || ids.cols != k
+            || weights.cols != k
+        {
+            return Err(shape("moe_route"));
+        }
+        let mut order: Vec<usize> = Vec::with_capacity(n_expert);
+        for i in 0..logits.rows {
+            let row = &logits.data[i * n_expert..(i + 1) * n_expert];
+            order.clear();
+            order.extend(0..n_expert);
+            // Decreasing logits, ties to the lower index, NaN last.
+            order.sort_by(|&a, &b| {
+                let (x, y) = (row[a], row[b]);
+                match (x.is_nan(), y.is_nan()) {
+                    (true, true) => a.cmp(&b),
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ => y.total_cmp(&x).then(a.cmp(&b)),
+                }
+            });
+            let top = &order[..k];
+            let m = row[top[0]] as f64;
+            let sum: f64 = top.iter().map(|&e| (row[e] as f64 - m).exp()).sum();
+            for (j, &e) in top.iter().enumerate() {
+                ids.data[i * k + j] = e as f32;
+                weights.data[i * k + j] = ((row[e] as f64 - m).exp() / sum) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul_experts(
+        &self,
+        _: &mut RefExec,
+        x: &RefAct,
+        w: &RefWeight,
+        bias: Option<&RefWeight>,
+        ids: &RefAct,
+        out: &mut RefAct,
+    ) -> Result<()> {
+        let (n_expert, d_in) = (w.experts, w.cols);
+        let d_out = w.rows / n_expert.max(1);
+        let k = ids.cols;
+        if n_expert < 1
+            || w.rows != d_out * n_expert
+            || ids.rows != x.rows
+            || out.rows != x.rows
+            || out.cols != k * d_out
+            || !(x.cols == d_in || x.cols == k * d_in)
+            || bias.is_some_and(|b| b.data.len() != d_out * n_expert)
+        {
+            return Err(shape("matmul_experts"));
+        }
+        let per_slot = x.cols != d_in;
+        for i in 0..x.rows {
+            for j in 0..k {
+                let e = expert_id(ids.data[i * k + j], n_expert)?;
+                let xo = i * x.cols + if per_slot { j * d_in } else { 0 };
+                let xr = &x.data[xo..xo + d_in];
+                for r in 0..d_out {
+                    let wr = &w.data[(e * d_out + r) * d_in..][..d_in];
+                    let mut s: f64 = wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    if let Some(b) = bias {
+                        s += b.data[e * d_out + r] as f64;
+                    }
+                    out.data[i * out.cols + j * d_out + r] = s as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn moe_combine(
+        &self,
+        _: &mut RefExec,
+        y: &RefAct,
+        weights: &RefAct,
+        out: &mut RefAct,
+    ) -> Result<()> {
+        let k = weights.cols;
+        if k == 0 || y.rows != weights.rows || out.rows != y.rows || y.cols != k * out.cols {
+            return Err(shape("moe_combine"));
+        }
+        let c = out.cols;
+        for i in 0..y.rows {
+            for col in 0..c {
+                let s: f64 = (0..k)
+                    .map(|j| {
+                        weights.data[i * k + j] as f64 * y.data[i * y.cols + j * c + col] as f64
+                    })
+                    .sum();
+                out.data[i * c + col] = s as f32;
             }
         }
         Ok(())

@@ -20,6 +20,25 @@ use std::time::Instant;
 /// Output rows evaluated together by the output head (its logits buffer holds this many).
 pub const LOGIT_ROWS: usize = 32;
 
+/// The feed-forward weights of a layer.
+enum FfnWeights<W> {
+    Glu {
+        gate: W,
+        up: W,
+        down: W,
+    },
+    Moe {
+        router: W,
+        router_b: W,
+        gate: W,
+        gate_b: W,
+        up: W,
+        up_b: W,
+        down: W,
+        down_b: W,
+    },
+}
+
 struct Layer<W> {
     spec: LayerSpec,
     attn_norm: W,
@@ -32,11 +51,12 @@ struct Layer<W> {
     bv: Option<W>,
     q_norm: Option<W>,
     k_norm: Option<W>,
+    bo: Option<W>,
+    /// Attention sinks, one logit per query head, on the host (see [`Attention::sinks`]).
+    sinks: Option<Vec<f32>>,
     post_attn_norm: Option<W>,
     ffn_norm: W,
-    gate: W,
-    up: W,
-    down: W,
+    ffn: FfnWeights<W>,
     post_ffn_norm: Option<W>,
 }
 
@@ -80,6 +100,24 @@ impl<O: Ops> Loader<'_, '_, O> {
             .ok_or_else(|| BackendError::invalid(format!("missing tensor {name}")))
     }
 
+    /// A required vector of `len` values, read to f32 on the host.
+    fn host_vec(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self
+            .g
+            .tensor(name)
+            .ok_or_else(|| BackendError::invalid(format!("missing tensor {name}")))?;
+        if t.dims.len() != 1 || t.dims[0] as usize != len {
+            return Err(BackendError::invalid(format!(
+                "tensor {name} has shape {:?}, expected [{len}]",
+                t.dims
+            )));
+        }
+        let mut v = vec![0f32; len];
+        crate::quant::dequantize_row(t.ty, t.data, &mut v)
+            .map_err(|e| BackendError::invalid(format!("tensor {name} ({}): {e}", t.ty)))?;
+        Ok(v)
+    }
+
     /// Required when `want`, absent otherwise.
     fn when(&mut self, want: bool, name: &str, dims: &[usize]) -> Result<Option<O::Weight>> {
         if want {
@@ -110,7 +148,28 @@ impl<O: Ops> TransformerModel<O> {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (l, spec) in cfg.layers.iter().enumerate() {
             let n = |s: &str| format!("blk.{l}.{s}");
-            let Ffn::Glu(_) = spec.ffn;
+            let ffn = match spec.ffn {
+                Ffn::Glu(_) => FfnWeights::Glu {
+                    gate: ld.req(&n("ffn_gate.weight"), &[e, ff])?,
+                    up: ld.req(&n("ffn_up.weight"), &[e, ff])?,
+                    down: ld.req(&n("ffn_down.weight"), &[ff, e])?,
+                },
+                Ffn::Moe { n_expert: x, .. } => FfnWeights::Moe {
+                    router: ld.req(&n("ffn_gate_inp.weight"), &[e, x])?,
+                    router_b: ld.req(&n("ffn_gate_inp.bias"), &[x])?,
+                    gate: ld.req(&n("ffn_gate_exps.weight"), &[e, ff, x])?,
+                    gate_b: ld.req(&n("ffn_gate_exps.bias"), &[ff, x])?,
+                    up: ld.req(&n("ffn_up_exps.weight"), &[e, ff, x])?,
+                    up_b: ld.req(&n("ffn_up_exps.bias"), &[ff, x])?,
+                    down: ld.req(&n("ffn_down_exps.weight"), &[ff, e, x])?,
+                    down_b: ld.req(&n("ffn_down_exps.bias"), &[e, x])?,
+                },
+            };
+            let sinks = if spec.attn_sinks {
+                Some(ld.host_vec(&n("attn_sinks.weight"), cfg.n_head)?)
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: ld.req(&n("attn_norm.weight"), &[e])?,
                 wq: ld.req(&n("attn_q.weight"), &[e, qd])?,
@@ -122,11 +181,11 @@ impl<O: Ops> TransformerModel<O> {
                 bv: ld.when(spec.qkv_bias, &n("attn_v.bias"), &[vd])?,
                 q_norm: ld.when(spec.qk_norm, &n("attn_q_norm.weight"), &[hd])?,
                 k_norm: ld.when(spec.qk_norm, &n("attn_k_norm.weight"), &[hd])?,
+                bo: ld.when(spec.attn_out_bias, &n("attn_output.bias"), &[e])?,
+                sinks,
                 post_attn_norm: ld.when(spec.post_norms, &n("post_attention_norm.weight"), &[e])?,
-                ffn_norm: ld.req(&n("ffn_norm.weight"), &[e])?,
-                gate: ld.req(&n("ffn_gate.weight"), &[e, ff])?,
-                up: ld.req(&n("ffn_up.weight"), &[e, ff])?,
-                down: ld.req(&n("ffn_down.weight"), &[ff, e])?,
+                ffn_norm: ld.req(&n(&format!("{}.weight", cfg.arch.ffn_norm)), &[e])?,
+                ffn,
                 post_ffn_norm: ld.when(spec.post_norms, &n("post_ffw_norm.weight"), &[e])?,
                 spec: spec.clone(),
             });
@@ -149,6 +208,19 @@ impl<O: Ops> TransformerModel<O> {
     }
 }
 
+/// The mixture-of-experts activations of one context.
+struct MoeWork<A> {
+    /// Router logits, `n × n_expert`.
+    logits: A,
+    /// Selected experts and their weights, `n × k`.
+    ids: A,
+    wts: A,
+    /// Per-slot gate/up (`n × k·n_ff`) and down (`n × k·n_embd`) outputs.
+    g: A,
+    up: A,
+    down: A,
+}
+
 /// The activations of one context, allocated once.
 struct Work<A> {
     x: A,
@@ -162,6 +234,7 @@ struct Work<A> {
     up: A,
     qn: Option<A>,
     kn: Option<A>,
+    moe: Option<MoeWork<A>>,
     xo: A,
     xn: A,
     logits: A,
@@ -186,6 +259,11 @@ impl<A> Work<A> {
         .into_iter()
         .chain(self.qn.iter())
         .chain(self.kn.iter())
+        .chain(
+            self.moe
+                .iter()
+                .flat_map(|m| [&m.logits, &m.ids, &m.wts, &m.g, &m.up, &m.down].into_iter()),
+        )
     }
 }
 
@@ -238,6 +316,25 @@ impl<O: Ops> Model for TransformerModel<O> {
             c.n_head * c.head_dim_v,
         );
         let qk_norm = c.layers.iter().any(|l| l.qk_norm);
+        let moe_shape = c.layers.iter().find_map(|l| match l.ffn {
+            Ffn::Moe {
+                n_expert, n_used, ..
+            } => Some((n_expert, n_used)),
+            Ffn::Glu(_) => None,
+        });
+        let moe = match moe_shape {
+            Some((n_expert, k)) => Some(MoeWork {
+                logits: ops.act(n, n_expert)?,
+                ids: ops.act(n, k)?,
+                wts: ops.act(n, k)?,
+                g: ops.act(n, k * c.n_ff)?,
+                up: ops.act(n, k * c.n_ff)?,
+                down: ops.act(n, k * c.n_embd)?,
+            }),
+            None => None,
+        };
+        let dense = c.layers.iter().any(|l| matches!(l.ffn, Ffn::Glu(_)));
+        let ff_cols = if dense { c.n_ff } else { 0 };
         let work = Work {
             x: ops.act(n, c.n_embd)?,
             h: ops.act(n, c.n_embd)?,
@@ -246,23 +343,41 @@ impl<O: Ops> Model for TransformerModel<O> {
             k: ops.act(n, kd)?,
             v: ops.act(n, vd)?,
             att: ops.act(n, od)?,
-            g: ops.act(n, c.n_ff)?,
-            up: ops.act(n, c.n_ff)?,
+            g: ops.act(n, ff_cols)?,
+            up: ops.act(n, ff_cols)?,
             qn: if qk_norm { Some(ops.act(n, qd)?) } else { None },
             kn: if qk_norm { Some(ops.act(n, kd)?) } else { None },
+            moe,
             xo: ops.act(n_out, c.n_embd)?,
             xn: ops.act(n_out, c.n_embd)?,
             logits: ops.act(n_out, c.n_vocab)?,
         };
-        let max_cols = [c.n_embd, qd, kd, vd, od, c.n_ff, c.n_vocab]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let (n_expert, k) = moe_shape.unwrap_or((0, 0));
+        let max_cols = [
+            c.n_embd,
+            qd,
+            kd,
+            vd,
+            od,
+            c.n_ff,
+            c.n_vocab,
+            n_expert,
+            k * c.n_ff,
+            k * c.n_embd,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         let ex = ops.exec(&ExecSpec {
             n_batch_max: n,
             n_logit_rows: n_out,
             n_vocab: c.n_vocab,
             max_cols,
+            expert_cols: if moe_shape.is_some() {
+                c.n_embd.max(c.n_ff)
+            } else {
+                0
+            },
         })?;
         let scratch_bytes = work.all().map(|a| ops.act_bytes(a)).sum::<u64>() + ops.exec_bytes(&ex);
         Ok(TransformerContext {
@@ -446,6 +561,18 @@ impl<O: Ops> TransformerContext<O> {
         for a in [w.qn.as_mut(), w.kn.as_mut()].into_iter().flatten() {
             ops.set_rows(a, n)?;
         }
+        if let Some(m) = w.moe.as_mut() {
+            for a in [
+                &mut m.logits,
+                &mut m.ids,
+                &mut m.wts,
+                &mut m.g,
+                &mut m.up,
+                &mut m.down,
+            ] {
+                ops.set_rows(a, n)?;
+            }
+        }
         op!(
             prof,
             "embed",
@@ -504,6 +631,7 @@ impl<O: Ops> TransformerContext<O> {
                 scale: spec.attn_scale,
                 window: spec.window,
                 softcap: spec.softcap,
+                sinks: lw.sinks.as_deref(),
             };
             op!(
                 prof,
@@ -511,6 +639,9 @@ impl<O: Ops> TransformerContext<O> {
                 ops.attention(ex, kv, l, q, k, &w.v, rows, &p, &mut w.att)
             )?;
             op!(prof, "matmul", ops.matmul(ex, &w.att, &lw.wo, &mut w.o))?;
+            if let Some(bo) = &lw.bo {
+                op!(prof, "add_bias", ops.add_bias(ex, &mut w.o, bo))?;
+            }
             if let Some(pn) = &lw.post_attn_norm {
                 op!(
                     prof,
@@ -526,12 +657,63 @@ impl<O: Ops> TransformerContext<O> {
                 "rms_norm",
                 ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
             )?;
-            match spec.ffn {
-                Ffn::Glu(act) => {
-                    op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.gate, &mut w.g))?;
-                    op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.up, &mut w.up))?;
+            match (&lw.ffn, spec.ffn) {
+                (FfnWeights::Glu { gate, up, down }, Ffn::Glu(act)) => {
+                    op!(prof, "matmul", ops.matmul(ex, &w.h, gate, &mut w.g))?;
+                    op!(prof, "matmul", ops.matmul(ex, &w.h, up, &mut w.up))?;
                     op!(prof, "glu", ops.glu(ex, &mut w.g, &w.up, act))?;
-                    op!(prof, "matmul", ops.matmul(ex, &w.g, &lw.down, &mut w.o))?;
+                    op!(prof, "matmul", ops.matmul(ex, &w.g, down, &mut w.o))?;
+                }
+                (
+                    FfnWeights::Moe {
+                        router,
+                        router_b,
+                        gate,
+                        gate_b,
+                        up,
+                        up_b,
+                        down,
+                        down_b,
+                    },
+                    Ffn::Moe { n_used, act, .. },
+                ) => {
+                    let m = w
+                        .moe
+                        .as_mut()
+                        .ok_or_else(|| BackendError::internal("no expert activations"))?;
+                    op!(prof, "matmul", ops.matmul(ex, &w.h, router, &mut m.logits))?;
+                    op!(prof, "add_bias", ops.add_bias(ex, &mut m.logits, router_b))?;
+                    op!(
+                        prof,
+                        "moe_route",
+                        ops.moe_route(ex, &m.logits, n_used, &mut m.ids, &mut m.wts)
+                    )?;
+                    op!(
+                        prof,
+                        "matmul_experts",
+                        ops.matmul_experts(ex, &w.h, gate, Some(gate_b), &m.ids, &mut m.g)
+                    )?;
+                    op!(
+                        prof,
+                        "matmul_experts",
+                        ops.matmul_experts(ex, &w.h, up, Some(up_b), &m.ids, &mut m.up)
+                    )?;
+                    op!(prof, "glu", ops.glu(ex, &mut m.g, &m.up, act))?;
+                    op!(
+                        prof,
+                        "matmul_experts",
+                        ops.matmul_experts(ex, &m.g, down, Some(down_b), &m.ids, &mut m.down)
+                    )?;
+                    op!(
+                        prof,
+                        "moe_combine",
+                        ops.moe_combine(ex, &m.down, &m.wts, &mut w.o)
+                    )?;
+                }
+                _ => {
+                    return Err(BackendError::internal(
+                        "layer weights do not match its spec",
+                    ))
                 }
             }
             if let Some(pn) = &lw.post_ffn_norm {
