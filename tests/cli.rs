@@ -273,6 +273,51 @@ fn bench_reports_json() {
 }
 
 #[test]
+fn flags_that_cannot_apply_are_refused_or_reported() {
+    let Some(path) = model(SMOL) else { return };
+    let m = path.to_str().unwrap();
+    // bench honours --ctx, and refuses one too small for its tests.
+    let o = kiln(
+        &[
+            "bench", "-m", m, "-p", "64", "-n", "2", "-r", "1", "--ctx", "32",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        texts(&o).1.contains("--ctx 32 is smaller"),
+        "{}",
+        texts(&o).1
+    );
+    // --show-reasoning needs --chat, and says so on a model without reasoning channels.
+    let o = kiln(
+        &["run", "-m", m, "-p", "hi", "-n", "1", "--show-reasoning"],
+        &[],
+    );
+    assert!(!o.status.success());
+    let o = kiln(
+        &[
+            "run",
+            "-m",
+            m,
+            "--chat",
+            "-p",
+            "hi",
+            "-n",
+            "1",
+            "--show-reasoning",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", texts(&o).1);
+    assert!(
+        texts(&o).1.contains("keeps no separate reasoning"),
+        "{}",
+        texts(&o).1
+    );
+}
+
+#[test]
 fn bench_runs_a_synthetic_model_and_reuses_its_file() {
     let dir = std::env::temp_dir().join(format!("kiln-synthetic-test-{}", std::process::id()));
     let file = dir.join("m.gguf");

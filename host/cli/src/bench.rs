@@ -153,7 +153,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let model = margs.load()?;
     let n_vocab = model.n_vocab();
-    let n_ctx = (a.n_prompt.max(a.n_gen + 1)).max(16) as u32;
+    let needed = (a.n_prompt.max(a.n_gen + 1)).max(16) as u32;
+    // `--ctx` sets the context; by default it is just what the tests need.
+    let n_ctx = match margs.ctx {
+        Some(c) if c < needed => bail!(
+            "--ctx {c} is smaller than the {needed} tokens these tests need (-p {}, -n {})",
+            a.n_prompt,
+            a.n_gen
+        ),
+        Some(c) => c,
+        None => needed,
+    };
     let engine = Engine::start(
         model.clone(),
         EngineOptions {

@@ -234,7 +234,7 @@ pub struct RunArgs {
     pub system: Option<String>,
     /// With --chat, also print the model's reasoning (gpt-oss's analysis channel), dimmed
     /// on a terminal; by default only the answer is printed.
-    #[arg(long)]
+    #[arg(long, requires = "chat")]
     pub show_reasoning: bool,
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
@@ -557,8 +557,20 @@ fn run(a: RunArgs) -> Result<()> {
         harmony: a.chat && engine.model().tokenizer.uses_harmony(),
         show_reasoning: a.show_reasoning,
     };
+    warn_no_reasoning(&view);
     stream(&engine, req, view)?;
     Ok(())
+}
+
+/// `--show-reasoning` on a model without a reasoning channel has nothing to show: say so
+/// rather than ignore the flag.
+fn warn_no_reasoning(view: &ChatView) {
+    if view.show_reasoning && !view.harmony {
+        eprintln!(
+            "[kiln] --show-reasoning: this model keeps no separate reasoning (no harmony \
+             channels); its whole reply is printed as the answer"
+        );
+    }
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
@@ -574,6 +586,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         harmony: engine.model().tokenizer.uses_harmony(),
         show_reasoning: a.show_reasoning,
     };
+    warn_no_reasoning(&view);
     eprintln!(
         "[kiln] {} | {} | backend {} — type a message; /clear resets, /exit or Ctrl-D quits",
         engine.model().file.path.display(),
