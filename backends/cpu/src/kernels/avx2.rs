@@ -625,22 +625,45 @@ unsafe fn pairs(m: __m256) -> (__m256, __m256) {
     )
 }
 
-/// `Q4_K` dot product.
+/// The values of sub-blocks `2j` (low nibbles) and `2j + 1` (high nibbles) of a `Q4_K`
+/// (`Q5 == false`, 144 bytes) or `Q5_K` (176 bytes: bit `2j` / `2j + 1` of the 32 `qh` bytes
+/// as the fifth bit) super-block at `p`. The two share their scales and mins.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
-    let nsb = row.len() / 144;
+unsafe fn k4_pair<const Q5: bool>(p: *const u8, j: usize) -> (__m256i, __m256i) {
     let m0f = _mm256_set1_epi8(0x0F);
+    let y = loadu256(p.add(if Q5 { 48 } else { 16 } + 32 * j));
+    let lo = _mm256_and_si256(y, m0f);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f);
+    if !Q5 {
+        return (lo, hi);
+    }
+    let qh = loadu256(p.add(16));
+    let one = _mm256_set1_epi8(1);
+    let bit = |k: i32| {
+        let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)), one);
+        _mm256_slli_epi16::<4>(b)
+    };
+    (
+        _mm256_or_si256(lo, bit(2 * j as i32)),
+        _mm256_or_si256(hi, bit(2 * j as i32 + 1)),
+    )
+}
+
+/// `Q4_K` (`Q5 == false`) or `Q5_K` dot product; [`micro_k`] reproduces its arithmetic.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_k4<const Q5: bool>(row: &[u8], a: ActRow<'_>) -> f32 {
+    let ts = if Q5 { 176 } else { 144 };
+    let nsb = row.len() / ts;
     let mut acc = _mm256_setzero_ps();
     let mut corr = _mm256_setzero_ps();
     for sb in 0..nsb {
-        let p = row.as_ptr().add(144 * sb);
+        let p = row.as_ptr().add(ts * sb);
         let (ws, mw) = q4k_factors(p);
         let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
         let mut s = _mm256_setzero_ps();
         for j in 0..4 {
-            let y = loadu256(p.add(16 + 32 * j));
-            let lo = _mm256_and_si256(y, m0f);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f);
+            let (lo, hi) = k4_pair::<Q5>(p, j);
             let tl = dot4(lo, loadu256(xq.add(64 * j)));
             let th = dot4(hi, loadu256(xq.add(64 * j + 32)));
             s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tl), lane(ws, 2 * j as i32), s);
@@ -655,94 +678,16 @@ unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
     hsum(_mm256_add_ps(acc, corr))
 }
 
-/// `Q4_K` unpacker.
+/// `Q4_K` (`Q5 == false`) or `Q5_K` unpacker.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn unpack_q4_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
-    let nsb = row.len() / 144;
-    let m0f = _mm256_set1_epi8(0x0F);
+unsafe fn unpack_k4<const Q5: bool>(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    let ts = if Q5 { 176 } else { 144 };
+    let nsb = row.len() / ts;
     for sb in 0..nsb {
-        let p = row.as_ptr().add(144 * sb);
+        let p = row.as_ptr().add(ts * sb);
         let (ws, m) = q4k_factors(p);
         for j in 0..4 {
-            let y = loadu256(p.add(16 + 32 * j));
-            let o = u.as_mut_ptr().add(256 * sb + 64 * j);
-            _mm256_storeu_si256(o as *mut __m256i, _mm256_and_si256(y, m0f));
-            _mm256_storeu_si256(
-                o.add(32) as *mut __m256i,
-                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
-            );
-            let w = wl.as_mut_ptr().add(64 * sb + 16 * j);
-            _mm256_storeu_ps(w, lane(ws, 2 * j as i32));
-            _mm256_storeu_ps(w.add(8), lane(ws, 2 * j as i32 + 1));
-        }
-        let (m0, m1) = pairs(m);
-        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb), m0);
-        _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), m1);
-    }
-    zero_tail(u, wl, mw, 256 * nsb);
-}
-
-/// `Q5_K` dot product: [`dot_q4_k`]'s arithmetic on the five-bit values of [`unpack_q5_k`].
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn dot_q5_k(row: &[u8], a: ActRow<'_>) -> f32 {
-    let nsb = row.len() / 176;
-    let m0f = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut corr = _mm256_setzero_ps();
-    for sb in 0..nsb {
-        let p = row.as_ptr().add(176 * sb);
-        let (ws, mw) = q4k_factors(p);
-        let qh = loadu256(p.add(16));
-        let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
-        let mut s = _mm256_setzero_ps();
-        for j in 0..4 {
-            let y = loadu256(p.add(48 + 32 * j));
-            let bit = |k: i32| {
-                let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)), one);
-                _mm256_slli_epi16::<4>(b)
-            };
-            let lo = _mm256_or_si256(_mm256_and_si256(y, m0f), bit(2 * j as i32));
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
-                bit(2 * j as i32 + 1),
-            );
-            let tl = dot4(lo, loadu256(xq.add(64 * j)));
-            let th = dot4(hi, loadu256(xq.add(64 * j + 32)));
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tl), lane(ws, 2 * j as i32), s);
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(th), lane(ws, 2 * j as i32 + 1), s);
-        }
-        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(*a.d.get_unchecked(8 * sb)), acc);
-        let (m0, m1) = pairs(mw);
-        let xs = a.xsum.as_ptr().add(16 * sb);
-        corr = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr);
-        corr = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr);
-    }
-    hsum(_mm256_add_ps(acc, corr))
-}
-
-/// `Q5_K` unpacker: `Q4_K`'s nibbles and factors (same layout after the 32 `qh` bytes), plus
-/// bit `2j` (low nibbles) or `2j + 1` (high nibbles) of `qh` as the value's fifth bit.
-#[target_feature(enable = "avx2,fma,f16c,bmi2")]
-pub(super) unsafe fn unpack_q5_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
-    let nsb = row.len() / 176;
-    let m0f = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    for sb in 0..nsb {
-        let p = row.as_ptr().add(176 * sb);
-        let (ws, m) = q4k_factors(p);
-        let qh = loadu256(p.add(16));
-        for j in 0..4 {
-            let y = loadu256(p.add(48 + 32 * j));
-            let bit = |k: i32| {
-                let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)), one);
-                _mm256_slli_epi16::<4>(b)
-            };
-            let lo = _mm256_or_si256(_mm256_and_si256(y, m0f), bit(2 * j as i32));
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(y), m0f),
-                bit(2 * j as i32 + 1),
-            );
+            let (lo, hi) = k4_pair::<Q5>(p, j);
             let o = u.as_mut_ptr().add(256 * sb + 64 * j);
             _mm256_storeu_si256(o as *mut __m256i, lo);
             _mm256_storeu_si256(o.add(32) as *mut __m256i, hi);
@@ -755,6 +700,30 @@ pub(super) unsafe fn unpack_q5_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
         _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), m1);
     }
     zero_tail(u, wl, mw, 256 * nsb);
+}
+
+/// `Q4_K` dot product.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_q4_k(row: &[u8], a: ActRow<'_>) -> f32 {
+    dot_k4::<false>(row, a)
+}
+
+/// `Q5_K` dot product.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_q5_k(row: &[u8], a: ActRow<'_>) -> f32 {
+    dot_k4::<true>(row, a)
+}
+
+/// `Q4_K` unpacker.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q4_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    unpack_k4::<false>(row, u, wl, mw)
+}
+
+/// `Q5_K` unpacker.
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+pub(super) unsafe fn unpack_q5_k(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
+    unpack_k4::<true>(row, u, wl, mw)
 }
 
 /// Stores 16 per-16 scales `ws` (two vectors of 8) as 64 per-4 lane scales at `wl`.
