@@ -224,6 +224,11 @@ pub trait Ops: Send + Sync + Sized + 'static {
         let _ = ex;
         Ok(())
     }
+    /// Called when an operation of the step failed, before [`Ops::end`]: a backend that
+    /// records steps (to replay them, as CUDA graphs) discards the partial recording.
+    fn abort(&self, ex: &mut Self::Exec) {
+        let _ = ex;
+    }
 
     /// Copies `data` (`rows × cols` floats of the rows in use) into `x`.
     fn write(&self, ex: &mut Self::Exec, x: &mut Self::Act, data: &[f32]) -> Result<()>;
@@ -278,6 +283,68 @@ pub trait Ops: Send + Sync + Sized + 'static {
         up: &Self::Act,
         act: Activation,
     ) -> Result<()>;
+    /// `out = W · x (+ b)`: a projection with an optional bias, in one step where the backend
+    /// can (the default is [`Ops::matmul`] then [`Ops::add_bias`]).
+    fn matmul_bias(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        out: &mut Self::Act,
+    ) -> Result<()> {
+        self.matmul(ex, x, w, out)?;
+        match b {
+            Some(b) => self.add_bias(ex, out, b),
+            None => Ok(()),
+        }
+    }
+    /// `acc += W · x (+ b)`: a projection added to the residual stream. `tmp` (shaped like
+    /// `acc`) is scratch for the default, which is [`Ops::matmul_bias`] into `tmp` then
+    /// [`Ops::add`]; a backend may fuse the sum into the matmul and leave `tmp` unused.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_add(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        acc: &mut Self::Act,
+        tmp: &mut Self::Act,
+    ) -> Result<()> {
+        self.matmul_bias(ex, x, w, b, tmp)?;
+        self.add(ex, acc, tmp)
+    }
+    /// `out = act(W_gate · x) * (W_up · x)` (as [`Ops::glu`] defines it). `tmp` (shaped like
+    /// `out`) is scratch for the default: the two matmuls, then [`Ops::glu`].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_glu(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+        act: Activation,
+        out: &mut Self::Act,
+        tmp: &mut Self::Act,
+    ) -> Result<()> {
+        self.matmul(ex, x, gate, out)?;
+        self.matmul(ex, x, up, tmp)?;
+        self.glu(ex, out, tmp, act)
+    }
+    /// [`Ops::rope`] on the queries and the keys of a step (same positions and parameters).
+    fn rope_qk(
+        &self,
+        ex: &mut Self::Exec,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        positions: &[i32],
+        head_dim: usize,
+        rope: &Rope,
+    ) -> Result<()> {
+        self.rope(ex, q, positions, head_dim, rope)?;
+        self.rope(ex, k, positions, head_dim, rope)
+    }
     /// Copies rows `rows` of `x` into `out` (in order).
     fn gather_rows(
         &self,
@@ -329,7 +396,10 @@ pub trait Ops: Send + Sync + Sized + 'static {
     /// `i` and slot `j` of `ids` (`rows × k`, from [`Ops::moe_route`]),
     /// `out[i][j*out..(j+1)*out] = W[ids[i][j]] · x_j + b[ids[i][j]]`, where `x_j` is row `i` of
     /// `x` when `x` has `in` columns, or its slot `j` when it has `k * in`. Only the selected
-    /// experts are computed; a row's result must not depend on the other rows.
+    /// experts are computed; a row's result must not depend on the other rows. An id out of
+    /// range is an error, returned by this call or, by a backend whose ids live on a device,
+    /// by the next call that synchronizes (`read`, `outputs`, `end`); it never reads outside
+    /// the weights.
     fn matmul_experts(
         &self,
         ex: &mut Self::Exec,

@@ -588,13 +588,12 @@ impl<O: Ops> TransformerContext<O> {
                 "rms_norm",
                 ops.rms_norm(ex, &w.x, &lw.attn_norm, c.eps, &mut w.h)
             )?;
-            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wq, &mut w.q))?;
-            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wk, &mut w.k))?;
-            op!(prof, "matmul", ops.matmul(ex, &w.h, &lw.wv, &mut w.v))?;
-            for (b, t) in [(&lw.bq, &mut w.q), (&lw.bk, &mut w.k), (&lw.bv, &mut w.v)] {
-                if let Some(b) = b {
-                    op!(prof, "add_bias", ops.add_bias(ex, t, b))?;
-                }
+            for (wt, b, t) in [
+                (&lw.wq, &lw.bq, &mut w.q),
+                (&lw.wk, &lw.bk, &mut w.k),
+                (&lw.wv, &lw.bv, &mut w.v),
+            ] {
+                op!(prof, "matmul", ops.matmul_bias(ex, &w.h, wt, b.as_ref(), t))?;
             }
             // QK-norm writes into separate buffers (no swapping: every step uses the same
             // buffers in the same roles).
@@ -616,12 +615,7 @@ impl<O: Ops> TransformerContext<O> {
             op!(
                 prof,
                 "rope",
-                ops.rope(ex, q, batch.positions, hd, &spec.rope)
-            )?;
-            op!(
-                prof,
-                "rope",
-                ops.rope(ex, k, batch.positions, hd, &spec.rope)
+                ops.rope_qk(ex, q, k, batch.positions, hd, &spec.rope)
             )?;
             let p = Attention {
                 n_head: c.n_head,
@@ -638,11 +632,12 @@ impl<O: Ops> TransformerContext<O> {
                 "attention",
                 ops.attention(ex, kv, l, q, k, &w.v, rows, &p, &mut w.att)
             )?;
-            op!(prof, "matmul", ops.matmul(ex, &w.att, &lw.wo, &mut w.o))?;
-            if let Some(bo) = &lw.bo {
-                op!(prof, "add_bias", ops.add_bias(ex, &mut w.o, bo))?;
-            }
             if let Some(pn) = &lw.post_attn_norm {
+                op!(
+                    prof,
+                    "matmul",
+                    ops.matmul_bias(ex, &w.att, &lw.wo, lw.bo.as_ref(), &mut w.o)
+                )?;
                 op!(
                     prof,
                     "rms_norm",
@@ -650,7 +645,11 @@ impl<O: Ops> TransformerContext<O> {
                 )?;
                 op!(prof, "add", ops.add(ex, &mut w.x, &w.h))?;
             } else {
-                op!(prof, "add", ops.add(ex, &mut w.x, &w.o))?;
+                op!(
+                    prof,
+                    "matmul_add",
+                    ops.matmul_add(ex, &w.att, &lw.wo, lw.bo.as_ref(), &mut w.x, &mut w.o)
+                )?;
             }
             op!(
                 prof,
@@ -659,10 +658,20 @@ impl<O: Ops> TransformerContext<O> {
             )?;
             match (&lw.ffn, spec.ffn) {
                 (FfnWeights::Glu { gate, up, down }, Ffn::Glu(act)) => {
-                    op!(prof, "matmul", ops.matmul(ex, &w.h, gate, &mut w.g))?;
-                    op!(prof, "matmul", ops.matmul(ex, &w.h, up, &mut w.up))?;
-                    op!(prof, "glu", ops.glu(ex, &mut w.g, &w.up, act))?;
-                    op!(prof, "matmul", ops.matmul(ex, &w.g, down, &mut w.o))?;
+                    op!(
+                        prof,
+                        "matmul_glu",
+                        ops.matmul_glu(ex, &w.h, gate, up, act, &mut w.g, &mut w.up)
+                    )?;
+                    if lw.post_ffn_norm.is_some() {
+                        op!(prof, "matmul", ops.matmul(ex, &w.g, down, &mut w.o))?;
+                    } else {
+                        op!(
+                            prof,
+                            "matmul_add",
+                            ops.matmul_add(ex, &w.g, down, None, &mut w.x, &mut w.o)
+                        )?;
+                    }
                 }
                 (
                     FfnWeights::Moe {
@@ -723,7 +732,7 @@ impl<O: Ops> TransformerContext<O> {
                     ops.rms_norm(ex, &w.o, pn, c.eps, &mut w.h)
                 )?;
                 op!(prof, "add", ops.add(ex, &mut w.x, &w.h))?;
-            } else {
+            } else if matches!(lw.ffn, FfnWeights::Moe { .. }) {
                 op!(prof, "add", ops.add(ex, &mut w.x, &w.o))?;
             }
         }
@@ -814,6 +823,9 @@ impl<O: Ops> Context for TransformerContext<O> {
             },
         )?;
         let r = self.run(batch, outs);
+        if r.is_err() {
+            ops.abort(&mut self.ex);
+        }
         let e = ops.end(&mut self.ex);
         r?;
         e?;
