@@ -1,0 +1,123 @@
+//! A loaded kernel module: its functions by name, and their launch.
+
+use crate::mem::Stream;
+use crate::{CudaError, DriverResultExt, Result};
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+/// A kernel function handle.
+#[derive(Clone, Copy, Debug)]
+pub struct Func(sys::CUfunction);
+
+// SAFETY: function handles may be launched from any thread with the context current.
+unsafe impl Send for Func {}
+unsafe impl Sync for Func {}
+
+/// A loaded module and every function in it that was asked for.
+pub struct Module {
+    raw: sys::CUmodule,
+    funcs: HashMap<String, Func>,
+}
+
+// SAFETY: as `Func`.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+impl Module {
+    /// Loads a cubin (on the current context) and looks up `names`.
+    pub fn load(cubin: &[u8], names: &[String]) -> Result<Module> {
+        // SAFETY: a cubin image produced by NVRTC for this device.
+        let raw = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+            .ctx("cuModuleLoadData")?;
+        let mut m = Module {
+            raw,
+            funcs: HashMap::new(),
+        };
+        for n in names {
+            let c = CString::new(n.as_str()).map_err(|_| CudaError::msg("bad kernel name"))?;
+            // SAFETY: valid module.
+            let f = unsafe { result::module::get_function(raw, c) }
+                .ctx(&format!("cuModuleGetFunction({n})"))?;
+            m.funcs.insert(n.clone(), Func(f));
+        }
+        Ok(m)
+    }
+
+    /// A function by name.
+    pub fn func(&self, name: &str) -> Result<Func> {
+        self.funcs
+            .get(name)
+            .copied()
+            .ok_or_else(|| CudaError::msg(format!("no kernel named {name}")))
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: loaded once, unloaded once.
+        let _ = unsafe { result::module::unload(self.raw) };
+    }
+}
+
+/// A launch's kernel parameters: pointers to each argument's value, in order.
+#[derive(Default)]
+pub struct Args {
+    vals: Vec<u64>,
+}
+
+impl Args {
+    /// New empty list.
+    pub fn new() -> Self {
+        Args {
+            vals: Vec::with_capacity(16),
+        }
+    }
+    /// A device pointer or 64-bit integer.
+    pub fn u64(mut self, v: u64) -> Self {
+        self.vals.push(v);
+        self
+    }
+    /// A 32-bit integer.
+    pub fn i32(mut self, v: i32) -> Self {
+        self.vals.push(v as u32 as u64);
+        self
+    }
+    /// A 64-bit signed integer.
+    pub fn i64(mut self, v: i64) -> Self {
+        self.vals.push(v as u64);
+        self
+    }
+    /// A float.
+    pub fn f32(mut self, v: f32) -> Self {
+        self.vals.push(v.to_bits() as u64);
+        self
+    }
+}
+
+/// Launches `f` on `s` with a grid, a block, dynamic shared memory and `args`.
+///
+/// Each argument occupies its own 8-byte slot; the driver reads only the parameter's own
+/// size from it (little-endian), so 32-bit values sit in the slot's low bytes.
+///
+/// # Safety
+/// The arguments must match the kernel's parameters, and every pointer must be valid for
+/// what the kernel does with it.
+pub unsafe fn launch(
+    f: Func,
+    s: &Stream,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    args: Args,
+) -> Result<()> {
+    let mut vals = args.vals;
+    let mut ptrs: Vec<*mut c_void> = vals
+        .iter_mut()
+        .map(|v| v as *mut u64 as *mut c_void)
+        .collect();
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    result::launch_kernel(f.0, grid, block, smem, s.raw(), &mut ptrs).ctx("cuLaunchKernel")
+}

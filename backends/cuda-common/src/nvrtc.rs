@@ -1,0 +1,204 @@
+//! Kernels compiled at run time by NVRTC for the device's exact architecture, and cached on
+//! disk (key: source, options, architecture and NVRTC version), so that building Kiln needs no
+//! CUDA toolkit and a second start compiles nothing.
+//!
+//! NVRTC is found by its usual library names (`libnvrtc.so.13`, ...), or at the path in
+//! `$KILN_NVRTC`; the cache lives in `$KILN_CUDA_CACHE`, else `$XDG_CACHE_HOME/kiln/cuda`, else
+//! `~/.cache/kiln/cuda`.
+
+use crate::{CudaError, Result};
+use cudarc::nvrtc::sys;
+use sha2::{Digest, Sha256};
+use std::ffi::{c_char, CString};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Loads `$KILN_NVRTC` (once) so that the loader's lookup by name finds it.
+fn preload() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if let Some(p) = std::env::var_os("KILN_NVRTC") {
+            // SAFETY: loading NVRTC runs its initialisers; the user named this library. It is
+            // kept loaded for the life of the process, so the loader matches its soname.
+            // NVRTC opens its builtins library by name at compile time: load the one beside it
+            // first (it is found by its soname then).
+            let p = PathBuf::from(p);
+            let mut libs: Vec<PathBuf> = p
+                .parent()
+                .and_then(|d| std::fs::read_dir(d).ok())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| {
+                    f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libnvrtc-builtins.so"))
+                })
+                .collect();
+            libs.push(p);
+            #[cfg(unix)]
+            for l in libs {
+                unsafe {
+                    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+                    if let Ok(lib) = Library::open(Some(&l), RTLD_NOW | RTLD_GLOBAL) {
+                        std::mem::forget(lib);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Whether NVRTC can be loaded.
+pub fn present() -> bool {
+    preload();
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// NVRTC's version (major, minor).
+pub fn version() -> Result<(i32, i32)> {
+    if !present() {
+        return Err(CudaError::msg("NVRTC (libnvrtc) not found"));
+    }
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: out-pointers to locals.
+    let r = unsafe { sys::nvrtcVersion(&mut a, &mut b) };
+    if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(CudaError::msg(format!("nvrtcVersion: {r:?}")));
+    }
+    Ok((a, b))
+}
+
+/// Where compiled kernels are cached.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_CUDA_CACHE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(p).join("kiln").join("cuda"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("kiln").join("cuda"))
+}
+
+/// Compiler options for `arch` (`sm_90`, ...).
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "-lineinfo".into(),
+        "--device-as-default-execution-space".into(),
+    ]
+}
+
+/// Compiles `src` to a cubin for `arch`, or takes it from the cache. Returns the cubin and
+/// whether it came from the cache.
+pub fn compile_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
+    let (maj, min) = version()?;
+    let opts = options(arch);
+    let mut h = Sha256::new();
+    h.update(src.as_bytes());
+    for o in &opts {
+        h.update(o.as_bytes());
+        h.update([0]);
+    }
+    h.update(format!("nvrtc {maj}.{min}").as_bytes());
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key}.cubin")));
+    if let Some(p) = &path {
+        if let Ok(bin) = std::fs::read(p) {
+            if !bin.is_empty() {
+                return Ok((bin, true));
+            }
+        }
+    }
+    let bin = compile(name, src, &opts)?;
+    if let Some(p) = &path {
+        // A cache that cannot be written only costs the next start a compile.
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &bin).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
+    }
+    Ok((bin, false))
+}
+
+/// Compiles `src` for `arch` without the cache (for checks: every kernel must compile).
+pub fn compile_for(name: &str, src: &str, arch: &str) -> Result<Vec<u8>> {
+    version()?;
+    compile(name, src, &options(arch))
+}
+
+fn compile(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>> {
+    let csrc = CString::new(src).map_err(|_| CudaError::msg("kernel source holds a NUL"))?;
+    let cname = CString::new(name).map_err(|_| CudaError::msg("kernel name holds a NUL"))?;
+    let err = |what: &str, r: sys::nvrtcResult| CudaError::msg(format!("{what}: {r:?}"));
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: valid C strings; no headers.
+    let r = unsafe {
+        sys::nvrtcCreateProgram(
+            &mut prog,
+            csrc.as_ptr(),
+            cname.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(err("nvrtcCreateProgram", r));
+    }
+    struct Prog(sys::nvrtcProgram);
+    impl Drop for Prog {
+        fn drop(&mut self) {
+            // SAFETY: created above, destroyed once.
+            unsafe {
+                let _ = sys::nvrtcDestroyProgram(&mut self.0);
+            }
+        }
+    }
+    let prog = Prog(prog);
+    let copts: Vec<CString> = opts
+        .iter()
+        .map(|o| CString::new(o.as_str()).unwrap_or_default())
+        .collect();
+    let ptrs: Vec<*const c_char> = copts.iter().map(|c| c.as_ptr()).collect();
+    // SAFETY: valid program and option strings.
+    let r = unsafe { sys::nvrtcCompileProgram(prog.0, ptrs.len() as i32, ptrs.as_ptr()) };
+    if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        let mut n = 0usize;
+        // SAFETY: valid program; the log buffer has the size NVRTC reports.
+        let log = unsafe {
+            sys::nvrtcGetProgramLogSize(prog.0, &mut n);
+            let mut buf = vec![0u8; n.max(1)];
+            sys::nvrtcGetProgramLog(prog.0, buf.as_mut_ptr() as *mut c_char);
+            String::from_utf8_lossy(&buf[..n.saturating_sub(1)]).into_owned()
+        };
+        return Err(CudaError::msg(format!(
+            "NVRTC could not compile {name}: {r:?}\n{log}"
+        )));
+    }
+    let mut n = 0usize;
+    // SAFETY: valid program; the buffer has the size NVRTC reports.
+    unsafe {
+        let r = sys::nvrtcGetCUBINSize(prog.0, &mut n);
+        if r != sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(err("nvrtcGetCUBINSize", r));
+        }
+        let mut bin = vec![0u8; n];
+        let r = sys::nvrtcGetCUBIN(prog.0, bin.as_mut_ptr() as *mut c_char);
+        if r != sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(err("nvrtcGetCUBIN", r));
+        }
+        Ok(bin)
+    }
+}
