@@ -10,7 +10,7 @@
 //! - `tokenizer_and_chat_template_of_the_tiny_gpt_oss` (runs today): Kiln's tokenizer encodes
 //!   the reference texts to the script's ids, and the harmony chat template renders.
 //! - `tiny_gpt_oss_logits_match_transformers`: Kiln's CPU
-//!   backend over the same 384 tokens, once as one batch and once in chunks and single-token
+//!   backend (or `$KILN_TEST_BACKEND`) over the same 384 tokens, once as one batch and once in chunks and single-token
 //!   steps, then greedy decoding.
 //!
 //! Tolerances. This random model amplifies arithmetic noise (a router near-tie flips an
@@ -58,8 +58,12 @@ fn skip<T>(why: String) -> Option<T> {
     None
 }
 
-/// Builds the GGUF with `scripts/tiny-gpt-oss.py --gguf-only` into a fresh directory.
+/// Builds the GGUF with `scripts/tiny-gpt-oss.py --gguf-only` into a fresh directory (or
+/// takes the one at `$KILN_TINY_GPT_OSS_GGUF`, for machines without Python's gguf package).
 fn build_gguf(tag: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_TINY_GPT_OSS_GGUF") {
+        return Some(PathBuf::from(p));
+    }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&python)
         .args(["-c", "import numpy, gguf"])
@@ -313,10 +317,14 @@ fn tiny_gpt_oss_logits_match_transformers() {
         .map(|v| v.as_f64().unwrap())
         .collect();
 
+    // `KILN_TEST_BACKEND`: another backend library (the CUDA one on a GPU machine).
+    let backend = std::env::var("KILN_TEST_BACKEND")
+        .unwrap_or_else(|_| cpu_backend().to_string_lossy().into_owned());
+    println!("backend: {backend}");
     let model = Model::load(
         &path,
         &LoadOptions {
-            backend: Some(cpu_backend().to_string_lossy().into_owned()),
+            backend: Some(backend),
             threads: 2,
         },
     )

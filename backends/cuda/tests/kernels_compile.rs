@@ -1,0 +1,41 @@
+//! Every kernel of `kernels/` compiles with NVRTC for every architecture the backend serves.
+//! Needs no GPU: NVRTC alone (the `nvidia-cuda-nvrtc` wheel in CI, found through
+//! `$KILN_NVRTC`). Skips, saying so, where NVRTC is absent, unless `KILN_REQUIRE_NVRTC=1`.
+
+use kiln_cuda::{nvrtc, sources};
+
+#[test]
+fn every_kernel_compiles_for_every_architecture() {
+    if !nvrtc::present() {
+        assert!(
+            std::env::var("KILN_REQUIRE_NVRTC").as_deref() != Ok("1"),
+            "KILN_REQUIRE_NVRTC=1 but NVRTC was not found (set KILN_NVRTC to libnvrtc.so.13)"
+        );
+        eprintln!("skipped: NVRTC not found (set KILN_NVRTC to libnvrtc.so.13)");
+        return;
+    }
+    let src = sources::program();
+    let names = kiln_backend_cuda::ops::all_kernel_names(&src);
+    let (maj, min) = nvrtc::version().expect("NVRTC version");
+    eprintln!("NVRTC {maj}.{min}: {} kernels", names.len());
+    // The oldest architecture served and the newest this NVRTC pair is checked on (sm_86/sm_89
+    // add nothing the kernels use; each compile takes about 25 s on two cores).
+    for arch in ["sm_80", "sm_90"] {
+        let t0 = std::time::Instant::now();
+        let bin = nvrtc::compile_for("kiln", &src, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert!(bin.len() > 1000, "{arch}: cubin of {} bytes", bin.len());
+        // Every kernel the backend looks up is in the cubin's symbol table.
+        for n in &names {
+            assert!(
+                bin.windows(n.len() + 1)
+                    .any(|w| &w[..n.len()] == n.as_bytes() && w[n.len()] == 0),
+                "{arch}: kernel {n} missing from the cubin"
+            );
+        }
+        eprintln!(
+            "{arch}: {} bytes in {:.1} s",
+            bin.len(),
+            t0.elapsed().as_secs_f32()
+        );
+    }
+}
