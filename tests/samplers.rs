@@ -97,7 +97,7 @@ fn every_language_bans_paris_the_same_way() {
         assert!(!out.is_empty(), "{lang}: no text");
         banned.push((lang, out));
     }
-    for (lang, out) in &banned[1..] {
+    for (lang, out) in banned.iter().skip(1) {
         assert_eq!(out, &banned[0].1, "{lang} and {} disagree", banned[0].0);
     }
 }
