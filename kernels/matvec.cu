@@ -173,3 +173,102 @@ MMV_INST(q3_k, T_Q3_K)
 MMV_INST(q4_k, T_Q4_K)
 MMV_INST(q5_k, T_Q5_K)
 MMV_INST(q6_k, T_Q6_K)
+
+// Groups the (row, slot) pairs of a step by expert, in row order: list[e * cap + n] for
+// n < count[e] holds i * k + j. One block.
+extern "C" __global__ void moe_group(const float* ids, int rows, int k, int n_expert,
+                                     int* count, int* list, int cap, int* err) {
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        int n = 0;
+        for (int p = 0; p < rows * k; p++) {
+            float f = ids[p];
+            if (f == (float)e && n < cap) list[(long)e * cap + n++] = p;
+        }
+        count[e] = n;
+    }
+    for (int p = threadIdx.x; p < rows * k; p += blockDim.x) {
+        float f = ids[p];
+        if (!(f >= 0.0f && f < (float)n_expert)) atomicExch(err, 1);
+    }
+}
+
+// Expert matmul over grouped rows: grid (N / 4, n_expert). The warp for output o of expert e
+// reads the expert's weight row once per 16 of its (row, slot) pairs. A pair's arithmetic is
+// that of mmv_exp (the same chunks per lane, the same order, the same reduction).
+template <int T>
+__device__ __forceinline__ void mmv_exp_grouped(const u8* W, const float* bias, const int* count,
+                                                const int* list, int cap, const float* x,
+                                                float* y, int K, int N, int k, int x_slots,
+                                                int x_stride, int y_stride) {
+    int o = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
+    int e = blockIdx.y;
+    if (o >= N) return;
+    int n = count[e];
+    if (n == 0) return;
+    const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
+    const u8* wr = W + (long)e * N * row_bytes + (long)o * row_bytes;
+    const int lane = threadIdx.x & 31;
+    const int nchunks = K >> 5;
+    const int* l = list + (long)e * cap;
+    for (int p0 = 0; p0 < n; p0 += 16) {
+        float acc[16];
+#pragma unroll
+        for (int r = 0; r < 16; r++) acc[r] = 0.0f;
+        for (int c = lane; c < nchunks; c += 32) {
+            float w[32];
+            deq32<T>(wr + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, w);
+#pragma unroll
+            for (int r = 0; r < 16; r++) {
+                if (p0 + r < n) {
+                    int pr = l[p0 + r];
+                    int i = pr / k, j = pr % k;
+                    const float4* xv = (const float4*)(x + (long)i * x_stride +
+                                                       (x_slots ? (long)j * K : 0) + (c << 5));
+                    float s = 0.0f;
+#pragma unroll
+                    for (int q = 0; q < 8; q++) {
+                        float4 v = __ldg(xv + q);
+                        s = fmaf(w[4 * q], v.x, s);
+                        s = fmaf(w[4 * q + 1], v.y, s);
+                        s = fmaf(w[4 * q + 2], v.z, s);
+                        s = fmaf(w[4 * q + 3], v.w, s);
+                    }
+                    acc[r] += s;
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            float v = warp_sum(acc[r]);
+            if (lane == 0 && p0 + r < n) {
+                int pr = l[p0 + r];
+                int i = pr / k, j = pr % k;
+                float* dst = y + (long)i * y_stride + (long)j * N + o;
+                *dst = v;
+                if (bias) *dst += bias[(long)e * N + o];
+            }
+        }
+    }
+}
+
+#define MMV_GROUPED(NAME, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) mmv_expg_##NAME(                        \
+        const u8* W, const float* bias, const int* count, const int* list, int cap,            \
+        const float* x, float* y, int K, int N, int k, int x_slots, int xs, int ys) {          \
+        mmv_exp_grouped<T>(W, bias, count, list, cap, x, y, K, N, k, x_slots, xs, ys);          \
+    }
+
+MMV_GROUPED(f32, T_F32)
+MMV_GROUPED(f16, T_F16)
+MMV_GROUPED(bf16, T_BF16)
+MMV_GROUPED(q4_0, T_Q4_0)
+MMV_GROUPED(q4_1, T_Q4_1)
+MMV_GROUPED(q5_0, T_Q5_0)
+MMV_GROUPED(q5_1, T_Q5_1)
+MMV_GROUPED(q8_0, T_Q8_0)
+MMV_GROUPED(mxfp4, T_MXFP4)
+MMV_GROUPED(q2_k, T_Q2_K)
+MMV_GROUPED(q3_k, T_Q3_K)
+MMV_GROUPED(q4_k, T_Q4_K)
+MMV_GROUPED(q5_k, T_Q5_K)
+MMV_GROUPED(q6_k, T_Q6_K)
