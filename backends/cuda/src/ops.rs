@@ -72,7 +72,6 @@ pub fn all_kernel_names(src: &str) -> Vec<String> {
             names.push(format!("mmv_glu_{t}_r{r}"));
         }
         names.push(format!("mmv_exp_{t}"));
-        names.push(format!("mmv_expg_{t}"));
         names.push(format!("embed_{t}"));
     }
     names.extend(sources::kernel_names(src));
@@ -91,8 +90,6 @@ const OUT_BINS: usize = 4096;
 const OUT_SPLIT: usize = 64;
 /// Longest ban list served on the device (longer: the row is served on the host).
 const DEVICE_BANS: usize = 4096;
-/// Expert matmuls of at least this many rows group the rows by expert.
-const GROUPED_EXPERT_ROWS: usize = 8;
 /// Largest step (rows) captured as a graph.
 const GRAPH_ROWS: usize = 64;
 /// Graphs kept per context.
@@ -196,10 +193,6 @@ pub struct CudaExec {
     /// when the stream synchronizes.
     err_d: DeviceBuffer,
     err_h: PinnedBuffer,
-    /// Expert grouping of a step's (row, slot) pairs: counts and lists (allocated on first
-    /// use, for `n_batch_max` rows).
-    moe_group: Option<(DeviceBuffer, DeviceBuffer, usize)>,
-    n_batch_max: usize,
     check_err: bool,
     bytes: u64,
 }
@@ -210,8 +203,6 @@ pub struct CudaOps {
     module: Module,
     load: Mutex<Stream>,
     graphs: bool,
-    /// Expert matmuls of many rows group the rows by expert (`KILN_CUDA_MOE_GROUPED=0`: off).
-    moe_grouped: bool,
 }
 
 impl CudaOps {
@@ -225,13 +216,11 @@ impl CudaOps {
         let module = Module::load(&cubin, &all_kernel_names(&src)).map_err(cu)?;
         let load = Mutex::new(Stream::new().map_err(cu)?);
         let graphs = std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        let moe_grouped = std::env::var("KILN_CUDA_MOE_GROUPED").map_or(true, |v| v != "0");
         Ok(CudaOps {
             gpu,
             module,
             load,
             graphs,
-            moe_grouped,
         })
     }
 
@@ -591,8 +580,6 @@ impl Ops for CudaOps {
             graph_launched: false,
             err_d: DeviceBuffer::zeroed(4).map_err(cu)?,
             err_h: PinnedBuffer::alloc(4).map_err(cu)?,
-            moe_group: None,
-            n_batch_max: spec.n_batch_max,
             check_err: false,
             bytes: 0,
         };
@@ -1178,68 +1165,6 @@ impl Ops for CudaOps {
         };
         let t = kernel_type(w.ty).ok_or_else(|| shape_err("matmul_experts type"))?;
         ex.check_err = true;
-        if x.rows >= GROUPED_EXPERT_ROWS && self.moe_grouped {
-            // Rows grouped by expert: each expert's weights are read once per 16 of its rows.
-            // A (row, slot) gets the same arithmetic as below.
-            if ex.moe_group.as_ref().is_none_or(|g| g.2 < ne) {
-                if matches!(ex.mode, Mode::Capture(_) | Mode::Replay(_)) && ex.moe_group.is_some() {
-                    return Err(BackendError::internal(
-                        "expert scratch would move inside a captured step",
-                    ));
-                }
-                self.bind()?;
-                let cap = ex.n_batch_max.max(1);
-                ex.moe_group = Some((
-                    DeviceBuffer::alloc(ne * 4).map_err(cu)?,
-                    DeviceBuffer::alloc(ne * cap * 4).map_err(cu)?,
-                    ne,
-                ));
-            }
-            let (cnt, list) = match &ex.moe_group {
-                Some((c, l, _)) => (c.ptr(), l.ptr()),
-                None => return Err(BackendError::internal("no expert scratch")),
-            };
-            let cap = ex.n_batch_max.max(1);
-            if x.rows > cap {
-                return Err(shape_err("matmul_experts rows"));
-            }
-            let err = ex.err_d.ptr();
-            self.go(
-                ex,
-                "moe_group",
-                (1, 1, 1),
-                256,
-                Args::new()
-                    .u64(ids.ptr())
-                    .i32(x.rows as i32)
-                    .i32(k as i32)
-                    .i32(ne as i32)
-                    .u64(cnt)
-                    .u64(list)
-                    .i32(cap as i32)
-                    .u64(err),
-            )?;
-            return self.go(
-                ex,
-                &format!("mmv_expg_{t}"),
-                (blocks(n_out, 4), ne as u32, 1),
-                128,
-                Args::new()
-                    .u64(w.buf.ptr())
-                    .u64(bp)
-                    .u64(cnt)
-                    .u64(list)
-                    .i32(cap as i32)
-                    .u64(x.ptr())
-                    .u64(out.ptr())
-                    .i32(k_in as i32)
-                    .i32(n_out as i32)
-                    .i32(k as i32)
-                    .i32(x_slots)
-                    .i32(x.cols as i32)
-                    .i32(out.cols as i32),
-            );
-        }
         self.go(
             ex,
             &format!("mmv_exp_{t}"),
