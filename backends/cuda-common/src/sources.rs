@@ -77,7 +77,7 @@ mod tests {
             "rms_norm",
             "attn_split",
             "attn_combine",
-            "row_partial",
+            "row_stats",
             "moe_route",
         ] {
             assert!(all.iter().any(|n| n == k), "{k} missing from {all:?}");

@@ -84,10 +84,6 @@ const ATT_GROUP: usize = 64;
 const ATT_MAX_SPLITS: usize = 64;
 /// Candidates of a top-N kept on the device per row.
 const CAND_CAP: usize = 16384;
-/// Histogram bins of a top-N (the `OUT_BINS` of `kernels/outputs.cu`).
-const OUT_BINS: usize = 4096;
-/// Blocks per output row (`OUT_SPLIT` of `kernels/outputs.cu`).
-const OUT_SPLIT: usize = 64;
 /// Longest ban list served on the device (longer: the row is served on the host).
 const DEVICE_BANS: usize = 4096;
 /// Largest step (rows) captured as a graph.
@@ -161,12 +157,8 @@ pub struct CudaExec {
     // Outputs.
     n_vocab: usize,
     n_logit_rows: usize,
-    /// Per output row: lse, target logit, unused, threshold bin; then a u32 count per row.
+    /// Per output row: lse, target logit, candidate count, unused.
     stats_d: DeviceBuffer,
-    /// Per output row and slice: partial max and sum.
-    part_d: DeviceBuffer,
-    /// Per output row: the histogram of its logits' keys.
-    hist_d: DeviceBuffer,
     cand_v: DeviceBuffer,
     cand_i: DeviceBuffer,
     stats_h: PinnedBuffer,
@@ -557,13 +549,11 @@ impl Ops for CudaOps {
             att_part: None,
             n_vocab: spec.n_vocab,
             n_logit_rows: rows,
-            stats_d: DeviceBuffer::alloc(rows * 20).map_err(cu)?,
-            part_d: DeviceBuffer::alloc(rows * OUT_SPLIT * 8).map_err(cu)?,
-            hist_d: DeviceBuffer::alloc(rows * OUT_BINS * 4).map_err(cu)?,
+            stats_d: DeviceBuffer::alloc(rows * 16).map_err(cu)?,
             cand_v: DeviceBuffer::alloc(rows * CAND_CAP * 4).map_err(cu)?,
             cand_i: DeviceBuffer::alloc(rows * CAND_CAP * 4).map_err(cu)?,
-            stats_h: PinnedBuffer::alloc(rows * 20).map_err(cu)?,
-            cand_h: PinnedBuffer::alloc(rows * CAND_CAP * 8).map_err(cu)?,
+            stats_h: PinnedBuffer::alloc(rows * 16).map_err(cu)?,
+            cand_h: PinnedBuffer::alloc(CAND_CAP * 8).map_err(cu)?,
             row_h: PinnedBuffer::alloc(spec.n_vocab.max(1) * 4).map_err(cu)?,
             top: TopNScratch::default(),
             mode: Mode::Eager,
@@ -1299,93 +1289,34 @@ impl CudaOps {
             req.push(target);
         }
         let d_req = ex.stage_i32(req.iter().copied())?;
-        let any_top = req.chunks_exact(2).any(|r| r[0] > 0);
-        if any_top {
-            // SAFETY: `hist_d` holds `n_logit_rows * OUT_BINS` counters.
-            unsafe { ex.stream.zero(ex.hist_d.ptr(), n * OUT_BINS * 4) }.map_err(cu)?;
-        }
-        let count_d = ex.stats_d.ptr() + (ex.n_logit_rows * 16) as u64;
         self.go(
             ex,
-            "row_partial",
-            (OUT_SPLIT as u32, n as u32, 1),
-            256,
-            Args::new()
-                .u64(logits.ptr())
-                .i32(vocab as i32)
-                .u64(d_req)
-                .u64(ex.part_d.ptr())
-                .u64(ex.hist_d.ptr()),
-        )?;
-        self.go(
-            ex,
-            "row_final",
+            "row_stats",
             (n as u32, 1, 1),
-            32,
+            1024,
             Args::new()
                 .u64(logits.ptr())
                 .i32(vocab as i32)
                 .u64(d_req)
-                .u64(ex.part_d.ptr())
-                .u64(ex.hist_d.ptr())
                 .u64(ex.stats_d.ptr())
-                .u64(count_d),
+                .u64(ex.cand_v.ptr())
+                .u64(ex.cand_i.ptr())
+                .i32(CAND_CAP as i32),
         )?;
-        if any_top {
-            self.go(
-                ex,
-                "row_collect",
-                (OUT_SPLIT as u32, n as u32, 1),
-                256,
-                Args::new()
-                    .u64(logits.ptr())
-                    .i32(vocab as i32)
-                    .u64(d_req)
-                    .u64(ex.stats_d.ptr())
-                    .u64(count_d)
-                    .u64(ex.cand_v.ptr())
-                    .u64(ex.cand_i.ptr())
-                    .i32(CAND_CAP as i32),
-            )?;
-        }
-        // One copy back in the common case: the statistics, the counts, and the first
-        // `guess` candidates of each top-N row (more only when a row found more).
-        let guess = |top: i32| (2 * top as usize).clamp(64, CAND_CAP);
-        let stats_bytes = ex.n_logit_rows * 20;
-        // SAFETY: `stats_h` holds `n_logit_rows * 20` bytes, `cand_h` `n_logit_rows * CAND_CAP
-        // * 8`; the stream syncs before either is read.
+        // SAFETY: `stats_h` holds `n_logit_rows * 16` bytes; the stream syncs before reading.
         unsafe {
-            let dst = std::slice::from_raw_parts_mut(ex.stats_h.as_ptr(), stats_bytes);
+            let dst = std::slice::from_raw_parts_mut(ex.stats_h.as_ptr(), n * 16);
             ex.stream.dtoh(dst, ex.stats_d.ptr()).map_err(cu)?;
-            for i in 0..n {
-                if req[2 * i] > 0 {
-                    let g = guess(req[2 * i]);
-                    let at = i * CAND_CAP * 8;
-                    let hv = std::slice::from_raw_parts_mut(ex.cand_h.as_ptr().add(at), g * 4);
-                    ex.stream
-                        .dtoh(hv, ex.cand_v.ptr() + (i * CAND_CAP * 4) as u64)
-                        .map_err(cu)?;
-                    let hi = std::slice::from_raw_parts_mut(
-                        ex.cand_h.as_ptr().add(at + CAND_CAP * 4),
-                        g * 4,
-                    );
-                    ex.stream
-                        .dtoh(hi, ex.cand_i.ptr() + (i * CAND_CAP * 4) as u64)
-                        .map_err(cu)?;
-                }
-            }
         }
         ex.stream.sync().map_err(cu)?;
         ex.device_error()?;
-        let st = ex.stats_h.as_slice();
-        let rd = |at: usize| [st[at], st[at + 1], st[at + 2], st[at + 3]];
-        let stats: Vec<(f32, f32, usize)> = (0..n)
-            .map(|i| {
-                (
-                    f32::from_le_bytes(rd(16 * i)),
-                    f32::from_le_bytes(rd(16 * i + 4)),
-                    u32::from_le_bytes(rd(ex.n_logit_rows * 16 + 4 * i)) as usize,
-                )
+        let stats: Vec<[f32; 4]> = ex.stats_h.as_slice()[..n * 16]
+            .chunks_exact(16)
+            .map(|c| {
+                let f = |i: usize| {
+                    f32::from_le_bytes([c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]])
+                };
+                [f(0), f(1), f(2), f(3)]
             })
             .collect();
         for (i, o) in outs.iter_mut().enumerate() {
@@ -1393,7 +1324,8 @@ impl CudaOps {
                 self.host_row(ex, logits, i, o)?;
                 continue;
             }
-            let (lse, tval, count) = stats[i];
+            let [lse, tval, count_bits, _] = stats[i];
+            let count = count_bits.to_bits() as usize;
             if let Want::TopN { ids, logits: vals } = &mut o.want {
                 if !ids.is_empty() {
                     if count > CAND_CAP {
@@ -1401,30 +1333,25 @@ impl CudaOps {
                         self.host_row(ex, logits, i, o)?;
                         continue;
                     }
-                    let at = i * CAND_CAP * 8;
-                    if count > guess(req[2 * i]) {
-                        // SAFETY: as above; synced before reading.
-                        unsafe {
-                            let hv = std::slice::from_raw_parts_mut(
-                                ex.cand_h.as_ptr().add(at),
-                                count * 4,
-                            );
-                            ex.stream
-                                .dtoh(hv, ex.cand_v.ptr() + (i * CAND_CAP * 4) as u64)
-                                .map_err(cu)?;
-                            let hi = std::slice::from_raw_parts_mut(
-                                ex.cand_h.as_ptr().add(at + CAND_CAP * 4),
-                                count * 4,
-                            );
-                            ex.stream
-                                .dtoh(hi, ex.cand_i.ptr() + (i * CAND_CAP * 4) as u64)
-                                .map_err(cu)?;
-                        }
-                        ex.stream.sync().map_err(cu)?;
+                    let m = count;
+                    // SAFETY: `cand_h` holds `CAND_CAP * 8` bytes; synced before reading.
+                    unsafe {
+                        let hv = std::slice::from_raw_parts_mut(ex.cand_h.as_ptr(), m * 4);
+                        ex.stream
+                            .dtoh(hv, ex.cand_v.ptr() + (i * CAND_CAP * 4) as u64)
+                            .map_err(cu)?;
+                        let hi = std::slice::from_raw_parts_mut(
+                            ex.cand_h.as_ptr().add(CAND_CAP * 4),
+                            m * 4,
+                        );
+                        ex.stream
+                            .dtoh(hi, ex.cand_i.ptr() + (i * CAND_CAP * 4) as u64)
+                            .map_err(cu)?;
                     }
-                    let raw = &ex.cand_h.as_slice()[at..at + CAND_CAP * 8];
+                    ex.stream.sync().map_err(cu)?;
+                    let raw = ex.cand_h.as_slice();
                     let rd = |at: usize| [raw[at], raw[at + 1], raw[at + 2], raw[at + 3]];
-                    let mut c: Vec<(f32, i32)> = (0..count)
+                    let mut c: Vec<(f32, i32)> = (0..m)
                         .map(|j| {
                             (
                                 f32::from_le_bytes(rd(4 * j)),
@@ -1433,7 +1360,7 @@ impl CudaOps {
                         })
                         .collect();
                     let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
-                    c.sort_unstable_by(|a, b| key(b.0).total_cmp(&key(a.0)).then(a.1.cmp(&b.1)));
+                    c.sort_by(|a, b| key(b.0).total_cmp(&key(a.0)).then(a.1.cmp(&b.1)));
                     if c.len() < ids.len() {
                         return Err(BackendError::internal(format!(
                             "top-{}: the device found {} candidates",
