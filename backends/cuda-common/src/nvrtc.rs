@@ -10,7 +10,7 @@ use crate::{CudaError, Result};
 use cudarc::nvrtc::sys;
 use sha2::{Digest, Sha256};
 use std::ffi::{c_char, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Loads `$KILN_NVRTC` (once) so that the loader's lookup by name finds it.
@@ -92,14 +92,12 @@ fn options(arch: &str) -> Vec<String> {
     ]
 }
 
-/// Compiles `src` to a cubin for `arch`, or takes it from the cache. Returns the cubin and
-/// whether it came from the cache.
-pub fn compile_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
-    let (maj, min) = version()?;
-    let opts = options(arch);
+/// Where the cubin of `src` for `arch` is cached in `dir` (None without NVRTC).
+fn cache_path(dir: Option<&Path>, name: &str, src: &str, arch: &str) -> Option<PathBuf> {
+    let (maj, min) = version().ok()?;
     let mut h = Sha256::new();
     h.update(src.as_bytes());
-    for o in &opts {
+    for o in &options(arch) {
         h.update(o.as_bytes());
         h.update([0]);
     }
@@ -110,7 +108,35 @@ pub fn compile_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, boo
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let path = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key}.cubin")));
+    dir.map(|d| d.join(format!("{name}-{arch}-{key}.cubin")))
+}
+
+/// Whether a compiled `src` for `arch` is in the cache ([`cache_dir`]).
+pub fn is_cached(name: &str, src: &str, arch: &str) -> bool {
+    is_cached_in(cache_dir().as_deref(), name, src, arch)
+}
+
+/// Whether a compiled `src` for `arch` is in the cache directory `dir`.
+pub fn is_cached_in(dir: Option<&Path>, name: &str, src: &str, arch: &str) -> bool {
+    cache_path(dir, name, src, arch).is_some_and(|p| p.is_file())
+}
+
+/// Compiles `src` to a cubin for `arch`, or takes it from the cache ([`cache_dir`]). Returns
+/// the cubin and whether it came from the cache.
+pub fn compile_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
+    compile_cached_in(cache_dir().as_deref(), name, src, arch)
+}
+
+/// [`compile_cached`] with the cache in `dir` (None: no cache).
+pub fn compile_cached_in(
+    dir: Option<&Path>,
+    name: &str,
+    src: &str,
+    arch: &str,
+) -> Result<(Vec<u8>, bool)> {
+    version()?;
+    let opts = options(arch);
+    let path = cache_path(dir, name, src, arch);
     if let Some(p) = &path {
         if let Ok(bin) = std::fs::read(p) {
             if !bin.is_empty() {

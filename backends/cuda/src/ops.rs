@@ -202,6 +202,15 @@ impl CudaOps {
     pub fn new(ordinal: usize) -> Result<CudaOps> {
         let gpu = Gpu::open(ordinal).map_err(cu)?;
         let src = sources::program();
+        if !nvrtc::is_cached("kiln", &src, &gpu.arch()) {
+            eprintln!(
+                "kiln-cuda: compiling the kernels for {} {} (once; cached in {})",
+                gpu.props.name,
+                gpu.arch(),
+                nvrtc::cache_dir()
+                    .map_or_else(|| "no cache directory".into(), |d| d.display().to_string())
+            );
+        }
         let (cubin, _cached) = nvrtc::compile_cached("kiln", &src, &gpu.arch()).map_err(|e| {
             BackendError::internal(format!("compiling the CUDA kernels: {}", e.message))
         })?;

@@ -39,3 +39,24 @@ fn every_kernel_compiles_for_every_architecture() {
         );
     }
 }
+
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    if !nvrtc::present() {
+        eprintln!("skipped: NVRTC not found");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-cuda-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Some(dir.as_path());
+    let src = "extern \"C\" __global__ void k(float* x) { x[threadIdx.x] += 1.0f; }";
+    assert!(!nvrtc::is_cached_in(d, "t", src, "sm_80"));
+    let (a, cached) = nvrtc::compile_cached_in(d, "t", src, "sm_80").expect("compiles");
+    assert!(!cached && nvrtc::is_cached_in(d, "t", src, "sm_80"));
+    let (b, cached) = nvrtc::compile_cached_in(d, "t", src, "sm_80").expect("from the cache");
+    assert!(cached && a == b);
+    // Another architecture or source is another entry.
+    assert!(!nvrtc::is_cached_in(d, "t", src, "sm_90"));
+    assert!(!nvrtc::is_cached_in(d, "t", &format!("{src}\n"), "sm_80"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
