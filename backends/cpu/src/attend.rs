@@ -76,6 +76,8 @@ pub struct Group<'a> {
     /// Optional attention sinks, one per head of the group: a logit that joins the
     /// denominator and brings no value.
     pub sinks: Option<&'a [f32]>,
+    /// Positions the cache holds (a ring: position `p` is at `p % cells`).
+    pub cells: usize,
 }
 
 /// Reusable buffers of [`Group::attend`], plus the caller's per-task queries, outputs and
@@ -154,17 +156,20 @@ impl Group<'_> {
         sc.reserve_block(g, hv);
         sc.max.clear();
         sc.max.resize(g, f32::NEG_INFINITY);
+        let cells = self.cells.max(1);
         let mut start = lo;
         while start <= hi {
-            let end = (start + BLOCK).min(hi + 1);
+            // Blocks never cross the ring's end.
+            let end = (start + BLOCK).min(hi + 1).min((start / cells + 1) * cells);
             let b = end - start;
+            let slot = start % cells;
             assert!(
-                (end - 1) * self.k_stride + hk <= self.k.len()
-                    && (end - 1) * self.v_stride + hv <= self.v.len(),
+                (slot + b - 1) * self.k_stride + hk <= self.k.len()
+                    && (slot + b - 1) * self.v_stride + hv <= self.v.len(),
                 "attention range past the cache"
             );
             scores(
-                &self.k[start * self.k_stride..],
+                &self.k[slot * self.k_stride..],
                 self.k_stride,
                 b,
                 self.qs,
@@ -172,9 +177,9 @@ impl Group<'_> {
                 &mut sc.probs,
             );
             for i in 0..b {
-                let pos = start + i;
+                let at = slot + i;
                 crate::kernels::f16_to_f32_slice(
-                    &self.v[pos * self.v_stride..pos * self.v_stride + hv],
+                    &self.v[at * self.v_stride..at * self.v_stride + hv],
                     &mut sc.values[i * hv..(i + 1) * hv],
                 );
             }
@@ -570,6 +575,7 @@ mod tests {
                 scale: 0.3,
                 softcap: None,
                 sinks: None,
+                cells: usize::MAX,
             }
         }
         let mut sc = Scratch::default();
@@ -597,6 +603,55 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_of_cells_holds_the_window() {
+        // Positions 0..150 written into a ring of 37 cells (position p at p % 37): a window
+        // of the last 30 positions reads the same values as from the full cache.
+        let (hk, hv, n, cells) = (32, 16, 150, 37);
+        let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
+        let k: Vec<u16> = (0..n * hk).map(|i| f(i, 0.37)).collect();
+        let v: Vec<u16> = (0..n * hv).map(|i| f(i, 0.11)).collect();
+        let (mut kr, mut vr) = (vec![0u16; cells * hk], vec![0u16; cells * hv]);
+        for p in 0..n {
+            let c = p % cells;
+            kr[c * hk..(c + 1) * hk].copy_from_slice(&k[p * hk..(p + 1) * hk]);
+            vr[c * hv..(c + 1) * hv].copy_from_slice(&v[p * hv..(p + 1) * hv]);
+        }
+        let mut qs: Vec<f32> = (0..hk).map(|i| (i as f32 * 0.7).cos() * 2.0).collect();
+        round_slice(&mut qs);
+        let ring = Group {
+            k: &kr,
+            v: &vr,
+            k_stride: hk,
+            v_stride: hv,
+            qs: &qs,
+            hk,
+            scale: 0.3,
+            softcap: None,
+            sinks: Some(&[0.5]),
+            cells,
+        };
+        let mut sc = Scratch::default();
+        // The ring holds positions 113..150 (cells 2..37, then 0..2): windows that wrap.
+        for hi in [142, 145, 148, 149] {
+            let lo = hi - 29;
+            let (mut acc, mut sum) = (vec![0f32; hv], vec![0f32; 1]);
+            ring.attend(lo, hi, &mut acc, &mut sum, &mut sc);
+            let full = Group {
+                k: &k,
+                v: &v,
+                cells: usize::MAX,
+                ..ring
+            };
+            let (mut acc2, mut sum2) = (vec![0f32; hv], vec![0f32; 1]);
+            full.attend(lo, hi, &mut acc2, &mut sum2, &mut sc);
+            for d in 0..hv {
+                let (a, b) = (acc[d] / sum[0], acc2[d] / sum2[0]);
+                assert!((a - b).abs() < 1e-5, "{lo}..={hi} dim {d}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn a_softcap_bounds_the_scores() {
         let (hk, hv, n) = (16, 16, 40);
         let k: Vec<u16> = (0..n * hk)
@@ -616,6 +671,7 @@ mod tests {
             scale: 1.0,
             softcap: Some(5.0),
             sinks: None,
+            cells: usize::MAX,
         };
         let (mut acc, mut sum) = (vec![0f32; hv], vec![0f32; 1]);
         g.attend(0, n - 1, &mut acc, &mut sum, &mut Scratch::default());

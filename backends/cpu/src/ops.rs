@@ -72,11 +72,14 @@ struct MoeScratch {
 
 struct KvLayer {
     shape: KvShape,
+    /// Positions held per sequence (a ring for a window layer: position `p` at `p % cells`).
+    cells: usize,
     k: Vec<u16>,
     v: Vec<u16>,
 }
 
-/// The f16 KV cache: per layer, `[seq][pos][head * dim]` for keys and for values.
+/// The f16 KV cache: per layer, `[seq][cell][head * dim]` for keys and for values (a window
+/// layer keeps a ring of `KvShape::cells` positions, a global layer every position).
 pub struct CpuKv {
     layers: Vec<KvLayer>,
     n_ctx: usize,
@@ -545,8 +548,9 @@ impl Ops for CpuOps {
     fn kv_alloc(&self, layers: &[KvShape], n_ctx: usize, n_seq: usize) -> Result<CpuKv> {
         let mut out = Vec::with_capacity(layers.len());
         for &shape in layers {
+            let cells = shape.cells.clamp(1, n_ctx.max(1));
             let size = |dim: usize| {
-                n_ctx
+                cells
                     .checked_mul(n_seq)
                     .and_then(|p| p.checked_mul(shape.n_head_kv))
                     .and_then(|p| p.checked_mul(dim))
@@ -556,7 +560,7 @@ impl Ops for CpuOps {
             };
             let k = alloc_zeroed::<u16>(size(shape.head_dim_k)?, "the KV cache")?;
             let v = alloc_zeroed::<u16>(size(shape.head_dim_v)?, "the KV cache")?;
-            out.push(KvLayer { shape, k, v });
+            out.push(KvLayer { shape, cells, k, v });
         }
         Ok(CpuKv {
             layers: out,
@@ -583,14 +587,15 @@ impl Ops for CpuOps {
         if src >= kv.n_seq || dst >= kv.n_seq || n > kv.n_ctx {
             return Err(shape_err("kv_copy"));
         }
-        let n_ctx = kv.n_ctx;
         for l in &mut kv.layers {
+            let cells = l.cells;
             for (buf, w) in [
                 (&mut l.k, l.shape.n_head_kv * l.shape.head_dim_k),
                 (&mut l.v, l.shape.n_head_kv * l.shape.head_dim_v),
             ] {
-                let s = src * n_ctx * w;
-                buf.copy_within(s..s + n * w, dst * n_ctx * w);
+                // Positions 0..n, or the last `cells` of them in a ring (same cells in both).
+                let (s, d) = (src * cells * w, dst * cells * w);
+                buf.copy_within(s..s + n.min(cells) * w, d);
             }
         }
         Ok(())
@@ -631,12 +636,13 @@ impl Ops for CpuOps {
             if r.pos >= n_ctx || r.seq >= kv.n_seq {
                 return Err(shape_err("attention rows"));
             }
-            let ko = (r.seq * n_ctx + r.pos) * kw;
+            let cell = r.seq * l.cells + r.pos % l.cells;
+            let ko = cell * kw;
             kernels::f32_to_f16_slice(&k.data[i * kw..(i + 1) * kw], &mut l.k[ko..ko + kw]);
-            let vo = (r.seq * n_ctx + r.pos) * vw;
+            let vo = cell * vw;
             kernels::f32_to_f16_slice(&v.data[i * vw..(i + 1) * vw], &mut l.v[vo..vo + vw]);
         }
-        let (kc, vc) = (&l.k[..], &l.v[..]);
+        let (kc, vc, cells) = (&l.k[..], &l.v[..], l.cells);
         let group = p.n_head / p.n_head_kv;
         // One task per (row, KV head): the query heads sharing a KV head read its keys and
         // values once.
@@ -682,7 +688,7 @@ impl Ops for CpuOps {
                 qs_t.copy_from_slice(src);
                 attend::round_slice(qs_t);
                 // Online softmax over the f16 cache with f32 accumulators.
-                let base = r.seq * n_ctx;
+                let base = r.seq * cells;
                 let g = attend::Group {
                     k: &kc[base * kw + kvh * hk..],
                     v: &vc[base * vw + kvh * hv..],
@@ -693,6 +699,7 @@ impl Ops for CpuOps {
                     scale: p.scale,
                     softcap: p.softcap,
                     sinks: p.sinks.map(|s| &s[h0..h0 + group]),
+                    cells,
                 };
                 g.attend(lo, r.pos, accs_t, sums_t, sc);
                 for (j, &sum) in sums_t.iter().enumerate() {

@@ -337,3 +337,73 @@ fn bad_expert_counts_are_refused() {
         }
     }
 }
+
+/// Window layers keep a ring of `window + n_batch_max` positions: after a rewind within the
+/// ring's slack a sequence continues with the same bits as one evaluated straight to that
+/// point; a deeper rewind (or a copy of a prefix the ring no longer holds) is refused.
+#[test]
+fn window_layers_keep_a_ring_and_refuse_deep_rewinds() {
+    let bytes: &'static [u8] = Box::leak(synthetic_gpt_oss(5, 4, 4096).into_boxed_slice());
+    let g = Gguf::parse(bytes).expect("parses");
+    let model = Arc::new(TransformerModel::load(Arc::new(CpuOps::new(2)), &g).expect("load"));
+    let p = ContextParams {
+        n_ctx: 64,
+        n_seq_max: 3,
+        kv_type: GgmlType::F16,
+        n_batch_max: 8,
+        n_outputs_max: 8,
+    };
+    let toks = tokens(40, 9);
+    let feed = |ctx: &mut kiln_sdk::model::TransformerContext<CpuOps>,
+                seq: i32,
+                from: usize,
+                to: usize| {
+        let mut last = Vec::new();
+        for start in (from..to).step_by(8) {
+            let end = (start + 8).min(to);
+            let pos: Vec<i32> = (start as i32..end as i32).collect();
+            last = forward(ctx, &toks[start..end], &pos, &vec![seq; end - start]);
+        }
+        last.pop().expect("a row")
+    };
+    // Window 4 + 8 rows: 12 cells for layers 0 and 2, so a rewind of up to 8 positions.
+    let mut ctx = model.create_context(&p).expect("context");
+    let kv = ctx.info().kv_bytes;
+    let full = {
+        let p64 = ContextParams {
+            n_batch_max: 64,
+            ..p
+        };
+        model.create_context(&p64).expect("context").info().kv_bytes
+    };
+    assert!(
+        kv < full,
+        "window layers should keep a ring: {kv} vs {full} bytes"
+    );
+    feed(&mut ctx, 0, 0, 30);
+    // Rewind 30 -> 24 (6 <= 8) and continue to 40; compare with a straight run.
+    ctx.seq_truncate(0, 24).expect("a rewind within the ring");
+    let resumed = feed(&mut ctx, 0, 24, 40);
+    let mut straight = model.create_context(&p).expect("context");
+    let want = feed(&mut straight, 0, 0, 40);
+    assert!(
+        resumed
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a rewound sequence differs from a straight one"
+    );
+    // Copy a 36-position prefix of the 40 (4 back) into sequence 1, continue it: same bits.
+    ctx.seq_copy(0, 1, 36).expect("a copy within the ring");
+    let copied = feed(&mut ctx, 1, 36, 40);
+    assert!(copied
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    // 40 -> 20 is deeper than the ring holds: refused, and the sequence is unchanged.
+    let e = ctx.seq_truncate(0, 20).expect_err("a deep rewind");
+    assert!(e.message.contains("sliding-window"), "{}", e.message);
+    let e = ctx.seq_copy(0, 2, 20).expect_err("a deep copy");
+    assert!(e.message.contains("sliding-window"), "{}", e.message);
+    ctx.seq_truncate(0, 0).expect("clearing is always possible");
+}

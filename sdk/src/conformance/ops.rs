@@ -565,13 +565,14 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
         },
     ];
     for c in cases {
+        let (n_ctx, n_seq) = (16usize, 3usize);
         let shape = KvShape {
             n_head_kv: c.n_head_kv,
             head_dim_k: c.hd,
             head_dim_v: c.hd,
             window: c.window,
+            cells: n_ctx,
         };
-        let (n_ctx, n_seq) = (16usize, 3usize);
         let mut kv = p
             .ops
             .kv_alloc(&[shape, shape], n_ctx, n_seq)

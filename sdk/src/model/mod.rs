@@ -18,6 +18,9 @@ pub use config::{
     arch_spec, check_support, supported_archs, ArchSpec, Config, Ffn, LayerSpec, SlidingWindow,
     ARCHS,
 };
-pub use ops::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, Step, Yarn};
+pub use ops::{
+    kv_rewind_limit, Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, Step,
+    Yarn,
+};
 pub use reference::RefOps;
 pub use transformer::{TransformerContext, TransformerModel};

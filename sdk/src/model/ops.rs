@@ -112,9 +112,26 @@ pub struct KvShape {
     pub head_dim_k: usize,
     /// Value head size.
     pub head_dim_v: usize,
-    /// The layer's sliding window, if any: queries never look further back than this, so a
-    /// backend may keep only the last `window` positions of each sequence.
+    /// The layer's sliding window, if any: queries never look further back than this.
     pub window: Option<usize>,
+    /// Positions of each sequence the layer's cache must hold: the context size for a global
+    /// layer, `min(n_ctx, window + most rows of a step)` for a window layer. A backend may keep
+    /// only these (a ring: position `p` in cell `p % cells`); the model code never rewinds a
+    /// sequence further than the ring allows ([`kv_rewind_limit`]).
+    pub cells: usize,
+}
+
+/// How far a sequence of a context whose layers have `shapes` can be rewound (truncated or
+/// copied at a shorter length) and still continue: positions kept past the last window.
+/// `None`: as far as wanted (no window layer keeps less than the context).
+pub fn kv_rewind_limit(shapes: &[KvShape], n_ctx: usize) -> Option<usize> {
+    shapes
+        .iter()
+        .filter_map(|s| match s.window {
+            Some(w) if s.cells < n_ctx => Some(s.cells.saturating_sub(w)),
+            _ => None,
+        })
+        .min()
 }
 
 /// Parameters of one attention call.

@@ -7,7 +7,7 @@
 //! sets the rows in use, so buffers keep their addresses and nothing grows with the model.
 
 use super::config::{Config, Ffn, LayerSpec};
-use super::ops::{Attention, ExecSpec, KvShape, Ops, RowPos, Step};
+use super::ops::{kv_rewind_limit, Attention, ExecSpec, KvShape, Ops, RowPos, Step};
 use crate::backend::{
     BackendError, Batch, Context, ContextInfo, ContextParams, ErrorKind, Model, ModelInfo, OpStat,
     Profile, Result, RowOutput,
@@ -304,8 +304,13 @@ impl<O: Ops> Model for TransformerModel<O> {
                 head_dim_k: c.head_dim_k,
                 head_dim_v: c.head_dim_v,
                 window: l.window,
+                cells: match l.window {
+                    Some(w) => (p.n_ctx as usize).min(w.saturating_add(p.n_batch_max as usize)),
+                    None => p.n_ctx as usize,
+                },
             })
             .collect();
+        let rewind = kv_rewind_limit(&shapes, p.n_ctx as usize);
         let kv = ops.kv_alloc(&shapes, p.n_ctx as usize, p.n_seq_max as usize)?;
         let n = p.n_batch_max as usize;
         let n_out = (p.n_outputs_max as usize).clamp(1, LOGIT_ROWS);
@@ -393,6 +398,7 @@ impl<O: Ops> Model for TransformerModel<O> {
             rows: Vec::with_capacity(n),
             out_rows: Vec::with_capacity(n_out),
             scratch_bytes,
+            rewind,
             prof: Prof::default(),
         })
     }
@@ -455,10 +461,27 @@ pub struct TransformerContext<O: Ops> {
     rows: Vec<RowPos>,
     out_rows: Vec<usize>,
     scratch_bytes: u64,
+    /// How far a sequence can be rewound (sliding-window layers keep a ring of positions).
+    rewind: Option<usize>,
     prof: Prof,
 }
 
 impl<O: Ops> TransformerContext<O> {
+    /// A sequence of `len` positions can be continued from `n`: its sliding-window layers still
+    /// hold the window before `n`.
+    fn check_rewind(&self, len: usize, n: usize) -> Result<()> {
+        match self.rewind {
+            Some(r) if n > 0 && len - n > r => Err(BackendError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot rewind from {len} to {n} positions: the sliding-window layers keep \
+                     only {r} positions past their window (clear the sequence instead)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn seq(&self, seq: i32) -> Result<usize> {
         usize::try_from(seq)
             .ok()
@@ -789,13 +812,16 @@ impl<O: Ops> Context for TransformerContext<O> {
 
     fn seq_truncate(&mut self, seq: i32, n_keep: u32) -> Result<()> {
         let s = self.seq(seq)?;
-        self.seq_len[s] = self.seq_len[s].min(n_keep as usize);
+        let n = self.seq_len[s].min(n_keep as usize);
+        self.check_rewind(self.seq_len[s], n)?;
+        self.seq_len[s] = n;
         Ok(())
     }
 
     fn seq_copy(&mut self, src: i32, dst: i32, n: u32) -> Result<()> {
         let (s, d) = (self.seq(src)?, self.seq(dst)?);
         let n = (n as usize).min(self.seq_len[s]);
+        self.check_rewind(self.seq_len[s], n)?;
         if s != d {
             let ops = &*self.model.ops;
             ops.kv_copy(&mut self.ex, &mut self.kv, s, d, n)?;

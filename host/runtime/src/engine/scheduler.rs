@@ -305,7 +305,7 @@ impl Scheduler {
                 .filter(|&i| i != own)
                 .max_by_key(|&i| lcp(&self.slots[i]))
                 .filter(|&i| lcp(&self.slots[i]) > own_len);
-            let (dst, reused) = match src {
+            let (dst, mut reused) = match src {
                 Some(s) => {
                     let n = lcp(&self.slots[s]);
                     // Copy into the least recently used free slot (keep good caches).
@@ -323,7 +323,7 @@ impl Scheduler {
                             (dst, n)
                         }
                         Err(e) => {
-                            tracing::warn!("seq_copy failed ({e}); evaluating the prompt");
+                            tracing::debug!("seq_copy: {e}; using the slot's own cache");
                             (own, own_len)
                         }
                     }
@@ -332,7 +332,13 @@ impl Scheduler {
             };
             let slot = &mut self.slots[dst];
             if let Err(e) = self.ctx.seq_truncate(slot.seq, reused as u32) {
-                tracing::warn!("seq_truncate failed: {e}");
+                // E.g. a sliding-window cache that no longer holds the window before `reused`:
+                // evaluate the whole prompt.
+                tracing::debug!("seq_truncate: {e}; evaluating the prompt");
+                reused = 0;
+                if let Err(e) = self.ctx.seq_clear(slot.seq) {
+                    tracing::warn!("seq_clear failed: {e}");
+                }
             }
             slot.cached.truncate(reused);
             self.clock += 1;
