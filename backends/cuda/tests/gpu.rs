@@ -242,3 +242,28 @@ fn a_sequence_gets_the_same_bits_alone_and_in_a_batch() {
         eprintln!("{name}: 13 steps bit-identical alone and in a batch of 4");
     }
 }
+
+/// Where the backend cannot run (CI: no driver), it says why and refuses to start, without a
+/// panic; the host then picks another backend.
+#[test]
+fn without_a_usable_gpu_the_backend_scores_zero_and_says_why() {
+    let s = kiln_backend_cuda::CudaBackend::score();
+    if s.score > 0 {
+        eprintln!("a GPU is usable here ({}); nothing to check", s.reason);
+        return;
+    }
+    assert!(!s.reason.is_empty(), "a zero score needs a reason");
+    let opts = kiln_sdk::backend::BackendOptions {
+        n_threads: 1,
+        device: 0,
+    };
+    match kiln_backend_cuda::CudaBackend::create(&opts) {
+        Ok(_) => panic!("created although unusable: {}", s.reason),
+        Err(e) => assert_eq!(
+            e.kind,
+            kiln_sdk::backend::ErrorKind::Unsupported,
+            "{}",
+            e.message
+        ),
+    }
+}
