@@ -24,24 +24,25 @@ pub struct CudaBackend {
 
 /// The device this process uses: `$KILN_CUDA_DEVICE`, else 0.
 pub fn device_ordinal() -> usize {
+    device_for(0)
+}
+
+/// `$KILN_CUDA_DEVICE` if set, else `asked` (the host's device index).
+fn device_for(asked: usize) -> usize {
     std::env::var("KILN_CUDA_DEVICE")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(asked)
 }
 
-/// Why this machine cannot run the backend, if it cannot.
-fn unusable() -> Option<String> {
+/// Why this machine cannot run the backend on device `ordinal`, if it cannot.
+fn unusable_on(ordinal: usize) -> Option<String> {
     let devs = match gpu::devices() {
         Ok(d) => d,
         Err(e) => return Some(e.to_string()),
     };
-    let Some(d) = devs.get(device_ordinal()) else {
-        return Some(format!(
-            "no CUDA device {} ({} found)",
-            device_ordinal(),
-            devs.len()
-        ));
+    let Some(d) = devs.get(ordinal) else {
+        return Some(format!("no CUDA device {ordinal} ({} found)", devs.len()));
     };
     if d.cc.0 < 8 {
         return Some(format!(
@@ -80,7 +81,7 @@ impl Backend for CudaBackend {
     }
 
     fn score() -> Score {
-        match unusable() {
+        match unusable_on(device_ordinal()) {
             Some(reason) => Score { score: 0, reason },
             None => {
                 let d = gpu::devices()
@@ -102,12 +103,12 @@ impl Backend for CudaBackend {
     }
 
     fn create(opts: &BackendOptions) -> Result<Self> {
-        let _ = opts;
-        if let Some(why) = unusable() {
+        let ordinal = device_for(opts.device as usize);
+        if let Some(why) = unusable_on(ordinal) {
             return Err(BackendError::unsupported(why));
         }
         Ok(CudaBackend {
-            ops: Arc::new(CudaOps::new(device_ordinal())?),
+            ops: Arc::new(CudaOps::new(ordinal)?),
         })
     }
 
