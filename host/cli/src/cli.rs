@@ -757,12 +757,18 @@ fn backends(a: BackendsArgs) -> Result<()> {
                     }
                 }
                 for d in &b.devices {
+                    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                    // 0 free means unknown (the ABI's convention).
+                    let free = if d.free_memory == 0 {
+                        "free unknown".to_string()
+                    } else {
+                        format!("{:.1} GiB free", gib(d.free_memory))
+                    };
                     println!(
-                        "  device:  {} [{}] {:.1} GiB total, {:.1} GiB free",
+                        "  device:  {} [{}] {:.1} GiB total, {free}",
                         sanitize(&d.name),
                         if d.is_gpu { "gpu" } else { "cpu" },
-                        d.total_memory as f64 / (1u64 << 30) as f64,
-                        d.free_memory as f64 / (1u64 << 30) as f64
+                        gib(d.total_memory),
                     );
                 }
             }
