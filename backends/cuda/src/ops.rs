@@ -180,7 +180,6 @@ pub struct CudaExec {
     t_outputs: std::time::Duration,
     step_t0: Option<std::time::Instant>,
     seen: HashMap<(usize, usize), u32>,
-    graph_launched: bool,
     /// Set by kernels that find bad device-side input (an expert id out of range); checked
     /// when the stream synchronizes.
     err_d: DeviceBuffer,
@@ -365,7 +364,6 @@ impl CudaExec {
                 }
                 self.graphs.insert(key, (g, self.launches));
                 self.mode = Mode::Eager;
-                self.graph_launched = true;
             }
             Mode::Replay(key) => {
                 let (g, _) = self
@@ -380,7 +378,6 @@ impl CudaExec {
                     self.t_graph += t0.elapsed();
                 }
                 self.mode = Mode::Eager;
-                self.graph_launched = true;
             }
             Mode::Eager => {}
         }
@@ -576,7 +573,6 @@ impl Ops for CudaOps {
             t_outputs: Default::default(),
             step_t0: None,
             seen: HashMap::new(),
-            graph_launched: false,
             err_d: DeviceBuffer::zeroed(4).map_err(cu)?,
             err_h: PinnedBuffer::alloc(4).map_err(cu)?,
             check_err: false,
@@ -596,7 +592,6 @@ impl Ops for CudaOps {
     fn begin(&self, ex: &mut CudaExec, step: &Step<'_>) -> Result<()> {
         self.bind()?;
         ex.cursor = 0;
-        ex.graph_launched = false;
         ex.launches = 0;
         ex.steps += 1;
         if ex.stats {
