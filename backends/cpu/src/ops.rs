@@ -444,13 +444,8 @@ impl Ops for CpuOps {
         let cols = x.cols;
         // YaRN as ggml's `rope_yarn` computes it, in f32.
         let yarn = rope.yarn.map(|y| {
-            let [low, high] = y.corr_dims(rope.n_rot, rope.base);
-            let mscale = if y.ext_factor != 0.0 {
-                y.attn_factor * (1.0 + 0.1 * (1.0 / rope.freq_scale).ln())
-            } else {
-                y.attn_factor
-            };
-            (y.ext_factor, low, (high - low).max(0.001), mscale)
+            let r = y.ramp(rope.n_rot, rope.base, rope.freq_scale);
+            (r.ext_factor, r.low, r.span, r.mscale)
         });
         for (row, &pos) in x.live_mut().chunks_exact_mut(cols).zip(positions) {
             let mut theta = pos as f32;

@@ -1484,13 +1484,8 @@ impl CudaOps {
         let (yarn, ext, low, span, mscale) = match rope.yarn {
             None => (0, 0.0, 0.0, 1.0, 1.0),
             Some(y) => {
-                let [low, high] = y.corr_dims(rope.n_rot, rope.base);
-                let mscale = if y.ext_factor != 0.0 {
-                    y.attn_factor * (1.0 + 0.1 * (1.0 / rope.freq_scale).ln())
-                } else {
-                    y.attn_factor
-                };
-                (1, y.ext_factor, low, (high - low).max(0.001), mscale)
+                let r = y.ramp(rope.n_rot, rope.base, rope.freq_scale);
+                (1, r.ext_factor, r.low, r.span, r.mscale)
             }
         };
         let (p2, c2) = x2.map_or((0, 0), |x| (x.ptr(), x.cols));

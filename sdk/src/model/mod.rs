@@ -20,7 +20,7 @@ pub use config::{
 };
 pub use ops::{
     kv_rewind_limit, Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos, Step,
-    Yarn,
+    Yarn, YarnRamp,
 };
 pub use reference::RefOps;
 pub use transformer::{TransformerContext, TransformerModel};

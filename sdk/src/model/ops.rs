@@ -89,7 +89,37 @@ pub struct Yarn {
     pub n_ctx_orig: usize,
 }
 
+/// YaRN's per-call constants as ggml's `rope_yarn` uses them, in f32: the ramp's start and
+/// width over pair indices, and the magnitude factor of cosine and sine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YarnRamp {
+    /// Weight of the extrapolated angle ([`Yarn::ext_factor`]).
+    pub ext_factor: f32,
+    /// First pair of the ramp.
+    pub low: f32,
+    /// Ramp width in pairs (at least 0.001).
+    pub span: f32,
+    /// Multiplier of cosine and sine.
+    pub mscale: f32,
+}
+
 impl Yarn {
+    /// The ramp and magnitude of a rotation of `n_rot` dimensions with `base` and `freq_scale`.
+    pub fn ramp(&self, n_rot: usize, base: f32, freq_scale: f32) -> YarnRamp {
+        let [low, high] = self.corr_dims(n_rot, base);
+        let mscale = if self.ext_factor != 0.0 {
+            self.attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln())
+        } else {
+            self.attn_factor
+        };
+        YarnRamp {
+            ext_factor: self.ext_factor,
+            low,
+            span: (high - low).max(0.001),
+            mscale,
+        }
+    }
+
     /// The ramp's first and last pair index, as ggml's `ggml_rope_yarn_corr_dims` computes
     /// them in f32 (floored and ceiled: HF's `truncate: false` of gpt-oss would skip that).
     pub fn corr_dims(&self, n_rot: usize, base: f32) -> [f32; 2] {
