@@ -22,21 +22,32 @@ pub struct CudaBackend {
     ops: Arc<CudaOps>,
 }
 
-/// The device this process uses: `$KILN_CUDA_DEVICE`, else 0.
+/// The device this process uses: `$KILN_CUDA_DEVICE`, else 0 (an unparsable variable gives
+/// an ordinal no machine has, so the backend refuses and says why).
 pub fn device_ordinal() -> usize {
-    device_for(0)
+    device_for(0).unwrap_or(usize::MAX)
 }
 
-/// `$KILN_CUDA_DEVICE` if set, else `asked` (the host's device index).
-fn device_for(asked: usize) -> usize {
-    std::env::var("KILN_CUDA_DEVICE")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(asked)
+/// `$KILN_CUDA_DEVICE` if set, else `asked` (the host's device index); an error names a value
+/// that is not a device index.
+fn device_for(asked: usize) -> std::result::Result<usize, String> {
+    match std::env::var("KILN_CUDA_DEVICE") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            format!(
+                "KILN_CUDA_DEVICE={:?} is not a device index",
+                v.chars().take(40).collect::<String>()
+            )
+        }),
+        Err(_) => Ok(asked),
+    }
 }
 
 /// Why this machine cannot run the backend on device `ordinal`, if it cannot.
-fn unusable_on(ordinal: usize) -> Option<String> {
+fn unusable_on(ordinal: std::result::Result<usize, String>) -> Option<String> {
+    let ordinal = match ordinal {
+        Ok(o) => o,
+        Err(why) => return Some(why),
+    };
     let devs = match gpu::devices() {
         Ok(d) => d,
         Err(e) => return Some(e.to_string()),
@@ -81,7 +92,7 @@ impl Backend for CudaBackend {
     }
 
     fn score() -> Score {
-        match unusable_on(device_ordinal()) {
+        match unusable_on(device_for(0)) {
             Some(reason) => Score { score: 0, reason },
             None => {
                 let d = gpu::devices()
@@ -104,9 +115,10 @@ impl Backend for CudaBackend {
 
     fn create(opts: &BackendOptions) -> Result<Self> {
         let ordinal = device_for(opts.device as usize);
-        if let Some(why) = unusable_on(ordinal) {
+        if let Some(why) = unusable_on(ordinal.clone()) {
             return Err(BackendError::unsupported(why));
         }
+        let ordinal = ordinal.map_err(BackendError::unsupported)?;
         Ok(CudaBackend {
             ops: Arc::new(CudaOps::new(ordinal)?),
         })
