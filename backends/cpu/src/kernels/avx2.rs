@@ -584,10 +584,11 @@ pub(super) unsafe fn unpack_q8_0(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &
     zero_tail(u, wl, mw, 32 * nblk);
 }
 
-/// `d * sc` and `-(dmin * m)` of the 8 sub-blocks of a `Q4_K` super-block at `p`.
+/// The integer parts of a `Q4_K`/`Q5_K` super-block at `p`: the 8 six-bit sub-block scales
+/// (byte `j` of the `u64`), `d`, and the per-32 offsets `-(dmin * m)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn q4k_factors(p: *const u8) -> (__m256, __m256) {
+unsafe fn k4_ints(p: *const u8) -> (u64, f32, __m256) {
     let d = h1(p);
     let dmin = h1(p.add(2));
     let s = p.add(4);
@@ -598,10 +599,10 @@ unsafe fn q4k_factors(p: *const u8) -> (__m256, __m256) {
         (a & 0x3F3F_3F3F) as u64 | (((c & 0x0F0F_0F0F) | ((a >> 2) & 0x3030_3030)) as u64) << 32;
     let mn = (b & 0x3F3F_3F3F) as u64
         | ((((c >> 4) & 0x0F0F_0F0F) | ((b >> 2) & 0x3030_3030)) as u64) << 32;
-    let scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
     let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)));
     (
-        _mm256_mul_ps(scf, _mm256_set1_ps(d)),
+        sc,
+        d,
         _mm256_xor_ps(
             _mm256_mul_ps(mnf, _mm256_set1_ps(dmin)),
             _mm256_set1_ps(-0.0),
@@ -609,10 +610,52 @@ unsafe fn q4k_factors(p: *const u8) -> (__m256, __m256) {
     )
 }
 
+/// The 8 sub-block scales (bytes of `sc`) as 16-bit lanes, `[sc_0 .. sc_7]` in both halves.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn lane(v: __m256, i: i32) -> __m256 {
-    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i))
+unsafe fn scale_words(sc: u64) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)))
+}
+
+/// Scale `j` of [`scale_words`] in every 16-bit lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn pick_scale(words: __m256i, j: usize) -> __m256i {
+    let lo = (2 * j) as i16;
+    _mm256_shuffle_epi8(words, _mm256_set1_epi16(((lo + 1) << 8) | lo))
+}
+
+/// `sum + sc * dot(u, x)` in integers: the `maddubs` pairs (at most 2 * 31 * 127 in
+/// magnitude) times the sub-block scale `sc` (every 16-bit lane of `scv`) with `madd`, exactly.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn scaled4(sum: __m256i, u: __m256i, x: __m256i, scv: __m256i) -> __m256i {
+    _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), scv))
+}
+
+/// The integer-scale layout of a super-block's 64 lane scales (AVX2 `Q4_K`/`Q5_K` only): the
+/// 8 six-bit sub-block scales as the raw bits of the first two floats, `d` in the third,
+/// zeros after.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn store_int_scales(sc: u64, d: f32, wl: *mut f32) {
+    *wl = f32::from_bits(sc as u32);
+    *wl.add(1) = f32::from_bits((sc >> 32) as u32);
+    *wl.add(2) = d;
+    for k in 3..8 {
+        *wl.add(k) = 0.0;
+    }
+    for k in 1..8 {
+        _mm256_storeu_ps(wl.add(8 * k), _mm256_setzero_ps());
+    }
+}
+
+/// The scale bytes and `d` that [`store_int_scales`] wrote at `wl`.
+#[inline]
+unsafe fn load_int_scales(wl: *const f32) -> (u64, f32) {
+    let lo = (*wl).to_bits() as u64;
+    let hi = (*wl.add(1)).to_bits() as u64;
+    (lo | (hi << 32), *wl.add(2))
 }
 
 /// Per-16 offsets from 8 per-32 ones: `([m0,m0,..,m3,m3], [m4,m4,..,m7,m7])`.
@@ -650,7 +693,9 @@ unsafe fn k4_pair<const Q5: bool>(p: *const u8, j: usize) -> (__m256i, __m256i) 
     )
 }
 
-/// `Q4_K` (`Q5 == false`) or `Q5_K` dot product; [`micro_k`] reproduces its arithmetic.
+/// `Q4_K` (`Q5 == false`) or `Q5_K` dot product in the integer-scale form: per super-block the
+/// sub-block dot products times their six-bit scales, summed in integers (exact), then one
+/// conversion and an FMA by `d * xd`; [`micro_k_int`] reproduces its arithmetic.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 unsafe fn dot_k4<const Q5: bool>(row: &[u8], a: ActRow<'_>) -> f32 {
     let ts = if Q5 { 176 } else { 144 };
@@ -659,17 +704,22 @@ unsafe fn dot_k4<const Q5: bool>(row: &[u8], a: ActRow<'_>) -> f32 {
     let mut corr = _mm256_setzero_ps();
     for sb in 0..nsb {
         let p = row.as_ptr().add(ts * sb);
-        let (ws, mw) = q4k_factors(p);
+        let (sc, d, mw) = k4_ints(p);
+        let words = scale_words(sc);
         let xq = a.qs.as_ptr().add(256 * sb) as *const u8;
-        let mut s = _mm256_setzero_ps();
+        let mut sum = _mm256_setzero_si256();
         for j in 0..4 {
             let (lo, hi) = k4_pair::<Q5>(p, j);
-            let tl = dot4(lo, loadu256(xq.add(64 * j)));
-            let th = dot4(hi, loadu256(xq.add(64 * j + 32)));
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tl), lane(ws, 2 * j as i32), s);
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(th), lane(ws, 2 * j as i32 + 1), s);
+            sum = scaled4(sum, lo, loadu256(xq.add(64 * j)), pick_scale(words, 2 * j));
+            sum = scaled4(
+                sum,
+                hi,
+                loadu256(xq.add(64 * j + 32)),
+                pick_scale(words, 2 * j + 1),
+            );
         }
-        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(*a.d.get_unchecked(8 * sb)), acc);
+        let f = d * *a.d.get_unchecked(8 * sb);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(f), acc);
         let (m0, m1) = pairs(mw);
         let xs = a.xsum.as_ptr().add(16 * sb);
         corr = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr);
@@ -678,23 +728,22 @@ unsafe fn dot_k4<const Q5: bool>(row: &[u8], a: ActRow<'_>) -> f32 {
     hsum(_mm256_add_ps(acc, corr))
 }
 
-/// `Q4_K` (`Q5 == false`) or `Q5_K` unpacker.
+/// `Q4_K` (`Q5 == false`) or `Q5_K` unpacker (scales in the integer-scale layout,
+/// [`store_int_scales`]).
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 unsafe fn unpack_k4<const Q5: bool>(row: &[u8], u: &mut [u8], wl: &mut [f32], mw: &mut [f32]) {
     let ts = if Q5 { 176 } else { 144 };
     let nsb = row.len() / ts;
     for sb in 0..nsb {
         let p = row.as_ptr().add(ts * sb);
-        let (ws, m) = q4k_factors(p);
+        let (sc, d, m) = k4_ints(p);
         for j in 0..4 {
             let (lo, hi) = k4_pair::<Q5>(p, j);
             let o = u.as_mut_ptr().add(256 * sb + 64 * j);
             _mm256_storeu_si256(o as *mut __m256i, lo);
             _mm256_storeu_si256(o.add(32) as *mut __m256i, hi);
-            let w = wl.as_mut_ptr().add(64 * sb + 16 * j);
-            _mm256_storeu_ps(w, lane(ws, 2 * j as i32));
-            _mm256_storeu_ps(w.add(8), lane(ws, 2 * j as i32 + 1));
         }
+        store_int_scales(sc, d, wl.as_mut_ptr().add(64 * sb));
         let (m0, m1) = pairs(m);
         _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb), m0);
         _mm256_storeu_ps(mw.as_mut_ptr().add(16 * sb + 8), m1);
@@ -1020,9 +1069,8 @@ pub(super) fn micro_fn(ty: GgmlType) -> Option<super::matmul::MicroQ8Fn> {
             micro_dyn::<{ LEGACY_UNSIGNED }>
         }
         GgmlType::Q8_0 | GgmlType::MXFP4 => micro_dyn::<{ LEGACY_SIGNED }>,
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            micro_dyn::<{ KQUANT }>
-        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => micro_dyn::<{ KQUANT }>,
+        GgmlType::Q4_K | GgmlType::Q5_K => micro_dyn::<{ KQUANT_INT }>,
         _ => return None,
     })
 }
@@ -1038,6 +1086,12 @@ const LEGACY_UNSIGNED: u8 = 0;
 const LEGACY_SIGNED: u8 = 1;
 /// [`micro_dyn`] form: k-quants.
 const KQUANT: u8 = 2;
+/// [`micro_dyn`] form: `Q4_K`/`Q5_K` with integer sub-block scales ([`store_int_scales`]).
+const KQUANT_INT: u8 = 3;
+/// Activation rows per [`micro_k_int`] tile.
+const KINT_COLS: usize = 4;
+/// Weight rows per [`micro_k_int`] tile.
+const KINT_ROWS: usize = 1;
 
 /// The legacy decode kernels (`legacy_kernels`, [`dot_q8_0`] when `SIGNED`) for `R` unpacked
 /// rows (from `r0`) times `C` activation rows over `cols` values.
@@ -1177,6 +1231,77 @@ unsafe fn micro_k<const R: usize, const C: usize>(
     out
 }
 
+/// [`dot_k4`]'s arithmetic for `R` unpacked rows (integer-scale layout, from `r0`) times `C`
+/// activation rows: per super-block the scaled integer sums, one conversion and an FMA by
+/// `d * xd`; the offsets as [`micro_k`] takes them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn micro_k_int<const R: usize, const C: usize>(
+    w: &W8Tile<'_>,
+    r0: usize,
+    a: [ActRow<'_>; C],
+    cols: usize,
+) -> [[f32; C]; R] {
+    let nsb = cols / 256;
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut wq = [core::ptr::null::<u8>(); R];
+    let mut wsc = [core::ptr::null::<f32>(); R];
+    let mut wmw = [core::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let (u, wl, mw) = w.row(r0 + r);
+        wq[r] = u.as_ptr();
+        wsc[r] = wl.as_ptr();
+        wmw[r] = mw.as_ptr();
+    }
+    for sb in 0..nsb {
+        let mut words = [_mm256_setzero_si256(); R];
+        let mut d = [0f32; R];
+        for r in 0..R {
+            let (sc, dr) = load_int_scales(wsc[r].add(64 * sb));
+            words[r] = scale_words(sc);
+            d[r] = dr;
+        }
+        let mut sum = [[_mm256_setzero_si256(); C]; R];
+        for j in 0..8 {
+            let mut xv = [_mm256_setzero_si256(); C];
+            for c in 0..C {
+                xv[c] = loadu256(a[c].qs.as_ptr().add(256 * sb + 32 * j) as *const u8);
+            }
+            for r in 0..R {
+                let wv = loadu256(wq[r].add(256 * sb + 32 * j));
+                let scv = pick_scale(words[r], j);
+                for c in 0..C {
+                    sum[r][c] = scaled4(sum[r][c], wv, xv[c], scv);
+                }
+            }
+        }
+        for c in 0..C {
+            let xd = *a[c].d.get_unchecked(8 * sb);
+            for r in 0..R {
+                let f = _mm256_set1_ps(d[r] * xd);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r][c]), f, acc[r][c]);
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        let mut corr = [_mm256_setzero_ps(); C];
+        for sb in 0..nsb {
+            let m0 = _mm256_loadu_ps(wmw[r].add(16 * sb));
+            let m1 = _mm256_loadu_ps(wmw[r].add(16 * sb + 8));
+            for c in 0..C {
+                let xs = a[c].xsum.as_ptr().add(16 * sb);
+                corr[c] = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr[c]);
+                corr[c] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr[c]);
+            }
+        }
+        for c in 0..C {
+            out[r][c] = hsum(_mm256_add_ps(acc[r][c], corr[c]));
+        }
+    }
+    out
+}
+
 /// Runs the `rr` x `cc` (each 1..=4) micro-kernel of form `FORM` (as tiles of up to 2 x 4,
 /// or 2 x 2 for the k-quants) for rows `r0..` of `w` and activation rows `a[..cc]`.
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
@@ -1189,10 +1314,14 @@ unsafe fn micro_dyn<const FORM: u8>(
     cols: usize,
 ) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
-    let cmax = if FORM == KQUANT { 2 } else { 4 };
+    let cmax = match FORM {
+        KQUANT => 2,
+        KQUANT_INT => KINT_COLS,
+        _ => 4,
+    };
     let mut r = 0;
     while r < rr {
-        let h = (rr - r).min(2);
+        let h = (rr - r).min(if FORM == KQUANT_INT { KINT_ROWS } else { 2 });
         let mut c0 = 0;
         while c0 < cc {
             let wd = (cc - c0).min(cmax);
@@ -1202,6 +1331,7 @@ unsafe fn micro_dyn<const FORM: u8>(
                     let res = match FORM {
                         LEGACY_UNSIGNED => micro_legacy::<$r, $c, false>(w, r0 + r, act, cols),
                         LEGACY_SIGNED => micro_legacy::<$r, $c, true>(w, r0 + r, act, cols),
+                        KQUANT_INT => micro_k_int::<$r, $c>(w, r0 + r, act, cols),
                         _ => micro_k::<$r, $c>(w, r0 + r, act, cols),
                     };
                     for i in 0..$r {
