@@ -634,8 +634,8 @@ unsafe fn scaled4(sum: __m256i, u: __m256i, x: __m256i, scv: __m256i) -> __m256i
 }
 
 /// The integer-scale layout of a super-block's 64 lane scales (AVX2 `Q4_K`/`Q5_K` only): the
-/// 8 six-bit sub-block scales as the raw bits of the first two floats, `d` in the third,
-/// zeros after.
+/// 8 six-bit sub-block scales as the raw bits of the first two floats (bytes below 64 never
+/// form a NaN or infinity, so the bits survive any float move), `d` in the third, zeros after.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 unsafe fn store_int_scales(sc: u64, d: f32, wl: *mut f32) {
