@@ -1105,15 +1105,7 @@ unsafe fn micro_legacy<const R: usize, const C: usize, const SIGNED: bool>(
 ) -> [[f32; C]; R] {
     let nblk = cols / 32;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut wq = [core::ptr::null::<u8>(); R];
-    let mut wsc = [core::ptr::null::<f32>(); R];
-    let mut wmw = [core::ptr::null::<f32>(); R];
-    for r in 0..R {
-        let (u, wl, mw) = w.row(r0 + r);
-        wq[r] = u.as_ptr();
-        wsc[r] = wl.as_ptr();
-        wmw[r] = mw.as_ptr();
-    }
+    let (wq, wsc, wmw) = w.row_ptrs::<R>(r0);
     for b in 0..nblk {
         for r in 0..R {
             let mut wv = loadu256(wq[r].add(32 * b));
@@ -1183,15 +1175,7 @@ unsafe fn micro_k<const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let nsb = cols / 256;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut wq = [core::ptr::null::<u8>(); R];
-    let mut wsc = [core::ptr::null::<f32>(); R];
-    let mut wmw = [core::ptr::null::<f32>(); R];
-    for r in 0..R {
-        let (u, wl, mw) = w.row(r0 + r);
-        wq[r] = u.as_ptr();
-        wsc[r] = wl.as_ptr();
-        wmw[r] = mw.as_ptr();
-    }
+    let (wq, wsc, wmw) = w.row_ptrs::<R>(r0);
     for sb in 0..nsb {
         let mut s = [[_mm256_setzero_ps(); C]; R];
         for j in 0..8 {
@@ -1212,6 +1196,19 @@ unsafe fn micro_k<const R: usize, const C: usize>(
             }
         }
     }
+    k_finish(acc, wmw, &a, nsb)
+}
+
+/// The end of the k-quant micro-kernels: the offsets `mw * xsum` of every super-block into
+/// `corr`, then `hsum(acc + corr)` per (row, activation row).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn k_finish<const R: usize, const C: usize>(
+    acc: [[__m256; C]; R],
+    wmw: [*const f32; R],
+    a: &[ActRow<'_>; C],
+    nsb: usize,
+) -> [[f32; C]; R] {
     let mut out = [[0f32; C]; R];
     for r in 0..R {
         let mut corr = [_mm256_setzero_ps(); C];
@@ -1244,15 +1241,7 @@ unsafe fn micro_k_int<const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let nsb = cols / 256;
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut wq = [core::ptr::null::<u8>(); R];
-    let mut wsc = [core::ptr::null::<f32>(); R];
-    let mut wmw = [core::ptr::null::<f32>(); R];
-    for r in 0..R {
-        let (u, wl, mw) = w.row(r0 + r);
-        wq[r] = u.as_ptr();
-        wsc[r] = wl.as_ptr();
-        wmw[r] = mw.as_ptr();
-    }
+    let (wq, wsc, wmw) = w.row_ptrs::<R>(r0);
     for sb in 0..nsb {
         let mut words = [_mm256_setzero_si256(); R];
         let mut d = [0f32; R];
@@ -1283,23 +1272,7 @@ unsafe fn micro_k_int<const R: usize, const C: usize>(
             }
         }
     }
-    let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        let mut corr = [_mm256_setzero_ps(); C];
-        for sb in 0..nsb {
-            let m0 = _mm256_loadu_ps(wmw[r].add(16 * sb));
-            let m1 = _mm256_loadu_ps(wmw[r].add(16 * sb + 8));
-            for c in 0..C {
-                let xs = a[c].xsum.as_ptr().add(16 * sb);
-                corr[c] = _mm256_fmadd_ps(m0, _mm256_loadu_ps(xs), corr[c]);
-                corr[c] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(xs.add(8)), corr[c]);
-            }
-        }
-        for c in 0..C {
-            out[r][c] = hsum(_mm256_add_ps(acc[r][c], corr[c]));
-        }
-    }
-    out
+    k_finish(acc, wmw, &a, nsb)
 }
 
 /// Runs the `rr` x `cc` (each 1..=4) micro-kernel of form `FORM` (as tiles of up to 2 x 4,

@@ -1079,15 +1079,7 @@ unsafe fn micro_legacy<const R: usize, const C: usize, const MIN: bool>(
     let total = cols.div_ceil(64);
     let idx01 = idx_halves(0, 1);
     let zero = _mm512_setzero_si512();
-    let mut wq = [core::ptr::null::<u8>(); R];
-    let mut wsc = [core::ptr::null::<f32>(); R];
-    let mut wmw = [core::ptr::null::<f32>(); R];
-    for r in 0..R {
-        let (u, wl, mw) = w.row(r0 + r);
-        wq[r] = u.as_ptr();
-        wsc[r] = wl.as_ptr();
-        wmw[r] = mw.as_ptr();
-    }
+    let (wq, wsc, wmw) = w.row_ptrs::<R>(r0);
     let mut sum = [[_mm512_setzero_ps(); C]; R];
     for par in 0..2 {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -1170,15 +1162,7 @@ unsafe fn micro_k<const R: usize, const C: usize>(
     let nsb = cols / 256;
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut wq = [core::ptr::null::<u8>(); R];
-    let mut wsc = [core::ptr::null::<f32>(); R];
-    let mut wmw = [core::ptr::null::<f32>(); R];
-    for r in 0..R {
-        let (u, wl, mw) = w.row(r0 + r);
-        wq[r] = u.as_ptr();
-        wsc[r] = wl.as_ptr();
-        wmw[r] = mw.as_ptr();
-    }
+    let (wq, wsc, wmw) = w.row_ptrs::<R>(r0);
     for sb in 0..nsb {
         let mut dv = [_mm512_setzero_ps(); C];
         for c in 0..C {

@@ -202,6 +202,24 @@ impl W8Tile<'_> {
             &self.mw[r * kp / 16..(r + 1) * kp / 16],
         )
     }
+
+    /// Start pointers of `u`, `wl` and `mw` for rows `r0..r0 + R` (the micro-kernels' view).
+    #[inline]
+    pub(crate) fn row_ptrs<const R: usize>(
+        &self,
+        r0: usize,
+    ) -> ([*const u8; R], [*const f32; R], [*const f32; R]) {
+        let mut wq = [core::ptr::null::<u8>(); R];
+        let mut wsc = [core::ptr::null::<f32>(); R];
+        let mut wmw = [core::ptr::null::<f32>(); R];
+        for r in 0..R {
+            let (u, wl, mw) = self.row(r0 + r);
+            wq[r] = u.as_ptr();
+            wsc[r] = wl.as_ptr();
+            wmw[r] = mw.as_ptr();
+        }
+        (wq, wsc, wmw)
+    }
 }
 
 /// Scalar-unpacks a row and expands the per-16 scales to per-4 lane scales (for types that
