@@ -268,3 +268,187 @@ template <> __device__ __forceinline__ void deq32<T_Q3_K>(const u8* b, int c, fl
         }
     }
 }
+
+// ---- Eighths of chunks, for the matrix-vector kernels: `deq8<T>(block, sub, q, w)` writes
+// values 8q..8q+7 (q in 0..4) of chunk `sub` of the block at `b` into `w`. Four lanes then
+// cover a chunk and a warp reads 8 neighbouring chunks at once, so its loads are contiguous.
+
+// 8 bytes at a 2-byte-aligned (ld8_2), 4-byte-aligned (ld8_4) or any (ld8_1) address, as two
+// little-endian words.
+__device__ __forceinline__ void ld8_2(const u8* p, u32* lo, u32* hi) {
+    const u16* h = (const u16*)p;
+    *lo = (u32)h[0] | ((u32)h[1] << 16);
+    *hi = (u32)h[2] | ((u32)h[3] << 16);
+}
+__device__ __forceinline__ void ld8_4(const u8* p, u32* lo, u32* hi) {
+    const u32* h = (const u32*)p;
+    *lo = h[0];
+    *hi = h[1];
+}
+__device__ __forceinline__ void ld8_1(const u8* p, u32* lo, u32* hi) {
+    *lo = ld_u32(p);
+    *hi = ld_u32(p + 4);
+}
+// Byte i (0..8) of the pair.
+__device__ __forceinline__ u32 byte8(u32 lo, u32 hi, int i) {
+    return ((i < 4 ? lo : hi) >> (8 * (i & 3))) & 0xff;
+}
+
+template <int T> __device__ __forceinline__ void deq8(const u8* b, int sub, int q, float* w);
+
+template <> __device__ __forceinline__ void deq8<T_F32>(const u8* b, int, int q, float* w) {
+    const float4* p = (const float4*)(b + 32 * q);
+    float4 a = p[0], c = p[1];
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    w[4] = c.x; w[5] = c.y; w[6] = c.z; w[7] = c.w;
+}
+
+template <> __device__ __forceinline__ void deq8<T_F16>(const u8* b, int, int q, float* w) {
+    uint4 v = *(const uint4*)(b + 16 * q);
+    u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        w[2 * j] = h2f((u16)(a[j] & 0xffff));
+        w[2 * j + 1] = h2f((u16)(a[j] >> 16));
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_BF16>(const u8* b, int, int q, float* w) {
+    uint4 v = *(const uint4*)(b + 16 * q);
+    u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        w[2 * j] = __int_as_float(a[j] << 16);
+        w[2 * j + 1] = __int_as_float(a[j] & 0xffff0000u);
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q4_0>(const u8* b, int, int q, float* w) {
+    float d = h2f(*(const u16*)b);
+    u32 lo, hi;
+    ld8_2(b + 2 + 8 * (q & 1), &lo, &hi);
+    int sh = 4 * (q >> 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = d * (float)((int)((byte8(lo, hi, i) >> sh) & 15) - 8);
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q4_1>(const u8* b, int, int q, float* w) {
+    float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
+    u32 lo, hi;
+    ld8_4(b + 4 + 8 * (q & 1), &lo, &hi);
+    int sh = 4 * (q >> 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = d * (float)((byte8(lo, hi, i) >> sh) & 15) + m;
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q5_0>(const u8* b, int, int q, float* w) {
+    float d = h2f(*(const u16*)b);
+    u32 qh = (u32)(*(const u16*)(b + 2)) | ((u32)(*(const u16*)(b + 4)) << 16);
+    u32 lo, hi;
+    ld8_2(b + 6 + 8 * (q & 1), &lo, &hi);
+    int sh = 4 * (q >> 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int v = ((byte8(lo, hi, i) >> sh) & 15) | (((qh >> (8 * q + i)) & 1) << 4);
+        w[i] = d * (float)(v - 16);
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q5_1>(const u8* b, int, int q, float* w) {
+    float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
+    u32 qh = *(const u32*)(b + 4);
+    u32 lo, hi;
+    ld8_4(b + 8 + 8 * (q & 1), &lo, &hi);
+    int sh = 4 * (q >> 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int v = ((byte8(lo, hi, i) >> sh) & 15) | (((qh >> (8 * q + i)) & 1) << 4);
+        w[i] = d * (float)v + m;
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q8_0>(const u8* b, int, int q, float* w) {
+    float d = h2f(*(const u16*)b);
+    u32 lo, hi;
+    ld8_2(b + 2 + 8 * q, &lo, &hi);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = d * (float)(i8)byte8(lo, hi, i);
+}
+
+template <> __device__ __forceinline__ void deq8<T_MXFP4>(const u8* b, int, int q, float* w) {
+    float d = e8m0_half(b[0]);
+    u32 lo, hi;
+    ld8_1(b + 1 + 8 * (q & 1), &lo, &hi);
+    int sh = 4 * (q >> 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = d * MXFP4_LUT[(byte8(lo, hi, i) >> sh) & 15];
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q4_K>(const u8* b, int c, int q, float* w) {
+    float d = h2f(*(const u16*)b), dmin = h2f(*(const u16*)(b + 2));
+    int sc, m;
+    scale_min_k4(c, b + 4, &sc, &m);
+    float scale = d * (float)sc, mn = dmin * (float)m;
+    u32 lo, hi;
+    ld8_4(b + 16 + 32 * (c >> 1) + 8 * q, &lo, &hi);
+    int sh = 4 * (c & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = scale * (float)((byte8(lo, hi, i) >> sh) & 15) - mn;
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q5_K>(const u8* b, int c, int q, float* w) {
+    float d = h2f(*(const u16*)b), dmin = h2f(*(const u16*)(b + 2));
+    int sc, m;
+    scale_min_k4(c, b + 4, &sc, &m);
+    float scale = d * (float)sc, mn = dmin * (float)m;
+    u32 lo, hi, hlo, hhi;
+    ld8_4(b + 48 + 32 * (c >> 1) + 8 * q, &lo, &hi);
+    ld8_4(b + 16 + 8 * q, &hlo, &hhi);
+    int sh = 4 * (c & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        u32 v = ((byte8(lo, hi, i) >> sh) & 15) | (((byte8(hlo, hhi, i) >> c) & 1) << 4);
+        w[i] = scale * (float)v - mn;
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q6_K>(const u8* b, int c, int q, float* w) {
+    float s = h2f(*(const u16*)(b + 208)) * (float)(i8)b[192 + 2 * c + (q >> 1)];
+    u32 lo, hi, hlo, hhi;
+    ld8_2(b + 64 * (c >> 2) + 32 * (c & 1) + 8 * q, &lo, &hi);
+    ld8_2(b + 128 + 32 * (c >> 2) + 8 * q, &hlo, &hhi);
+    int shl = 4 * ((c >> 1) & 1), shh = 2 * (c & 3);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int v = (int)((byte8(lo, hi, i) >> shl) & 15) | (int)(((byte8(hlo, hhi, i) >> shh) & 3) << 4);
+        w[i] = s * (float)(v - 32);
+    }
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q2_K>(const u8* b, int c, int q, float* w) {
+    float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+    u8 sc = b[2 * c + (q >> 1)];
+    float scale = d * (float)(sc & 0x0f), mn = dmin * (float)(sc >> 4);
+    u32 lo, hi;
+    ld8_4(b + 16 + 32 * (c >> 2) + 8 * q, &lo, &hi);
+    int sh = 2 * (c & 3);
+#pragma unroll
+    for (int i = 0; i < 8; i++) w[i] = scale * (float)((byte8(lo, hi, i) >> sh) & 3) - mn;
+}
+
+template <> __device__ __forceinline__ void deq8<T_Q3_K>(const u8* b, int c, int q, float* w) {
+    const u8* sc = b + 96;
+    int g = 2 * c + (q >> 1);
+    int slo = (sc[g % 8] >> (4 * (g / 8))) & 0x0f;
+    int shi = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+    float scale = h2f(ld_u16(b + 108)) * (float)((slo | (shi << 4)) - 32);
+    u32 lo, hi, mlo, mhi;
+    ld8_2(b + 32 + 32 * (c >> 2) + 8 * q, &lo, &hi);
+    ld8_2(b + 8 * q, &mlo, &mhi);
+    int sh = 2 * (c & 3);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int v = (int)((byte8(lo, hi, i) >> sh) & 3) - (((byte8(mlo, mhi, i) >> c) & 1) ? 0 : 4);
+        w[i] = scale * (float)v;
+    }
+}

@@ -268,6 +268,8 @@ pub fn check<O: Ops>(ops: &O, types: &[GgmlType], tol: &OpsTolerance) -> R<OpsRe
     for &ty in types {
         check_embed(&mut p, &mut store, ty, &mut rng)?;
         check_matmul(&mut p, &mut store, ty, &mut rng)?;
+        check_matmul_qkv(&mut p, &mut store, ty, &mut rng)?;
+        check_norm_matmul_glu(&mut p, &mut store, ty, &mut rng)?;
     }
     check_rope(&mut p, &mut rng)?;
     check_attention(&mut p, &mut rng)?;
@@ -300,6 +302,26 @@ fn check_acts<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
 }
 
 fn check_elementwise<O: Ops>(p: &mut Pair<'_, O>, store: &mut Store, rng: &mut Rng) -> R<()> {
+    // rms_norm over long rows (backends may take another path for those), in place too.
+    {
+        let (rows, cols) = (3, 1536);
+        let x = values(rows * cols, 2.0, rng);
+        let wdata: Vec<u8> = (0..cols)
+            .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
+            .collect();
+        let t = store.tensor(GgmlType::F32, &[cols as u64], wdata);
+        let w = p.ops.weight(&t).map_err(be("weight"))?;
+        let rw = p.r.weight(&t).map_err(be("reference weight"))?;
+        let (a, ra) = p.acts(rows, cols, &x)?;
+        let (mut o, mut ro) = p.acts(rows, cols, &x)?;
+        p.ops
+            .rms_norm(&mut p.ex, &a, &w, 1e-6, &mut o)
+            .map_err(be("rms_norm"))?;
+        p.r.rms_norm(&mut p.rex, &ra, &rw, 1e-6, &mut ro)
+            .map_err(be("rms_norm"))?;
+        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
+        p.expect(format!("rms_norm rows of {cols}"), &got, &want, p.tol.norm)?;
+    }
     let (rows, cols) = (6, 256);
     let x = values(rows * cols, 2.0, rng);
     let y = values(rows * cols, 2.0, rng);
@@ -406,7 +428,7 @@ fn check_matmul<O: Ops>(
     } else {
         p.tol.matmul_quant
     };
-    for (rows, cols) in [(7usize, 256usize), (67, 768)] {
+    for (rows, cols) in [(7usize, 256usize), (67, 768), (1030, 2048)] {
         let t = store.tensor(
             ty,
             &[cols as u64, rows as u64],
@@ -443,6 +465,237 @@ fn check_matmul<O: Ops>(
                 &got[i * rows..(i + 1) * rows],
                 &alone,
                 &format!("matmul {ty} row {i}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `matmul_qkv` over three weights (this type, Q8_0, this type; with and without biases)
+/// gives the bits of three `matmul_bias` calls.
+fn check_matmul_qkv<O: Ops>(
+    p: &mut Pair<'_, O>,
+    store: &mut Store,
+    ty: GgmlType,
+    rng: &mut Rng,
+) -> R<()> {
+    let cols = 768;
+    let parts = [
+        (ty, 40usize, true),
+        (GgmlType::Q8_0, 16, false),
+        (ty, 24, true),
+    ];
+    let mut ws = Vec::new();
+    let mut bs = Vec::new();
+    let mut rws = Vec::new();
+    let mut rbs = Vec::new();
+    for &(t, rows, bias) in &parts {
+        let data = random_tensor(t, rows * cols, 1.0 / (cols as f32).sqrt(), rng);
+        let ten = store.tensor(t, &[cols as u64, rows as u64], data);
+        ws.push(p.ops.weight(&ten).map_err(be(&format!("{t} weight")))?);
+        rws.push(p.r.weight(&ten).map_err(be("reference weight"))?);
+        if bias {
+            let v: Vec<u8> = values(rows, 0.5, rng)
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect();
+            let ten = store.tensor(GgmlType::F32, &[rows as u64], v);
+            bs.push(Some(p.ops.weight(&ten).map_err(be("bias"))?));
+            rbs.push(Some(p.r.weight(&ten).map_err(be("reference bias"))?));
+        } else {
+            bs.push(None);
+            rbs.push(None);
+        }
+    }
+    // The fused norm: against the reference's norm then matmuls, and a row alone against the
+    // same row in a batch.
+    let limit = p
+        .tol
+        .matmul_kquant
+        .max(p.tol.matmul_quant)
+        .max(p.tol.matmul_float);
+    let ndata: Vec<u8> = (0..cols)
+        .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
+        .collect();
+    let nt = store.tensor(GgmlType::F32, &[cols as u64], ndata);
+    let nw = p.ops.weight(&nt).map_err(be("norm weight"))?;
+    let rnw = p.r.weight(&nt).map_err(be("reference weight"))?;
+    let x = values(9 * cols, 1.0, rng);
+    let mut batch = Vec::new();
+    for n in [9usize, 1] {
+        let (a, ra) = p.acts(n, cols, &x[..n * cols])?;
+        let (mut h, mut rh) = p.acts(n, cols, &x[..n * cols])?;
+        let mut o = Vec::new();
+        let mut ro = Vec::new();
+        for &(_, rows, _) in &parts {
+            let (g, r) = p.acts(n, rows, &vec![0f32; n * rows])?;
+            o.push(g);
+            ro.push(r);
+        }
+        let [o0, o1, o2] = &mut o[..] else {
+            return Err("three outputs".into());
+        };
+        p.ops
+            .norm_matmul_qkv(
+                &mut p.ex,
+                &a,
+                &nw,
+                1e-6,
+                &mut h,
+                [&ws[0], &ws[1], &ws[2]],
+                [bs[0].as_ref(), bs[1].as_ref(), bs[2].as_ref()],
+                [o0, o1, o2],
+            )
+            .map_err(be(&format!("norm_matmul_qkv {ty}")))?;
+        let [r0, r1, r2] = &mut ro[..] else {
+            return Err("three outputs".into());
+        };
+        p.r.norm_matmul_qkv(
+            &mut p.rex,
+            &ra,
+            &rnw,
+            1e-6,
+            &mut rh,
+            [&rws[0], &rws[1], &rws[2]],
+            [rbs[0].as_ref(), rbs[1].as_ref(), rbs[2].as_ref()],
+            [r0, r1, r2],
+        )
+        .map_err(be("reference norm_matmul_qkv"))?;
+        for i in 0..3 {
+            let (got, want) = (p.read(&o[i])?, p.read_ref(&ro[i])?);
+            p.expect(
+                format!("norm_matmul_qkv {ty} part {i}, {n} rows"),
+                &got,
+                &want,
+                limit,
+            )?;
+            if n == 9 {
+                batch.push(got);
+            } else {
+                let rows = parts[i].1;
+                same_bits(
+                    &batch[i][..rows],
+                    &got,
+                    &format!("norm_matmul_qkv {ty} part {i}: row 0 alone"),
+                )?;
+            }
+        }
+    }
+    for n in [1usize, 9] {
+        let x = values(n * cols, 1.0, rng);
+        let (a, _) = p.acts(n, cols, &x)?;
+        let mut fused = Vec::new();
+        let mut apart = Vec::new();
+        for &(_, rows, _) in &parts {
+            fused.push(p.acts(n, rows, &vec![0f32; n * rows])?.0);
+            apart.push(p.acts(n, rows, &vec![0f32; n * rows])?.0);
+        }
+        let [f0, f1, f2] = &mut fused[..] else {
+            return Err("three outputs".into());
+        };
+        p.ops
+            .matmul_qkv(
+                &mut p.ex,
+                &a,
+                [&ws[0], &ws[1], &ws[2]],
+                [bs[0].as_ref(), bs[1].as_ref(), bs[2].as_ref()],
+                [f0, f1, f2],
+            )
+            .map_err(be(&format!("matmul_qkv {ty}")))?;
+        for i in 0..3 {
+            p.ops
+                .matmul_bias(&mut p.ex, &a, &ws[i], bs[i].as_ref(), &mut apart[i])
+                .map_err(be("matmul_bias"))?;
+            let (got, want) = (p.read(&fused[i])?, p.read(&apart[i])?);
+            same_bits(&got, &want, &format!("matmul_qkv {ty} part {i}, {n} rows"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `norm_matmul_glu` against the reference's norm then `matmul_glu`, and a row alone against
+/// the same row in a batch.
+fn check_norm_matmul_glu<O: Ops>(
+    p: &mut Pair<'_, O>,
+    store: &mut Store,
+    ty: GgmlType,
+    rng: &mut Rng,
+) -> R<()> {
+    let (cols, rows) = (768, 72);
+    // The product of two projections (and SiLU): up to three times a projection's error.
+    let limit = 3.0
+        * if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            p.tol.matmul_float
+        } else if ty.block_size() == crate::quant::QK_K {
+            p.tol.matmul_kquant
+        } else {
+            p.tol.matmul_quant
+        };
+    let mut mk = |p: &mut Pair<'_, O>, rng: &mut Rng| -> R<_> {
+        let data = random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), rng);
+        let t = store.tensor(ty, &[cols as u64, rows as u64], data);
+        Ok((
+            p.ops.weight(&t).map_err(be(&format!("{ty} weight")))?,
+            p.r.weight(&t).map_err(be("reference weight"))?,
+        ))
+    };
+    let (g, rg) = mk(p, rng)?;
+    let (u, ru) = mk(p, rng)?;
+    let ndata: Vec<u8> = (0..cols)
+        .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
+        .collect();
+    let nt = store.tensor(GgmlType::F32, &[cols as u64], ndata);
+    let nw = p.ops.weight(&nt).map_err(be("norm weight"))?;
+    let rnw = p.r.weight(&nt).map_err(be("reference weight"))?;
+    let x = values(9 * cols, 1.0, rng);
+    let mut batch = Vec::new();
+    for n in [9usize, 1] {
+        let (a, ra) = p.acts(n, cols, &x[..n * cols])?;
+        let (mut h, mut rh) = p.acts(n, cols, &x[..n * cols])?;
+        let zeros = vec![0f32; n * rows];
+        let (mut o, mut ro) = p.acts(n, rows, &zeros)?;
+        let (mut t, mut rt) = p.acts(n, rows, &zeros)?;
+        p.ops
+            .norm_matmul_glu(
+                &mut p.ex,
+                &a,
+                &nw,
+                1e-6,
+                &mut h,
+                &g,
+                &u,
+                Activation::Silu,
+                &mut o,
+                &mut t,
+            )
+            .map_err(be(&format!("norm_matmul_glu {ty}")))?;
+        p.r.norm_matmul_glu(
+            &mut p.rex,
+            &ra,
+            &rnw,
+            1e-6,
+            &mut rh,
+            &rg,
+            &ru,
+            Activation::Silu,
+            &mut ro,
+            &mut rt,
+        )
+        .map_err(be("reference norm_matmul_glu"))?;
+        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
+        p.expect(
+            format!("norm_matmul_glu {ty}, {n} rows"),
+            &got,
+            &want,
+            limit,
+        )?;
+        if n == 9 {
+            batch = got;
+        } else {
+            same_bits(
+                &batch[..rows],
+                &got,
+                &format!("norm_matmul_glu {ty}: row 0 alone"),
             )?;
         }
     }

@@ -346,6 +346,60 @@ pub trait Ops: Send + Sync + Sized + 'static {
             None => Ok(()),
         }
     }
+    /// `out[i] = W[i] · x (+ b[i])` for the three projections of one input (queries, keys,
+    /// values) in one step where the backend can; each result must equal what
+    /// [`Ops::matmul_bias`] gives (the default makes those three calls).
+    fn matmul_qkv(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        w: [&Self::Weight; 3],
+        b: [Option<&Self::Weight>; 3],
+        out: [&mut Self::Act; 3],
+    ) -> Result<()> {
+        for ((w, b), o) in w.into_iter().zip(b).zip(out) {
+            self.matmul_bias(ex, x, w, b, o)?;
+        }
+        Ok(())
+    }
+    /// [`Ops::rms_norm`] of `x` (weight `norm`, full rows) followed by [`Ops::matmul_qkv`] of
+    /// the result; a backend may fuse the norm into the projections. `h` (shaped like `x`) is
+    /// scratch: its contents afterwards are unspecified.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmul_qkv(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        norm: &Self::Weight,
+        eps: f32,
+        h: &mut Self::Act,
+        w: [&Self::Weight; 3],
+        b: [Option<&Self::Weight>; 3],
+        out: [&mut Self::Act; 3],
+    ) -> Result<()> {
+        self.rms_norm(ex, x, norm, eps, h)?;
+        self.matmul_qkv(ex, h, w, b, out)
+    }
+    /// [`Ops::rms_norm`] of `x` (weight `norm`, full rows) followed by [`Ops::matmul_glu`] of
+    /// the result; a backend may fuse the norm into the projections. `h` (shaped like `x`) is
+    /// scratch: its contents afterwards are unspecified.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmul_glu(
+        &self,
+        ex: &mut Self::Exec,
+        x: &Self::Act,
+        norm: &Self::Weight,
+        eps: f32,
+        h: &mut Self::Act,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+        act: Activation,
+        out: &mut Self::Act,
+        tmp: &mut Self::Act,
+    ) -> Result<()> {
+        self.rms_norm(ex, x, norm, eps, h)?;
+        self.matmul_glu(ex, h, gate, up, act, out, tmp)
+    }
     /// `acc += W · x (+ b)`: a projection added to the residual stream. `tmp` (shaped like
     /// `acc`) is scratch for the default, which is [`Ops::matmul_bias`] into `tmp` then
     /// [`Ops::add`]; a backend may fuse the sum into the matmul and leave `tmp` unused.

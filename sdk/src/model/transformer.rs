@@ -608,16 +608,18 @@ impl<O: Ops> TransformerContext<O> {
             let spec = &lw.spec;
             op!(
                 prof,
-                "rms_norm",
-                ops.rms_norm(ex, &w.x, &lw.attn_norm, c.eps, &mut w.h)
+                "norm_matmul_qkv",
+                ops.norm_matmul_qkv(
+                    ex,
+                    &w.x,
+                    &lw.attn_norm,
+                    c.eps,
+                    &mut w.h,
+                    [&lw.wq, &lw.wk, &lw.wv],
+                    [lw.bq.as_ref(), lw.bk.as_ref(), lw.bv.as_ref()],
+                    [&mut w.q, &mut w.k, &mut w.v],
+                )
             )?;
-            for (wt, b, t) in [
-                (&lw.wq, &lw.bq, &mut w.q),
-                (&lw.wk, &lw.bk, &mut w.k),
-                (&lw.wv, &lw.bv, &mut w.v),
-            ] {
-                op!(prof, "matmul", ops.matmul_bias(ex, &w.h, wt, b.as_ref(), t))?;
-            }
             // QK-norm writes into separate buffers (no swapping: every step uses the same
             // buffers in the same roles).
             let q = match (&lw.q_norm, w.qn.as_mut()) {
@@ -674,17 +676,30 @@ impl<O: Ops> TransformerContext<O> {
                     ops.matmul_add(ex, &w.att, &lw.wo, lw.bo.as_ref(), &mut w.x, &mut w.o)
                 )?;
             }
-            op!(
-                prof,
-                "rms_norm",
-                ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
-            )?;
+            if !matches!(lw.ffn, FfnWeights::Glu { .. }) {
+                op!(
+                    prof,
+                    "rms_norm",
+                    ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
+                )?;
+            }
             match (&lw.ffn, spec.ffn) {
                 (FfnWeights::Glu { gate, up, down }, Ffn::Glu(act)) => {
                     op!(
                         prof,
-                        "matmul_glu",
-                        ops.matmul_glu(ex, &w.h, gate, up, act, &mut w.g, &mut w.up)
+                        "norm_matmul_glu",
+                        ops.norm_matmul_glu(
+                            ex,
+                            &w.x,
+                            &lw.ffn_norm,
+                            c.eps,
+                            &mut w.h,
+                            gate,
+                            up,
+                            act,
+                            &mut w.g,
+                            &mut w.up
+                        )
                     )?;
                     if lw.post_ffn_norm.is_some() {
                         op!(prof, "matmul", ops.matmul(ex, &w.g, down, &mut w.o))?;
