@@ -4,6 +4,7 @@
 //! stand-ins for the CUDA built-ins. No GPU is needed; where no C++ compiler is found the test
 //! skips and says so (`KILN_REQUIRE_CXX=1` makes that a failure, as CI sets).
 
+use kiln_backend_cuda::ops::kernel_type;
 use kiln_sdk::quant::random::{random_tensor, Rng};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
 use std::io::Write;
@@ -86,24 +87,12 @@ fn host_dequant(exe: &Path, ty: GgmlType, blocks: usize, data: &[u8]) -> (Vec<f3
 #[test]
 fn kernel_dequantizers_match_the_sdk() {
     let Some(exe) = build() else { return };
-    let types = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::MXFP4,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
     let mut rng = Rng::new(0xdec0de);
-    for ty in types {
+    // Every type the backend has kernels for.
+    for ty in GgmlType::ALL
+        .into_iter()
+        .filter(|&t| kernel_type(t).is_some())
+    {
         let n = 256 * 12;
         let data = random_tensor(ty, n, 0.7, &mut rng);
         // The kernels read float types in 32-value chunks, as if in blocks of 32.

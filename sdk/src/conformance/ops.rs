@@ -284,6 +284,75 @@ pub fn check<O: Ops>(ops: &O, types: &[GgmlType], tol: &OpsTolerance) -> R<OpsRe
     Ok(p.report)
 }
 
+/// A backend's limit for matmuls of weight type `ty`.
+fn matmul_limit(tol: &OpsTolerance, ty: GgmlType) -> f32 {
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        tol.matmul_float
+    } else if ty.block_size() == crate::quant::QK_K {
+        tol.matmul_kquant
+    } else {
+        tol.matmul_quant
+    }
+}
+
+/// A random `rows x cols` weight of type `ty`, loaded by the backend and by the reference.
+fn matrix<O: Ops>(
+    p: &mut Pair<'_, O>,
+    store: &mut Store,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+) -> R<(O::Weight, <RefOps as Ops>::Weight)> {
+    let data = random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), rng);
+    let t = store.tensor(ty, &[cols as u64, rows as u64], data);
+    Ok((
+        p.ops.weight(&t).map_err(be(&format!("{ty} weight")))?,
+        p.r.weight(&t).map_err(be("reference weight"))?,
+    ))
+}
+
+/// A norm weight of `n` values near 1, loaded by the backend and by the reference.
+fn norm_weight<O: Ops>(
+    p: &mut Pair<'_, O>,
+    store: &mut Store,
+    n: usize,
+    rng: &mut Rng,
+) -> R<(O::Weight, <RefOps as Ops>::Weight)> {
+    let data: Vec<u8> = (0..n)
+        .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
+        .collect();
+    let t = store.tensor(GgmlType::F32, &[n as u64], data);
+    Ok((
+        p.ops.weight(&t).map_err(be("norm weight"))?,
+        p.r.weight(&t).map_err(be("reference weight"))?,
+    ))
+}
+
+/// `rms_norm` of `x` (`rows x cols`, groups of the weight's length) into a buffer holding `y`,
+/// against the reference.
+#[allow(clippy::too_many_arguments)]
+fn check_rms_norm<O: Ops>(
+    p: &mut Pair<'_, O>,
+    w: &O::Weight,
+    rw: &<RefOps as Ops>::Weight,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &[f32],
+    what: String,
+) -> R<()> {
+    let (a, ra) = p.acts(rows, cols, x)?;
+    let (mut o, mut ro) = p.acts(rows, cols, y)?;
+    p.ops
+        .rms_norm(&mut p.ex, &a, w, 1e-6, &mut o)
+        .map_err(be("rms_norm"))?;
+    p.r.rms_norm(&mut p.rex, &ra, rw, 1e-6, &mut ro)
+        .map_err(be("rms_norm"))?;
+    let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
+    p.expect(what, &got, &want, p.tol.norm)
+}
+
 fn check_acts<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
     let data = values(5 * 40, 1.0, rng);
     let (mut a, _) = p.acts(5, 40, &data)?;
@@ -302,25 +371,21 @@ fn check_acts<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
 }
 
 fn check_elementwise<O: Ops>(p: &mut Pair<'_, O>, store: &mut Store, rng: &mut Rng) -> R<()> {
-    // rms_norm over long rows (backends may take another path for those), in place too.
+    // rms_norm over long rows (backends may take another path for those).
     {
         let (rows, cols) = (3, 1536);
         let x = values(rows * cols, 2.0, rng);
-        let wdata: Vec<u8> = (0..cols)
-            .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
-            .collect();
-        let t = store.tensor(GgmlType::F32, &[cols as u64], wdata);
-        let w = p.ops.weight(&t).map_err(be("weight"))?;
-        let rw = p.r.weight(&t).map_err(be("reference weight"))?;
-        let (a, ra) = p.acts(rows, cols, &x)?;
-        let (mut o, mut ro) = p.acts(rows, cols, &x)?;
-        p.ops
-            .rms_norm(&mut p.ex, &a, &w, 1e-6, &mut o)
-            .map_err(be("rms_norm"))?;
-        p.r.rms_norm(&mut p.rex, &ra, &rw, 1e-6, &mut ro)
-            .map_err(be("rms_norm"))?;
-        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
-        p.expect(format!("rms_norm rows of {cols}"), &got, &want, p.tol.norm)?;
+        let (w, rw) = norm_weight(p, store, cols, rng)?;
+        check_rms_norm(
+            p,
+            &w,
+            &rw,
+            rows,
+            cols,
+            &x,
+            &x,
+            format!("rms_norm rows of {cols}"),
+        )?;
     }
     let (rows, cols) = (6, 256);
     let x = values(rows * cols, 2.0, rng);
@@ -328,21 +393,17 @@ fn check_elementwise<O: Ops>(p: &mut Pair<'_, O>, store: &mut Store, rng: &mut R
     let exact = p.tol.exact;
     // rms_norm over the full row and per 64-column head.
     for g in [cols, 64] {
-        let wdata: Vec<u8> = (0..g)
-            .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
-            .collect();
-        let t = store.tensor(GgmlType::F32, &[g as u64], wdata);
-        let w = p.ops.weight(&t).map_err(be("weight"))?;
-        let rw = p.r.weight(&t).map_err(be("reference weight"))?;
-        let (a, ra) = p.acts(rows, cols, &x)?;
-        let (mut o, mut ro) = p.acts(rows, cols, &y)?;
-        p.ops
-            .rms_norm(&mut p.ex, &a, &w, 1e-6, &mut o)
-            .map_err(be("rms_norm"))?;
-        p.r.rms_norm(&mut p.rex, &ra, &rw, 1e-6, &mut ro)
-            .map_err(be("rms_norm"))?;
-        let (got, want) = (p.read(&o)?, p.read_ref(&ro)?);
-        p.expect(format!("rms_norm groups of {g}"), &got, &want, p.tol.norm)?;
+        let (w, rw) = norm_weight(p, store, g, rng)?;
+        check_rms_norm(
+            p,
+            &w,
+            &rw,
+            rows,
+            cols,
+            &x,
+            &y,
+            format!("rms_norm groups of {g}"),
+        )?;
         // add_bias with the same vector as a bias (full rows only).
         if g == cols {
             let (mut a, mut ra) = p.acts(rows, cols, &x)?;
@@ -421,21 +482,9 @@ fn check_matmul<O: Ops>(
     ty: GgmlType,
     rng: &mut Rng,
 ) -> R<()> {
-    let limit = if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-        p.tol.matmul_float
-    } else if ty.block_size() == crate::quant::QK_K {
-        p.tol.matmul_kquant
-    } else {
-        p.tol.matmul_quant
-    };
+    let limit = matmul_limit(&p.tol, ty);
     for (rows, cols) in [(7usize, 256usize), (67, 768), (1030, 2048)] {
-        let t = store.tensor(
-            ty,
-            &[cols as u64, rows as u64],
-            random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), rng),
-        );
-        let w = p.ops.weight(&t).map_err(be(&format!("{ty} weight")))?;
-        let rw = p.r.weight(&t).map_err(be("reference weight"))?;
+        let (w, rw) = matrix(p, store, ty, rows, cols, rng)?;
         let n = 9;
         let x = values(n * cols, 1.0, rng);
         let zeros = vec![0f32; n * rows];
@@ -490,10 +539,9 @@ fn check_matmul_qkv<O: Ops>(
     let mut rws = Vec::new();
     let mut rbs = Vec::new();
     for &(t, rows, bias) in &parts {
-        let data = random_tensor(t, rows * cols, 1.0 / (cols as f32).sqrt(), rng);
-        let ten = store.tensor(t, &[cols as u64, rows as u64], data);
-        ws.push(p.ops.weight(&ten).map_err(be(&format!("{t} weight")))?);
-        rws.push(p.r.weight(&ten).map_err(be("reference weight"))?);
+        let (w, rw) = matrix(p, store, t, rows, cols, rng)?;
+        ws.push(w);
+        rws.push(rw);
         if bias {
             let v: Vec<u8> = values(rows, 0.5, rng)
                 .iter()
@@ -514,12 +562,7 @@ fn check_matmul_qkv<O: Ops>(
         .matmul_kquant
         .max(p.tol.matmul_quant)
         .max(p.tol.matmul_float);
-    let ndata: Vec<u8> = (0..cols)
-        .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
-        .collect();
-    let nt = store.tensor(GgmlType::F32, &[cols as u64], ndata);
-    let nw = p.ops.weight(&nt).map_err(be("norm weight"))?;
-    let rnw = p.r.weight(&nt).map_err(be("reference weight"))?;
+    let (nw, rnw) = norm_weight(p, store, cols, rng)?;
     let x = values(9 * cols, 1.0, rng);
     let mut batch = Vec::new();
     for n in [9usize, 1] {
@@ -623,30 +666,10 @@ fn check_norm_matmul_glu<O: Ops>(
 ) -> R<()> {
     let (cols, rows) = (768, 72);
     // The product of two projections (and SiLU): up to three times a projection's error.
-    let limit = 3.0
-        * if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-            p.tol.matmul_float
-        } else if ty.block_size() == crate::quant::QK_K {
-            p.tol.matmul_kquant
-        } else {
-            p.tol.matmul_quant
-        };
-    let mut mk = |p: &mut Pair<'_, O>, rng: &mut Rng| -> R<_> {
-        let data = random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), rng);
-        let t = store.tensor(ty, &[cols as u64, rows as u64], data);
-        Ok((
-            p.ops.weight(&t).map_err(be(&format!("{ty} weight")))?,
-            p.r.weight(&t).map_err(be("reference weight"))?,
-        ))
-    };
-    let (g, rg) = mk(p, rng)?;
-    let (u, ru) = mk(p, rng)?;
-    let ndata: Vec<u8> = (0..cols)
-        .flat_map(|_| (1.0 + 0.3 * rng.symmetric()).to_le_bytes())
-        .collect();
-    let nt = store.tensor(GgmlType::F32, &[cols as u64], ndata);
-    let nw = p.ops.weight(&nt).map_err(be("norm weight"))?;
-    let rnw = p.r.weight(&nt).map_err(be("reference weight"))?;
+    let limit = 3.0 * matmul_limit(&p.tol, ty);
+    let (g, rg) = matrix(p, store, ty, rows, cols, rng)?;
+    let (u, ru) = matrix(p, store, ty, rows, cols, rng)?;
+    let (nw, rnw) = norm_weight(p, store, cols, rng)?;
     let x = values(9 * cols, 1.0, rng);
     let mut batch = Vec::new();
     for n in [9usize, 1] {
@@ -954,14 +977,7 @@ fn check_matmul_experts<O: Ops>(
 ) -> R<()> {
     // Four times the values of a `matmul` case, so a wider tail of the activations'
     // quantization error: 1.5 × the limit.
-    let limit = 1.5
-        * if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-            p.tol.matmul_float
-        } else if ty.block_size() == crate::quant::QK_K {
-            p.tol.matmul_kquant
-        } else {
-            p.tol.matmul_quant
-        };
+    let limit = 1.5 * matmul_limit(&p.tol, ty);
     let (n_expert, k, n) = (8usize, 4usize, 9usize);
     let (d_in, d_out) = (MOE_IN, MOE_OUT);
     let t = store.tensor(

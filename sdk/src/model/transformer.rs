@@ -676,13 +676,6 @@ impl<O: Ops> TransformerContext<O> {
                     ops.matmul_add(ex, &w.att, &lw.wo, lw.bo.as_ref(), &mut w.x, &mut w.o)
                 )?;
             }
-            if !matches!(lw.ffn, FfnWeights::Glu { .. }) {
-                op!(
-                    prof,
-                    "rms_norm",
-                    ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
-                )?;
-            }
             match (&lw.ffn, spec.ffn) {
                 (FfnWeights::Glu { gate, up, down }, Ffn::Glu(act)) => {
                     op!(
@@ -724,6 +717,11 @@ impl<O: Ops> TransformerContext<O> {
                     },
                     Ffn::Moe { n_used, act, .. },
                 ) => {
+                    op!(
+                        prof,
+                        "rms_norm",
+                        ops.rms_norm(ex, &w.x, &lw.ffn_norm, c.eps, &mut w.h)
+                    )?;
                     let m = w
                         .moe
                         .as_mut()
