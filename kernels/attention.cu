@@ -20,11 +20,13 @@ extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16
 #define ATT_MAX_HEAD 256
 
 // grid (n_head, rows, max_splits). Partial results: [rows][n_head][max_splits][hv + 2]
-// (max, sum, acc[hv]).
+// (max, sum, acc[hv]). The last block of a (row, head) to finish (counted in `cnt`, which it
+// resets) merges the partial results, and the head's sink, into `out`.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, float* part,
            int n_ctx, int n_head, int n_head_kv, int hk, int hv, float scale, int window,
-           float softcap, int chunk, int max_splits) {
+           float softcap, int chunk, int max_splits, int* cnt, const float* sinks, float* out) {
+    __shared__ int last;
     __shared__ float qs[ATT_MAX_HEAD];
     __shared__ float sc[ATT_THREADS];
     __shared__ float red[32];
@@ -82,30 +84,37 @@ attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, flo
         }
         __syncthreads();
     }
-    float* out = part + (((long)r * n_head + h) * max_splits + z) * (hv + 2);
-    if (t == 0) { out[0] = m; out[1] = s; }
-    if (t < hv) out[2 + t] = acc0;
-    if (t + ATT_THREADS < hv) out[2 + t + ATT_THREADS] = acc1;
-}
-
-// grid (n_head, rows); merges a row's splits (and its head's sink) into `out`.
-extern "C" __global__ void attn_combine(const float* part, const RowPos* rows, const float* sinks,
-                                        float* out, int n_head, int hv, int window, int chunk,
-                                        int max_splits) {
-    const int h = blockIdx.x, r = blockIdx.y;
-    RowPos rp = rows[r];
-    int hi = rp.pos + 1;
-    int lo = window > 0 ? max(0, hi - window) : 0;
-    int n = (hi - lo + chunk - 1) / chunk;
+    float* mine = part + (((long)r * n_head + h) * max_splits + z) * (hv + 2);
+    if (t == 0) { mine[0] = m; mine[1] = s; }
+    if (t < hv) mine[2 + t] = acc0;
+    if (t + ATT_THREADS < hv) mine[2 + t + ATT_THREADS] = acc1;
+    const int n_used = (hi - lo + chunk - 1) / chunk;
+    if (n_used > 1) {
+        __threadfence();
+        __syncthreads();
+        if (t == 0) {
+            int prev = atomicAdd(&cnt[r * n_head + h], 1);
+            last = prev == n_used - 1;
+            if (last) cnt[r * n_head + h] = 0;
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+    } else {
+        __syncthreads();
+    }
+    // Merge, in split order: the arithmetic depends only on the row's position and n_ctx.
     const float* p = part + ((long)r * n_head + h) * max_splits * (hv + 2);
     float M = sinks ? sinks[h] : NEG_INF;
-    for (int z = 0; z < n; z++) M = fmaxf(M, p[z * (hv + 2)]);
+    for (int zz = 0; zz < n_used; zz++) M = fmaxf(M, __ldcg(p + zz * (hv + 2)));
     float S = sinks ? expf(sinks[h] - M) : 0.0f;
-    for (int z = 0; z < n; z++) S += p[z * (hv + 2) + 1] * expf(p[z * (hv + 2)] - M);
+    for (int zz = 0; zz < n_used; zz++)
+        S += __ldcg(p + zz * (hv + 2) + 1) * expf(__ldcg(p + zz * (hv + 2)) - M);
     float inv = 1.0f / S;
-    for (int d = threadIdx.x; d < hv; d += blockDim.x) {
+    for (int d = t; d < hv; d += ATT_THREADS) {
         float a = 0.0f;
-        for (int z = 0; z < n; z++) a += p[z * (hv + 2) + 2 + d] * expf(p[z * (hv + 2)] - M);
+        for (int zz = 0; zz < n_used; zz++)
+            a += __ldcg(p + zz * (hv + 2) + 2 + d) * expf(__ldcg(p + zz * (hv + 2)) - M);
         out[(long)r * n_head * hv + (long)h * hv + d] = a * inv;
     }
 }

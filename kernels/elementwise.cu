@@ -11,10 +11,28 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     long base = (gid / per_row) * cols + (gid % per_row) * g;
     const float* xr = x + base;
     float s = 0.0f;
+#pragma unroll 4
     for (int i = lane; i < g; i += 32) s = fmaf(xr[i], xr[i], s);
     s = warp_sum(s);
     float r = rsqrtf(s / (float)g + eps);
+#pragma unroll 4
     for (int i = lane; i < g; i += 32) out[base + i] = xr[i] * r * w[i];
+}
+
+// One block per row, for norms over whole long rows: out = x / sqrt(mean(x^2) + eps) * w.
+// The block's threads load the row at once instead of one warp walking it.
+extern "C" __global__ void __launch_bounds__(256)
+rms_norm_row(const float* x, const float* w, float* out, int cols, float eps) {
+    __shared__ float red[32];
+    const float* xr = x + (long)blockIdx.x * cols;
+    float* orow = out + (long)blockIdx.x * cols;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s = fmaf(xr[i], xr[i], s);
+    s = block_sum(s, red);
+    float r = rsqrtf(s / (float)cols + eps);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * r * w[i];
 }
 
 extern "C" __global__ void add(float* x, const float* y, long n) {

@@ -1,69 +1,118 @@
 // Quantized matrix-vector products: y[r][o] = W[o] . x[r] for up to R rows per block.
 //
-// One warp computes one output feature for R rows. Lane l reads the 32-value chunks
-// l, l+32, ... of the weight row, dequantizes each in registers, and accumulates its dot
-// with every row; a butterfly reduction finishes. Every row's arithmetic is the same
+// One warp (or `split` warps of a block, each a slice of K) computes one output feature for R
+// rows. Four lanes share each 32-value chunk, so a warp's weight and activation loads are
+// contiguous; each lane dequantizes its 8 values in registers and accumulates their dot with
+// every row; a butterfly reduction (and a fixed-order sum of the slices) finishes. `split`
+// depends only on the weight's shape. Every row's arithmetic is the same
 // whatever R and the number of rows: results are batch-invariant, bit for bit.
 
 #define MMV_WARPS 4
 
-// The dot products of weight row `o` with rows r0..r0+R of x, reduced across the warp (every
-// lane gets them).
+// The dot products of weight row `o` with rows r0..r0+R of x, for the K-slice `slice` of
+// `split` (1, 2 or 4): four lanes share a 32-value chunk (8 values each), so a warp covers 8
+// neighbouring chunks per step and slice s takes the groups of 8 chunks s, s + split, ...
+// Reduced across the warp (every lane gets the slice's sums).
+// With `nw` (an RMS norm's weight) the dots are with x * nw, and `ss` (if not null) gets each
+// row's sum of squares of x over the slice, for the norm's scale.
 template <int T, int R>
 __device__ __forceinline__ void mmv_dots(const u8* __restrict__ W, const float* __restrict__ x,
                                          int K, int rows, int x_stride, int r0, int o,
-                                         float* acc) {
-    const int lane = threadIdx.x & 31;
+                                         int slice, int split, float* acc,
+                                         const float* __restrict__ nw = nullptr,
+                                         float* ss = nullptr) {
+    const int lane = threadIdx.x & 31, q = lane & 3;
     const int nchunks = K >> 5;
     const long row_bytes = (long)(nchunks / QT<T>::SUBS) * QT<T>::BYTES;
     const u8* wr = W + (long)o * row_bytes;
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    for (int c = lane; c < nchunks; c += 32) {
-        float w[32];
-        deq32<T>(wr + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, w);
+    for (int r = 0; r < R; r++) {
+        acc[r] = 0.0f;
+        if (ss) ss[r] = 0.0f;
+    }
+#pragma unroll 2
+    for (int c = slice * 8 + (lane >> 2); c < nchunks; c += 8 * split) {
+        float w[8];
+        deq8<T>(wr + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, q, w);
+        float4 na, nb;
+        if (nw) {
+            const float4* nv = (const float4*)(nw + (c << 5) + 8 * q);
+            na = __ldg(nv);
+            nb = __ldg(nv + 1);
+        }
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r0 + r < rows) {
-                const float4* xv = (const float4*)(x + (long)(r0 + r) * x_stride + (c << 5));
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    float4 v = __ldg(xv + i);
-                    s = fmaf(w[4 * i], v.x, s);
-                    s = fmaf(w[4 * i + 1], v.y, s);
-                    s = fmaf(w[4 * i + 2], v.z, s);
-                    s = fmaf(w[4 * i + 3], v.w, s);
+                const float4* xv = (const float4*)(x + (long)(r0 + r) * x_stride + (c << 5) + 8 * q);
+                float4 a = __ldg(xv), b = __ldg(xv + 1);
+                if (nw) {
+                    if (ss) {
+                        float t = a.x * a.x;
+                        t = fmaf(a.y, a.y, t);
+                        t = fmaf(a.z, a.z, t);
+                        t = fmaf(a.w, a.w, t);
+                        t = fmaf(b.x, b.x, t);
+                        t = fmaf(b.y, b.y, t);
+                        t = fmaf(b.z, b.z, t);
+                        t = fmaf(b.w, b.w, t);
+                        ss[r] += t;
+                    }
+                    a.x *= na.x; a.y *= na.y; a.z *= na.z; a.w *= na.w;
+                    b.x *= nb.x; b.y *= nb.y; b.z *= nb.z; b.w *= nb.w;
                 }
+                float s = w[0] * a.x;
+                s = fmaf(w[1], a.y, s);
+                s = fmaf(w[2], a.z, s);
+                s = fmaf(w[3], a.w, s);
+                s = fmaf(w[4], b.x, s);
+                s = fmaf(w[5], b.y, s);
+                s = fmaf(w[6], b.z, s);
+                s = fmaf(w[7], b.w, s);
                 acc[r] += s;
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    for (int r = 0; r < R; r++) {
+        acc[r] = warp_sum(acc[r]);
+        if (ss) ss[r] = warp_sum(ss[r]);
+    }
 }
 
-template <int T, int R>
-__device__ __forceinline__ void mmv_body(const u8* __restrict__ W, const float* __restrict__ x,
-                                         float* __restrict__ y, int K, int N, int rows,
-                                         int x_stride, int y_stride, int r0, int o) {
-    float acc[R];
-    mmv_dots<T, R>(W, x, K, rows, x_stride, r0, o, acc);
+// Sums the slices of a block's outputs: warp w holds slice w % split of output w / split.
+// Afterwards the first warp of each output holds the total (in slice order: the arithmetic
+// depends only on the shape).
+template <int R>
+__device__ __forceinline__ void mmv_merge(float* acc, int split, float (*red)[R]) {
+    if (split == 1) return;
+    const int w = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0)
 #pragma unroll
-    for (int r = 0; r < R; r++)
-        if ((threadIdx.x & 31) == 0 && r0 + r < rows) y[(long)(r0 + r) * y_stride + o] = acc[r];
+        for (int r = 0; r < R; r++) red[w][r] = acc[r];
+    __syncthreads();
+    if (w % split == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float t = red[w][r];
+            for (int s = 1; s < split; s++) t += red[w + s][r];
+            acc[r] = t;
+        }
 }
 
 // y = W.x (+ bias) (accumulate: y += W.x (+ bias), the residual sum of the caller).
 template <int T, int R>
 __device__ __forceinline__ void mmv(const u8* W, const float* x, float* y, int K, int N, int rows,
-                                    int x_stride, int y_stride, const float* bias, int accumulate) {
-    int o = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
-    if (o >= N) return;
-    int r0 = blockIdx.y * R;
+                                    int x_stride, int y_stride, const float* bias, int accumulate,
+                                    int split) {
+    __shared__ float red[MMV_WARPS][R];
+    if (N <= 0) return;
+    const int w = threadIdx.x >> 5;
+    const int o = blockIdx.x * (MMV_WARPS / split) + w / split;
+    const int r0 = blockIdx.y * R;
     float acc[R];
-    mmv_dots<T, R>(W, x, K, rows, x_stride, r0, o, acc);
-    if ((threadIdx.x & 31) != 0) return;
+    mmv_dots<T, R>(W, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, acc);
+    mmv_merge<R>(acc, split, red);
+    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
     float b = bias ? bias[o] : 0.0f;
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -76,20 +125,40 @@ __device__ __forceinline__ void mmv(const u8* W, const float* x, float* y, int K
 }
 
 // y = act(Wg.x) * (Wu.x), both weights of type T.
+// With `nw`, x is first RMS-normed with weight nw (and `eps`): the norm is fused.
 template <int T, int R>
 __device__ __forceinline__ void mmv_glu(const u8* Wg, const u8* Wu, const float* x, float* y,
                                         int K, int N, int rows, int x_stride, int y_stride,
-                                        int act) {
-    int o = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
-    if (o >= N) return;
-    int r0 = blockIdx.y * R;
-    float g[R], u[R];
-    mmv_dots<T, R>(Wg, x, K, rows, x_stride, r0, o, g);
-    mmv_dots<T, R>(Wu, x, K, rows, x_stride, r0, o, u);
-    if ((threadIdx.x & 31) != 0) return;
+                                        int act, int split, const float* nw, float eps) {
+    __shared__ float red[MMV_WARPS][R];
+    if (N <= 0) return;
+    const int w = threadIdx.x >> 5;
+    const int o = blockIdx.x * (MMV_WARPS / split) + w / split;
+    const int r0 = blockIdx.y * R;
+    float g[R], u[R], ss[R];
+    mmv_dots<T, R>(Wg, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, g, nw,
+                   nw ? ss : nullptr);
+    mmv_dots<T, R>(Wu, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, u, nw);
+    mmv_merge<R>(g, split, red);
+    __syncthreads();
+    mmv_merge<R>(u, split, red);
+    if (nw) {
+        __syncthreads();
+        mmv_merge<R>(ss, split, red);
+    }
+    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
 #pragma unroll
-    for (int r = 0; r < R; r++)
-        if (r0 + r < rows) y[(long)(r0 + r) * y_stride + o] = glu_act(act, g[r], u[r]);
+    for (int r = 0; r < R; r++) {
+        if (r0 + r < rows) {
+            float gv = g[r], uv = u[r];
+            if (nw) {
+                float sc = rsqrtf(ss[r] / (float)K + eps);
+                gv *= sc;
+                uv *= sc;
+            }
+            y[(long)(r0 + r) * y_stride + o] = glu_act(act, gv, uv);
+        }
+    }
 }
 
 // Expert matmul: for row i (blockIdx.z) and slot j (blockIdx.y), expert e = ids[i*k + j]:
@@ -117,20 +186,21 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
     const u8* We = W + (long)e * N * row_bytes;
     const float* xi = x + (long)i * x_stride + (x_slots ? (long)j * K : 0);
     float* yi = y + (long)i * y_stride + (long)j * N;
-    mmv_body<T, 1>(We, xi, yi, K, N, 1, 0, 0, 0, o);
-    if ((threadIdx.x & 31) == 0 && bias) yi[o] += bias[(long)e * N + o];
+    float acc[1];
+    mmv_dots<T, 1>(We, xi, K, 1, 0, 0, o, 0, 1, acc);
+    if ((threadIdx.x & 31) == 0) yi[o] = bias ? acc[0] + bias[(long)e * N + o] : acc[0];
 }
 
 #define MMV_R(NAME, T, R)                                                                      \
     extern "C" __global__ void __launch_bounds__(128) mmv_##NAME##_r##R(                      \
         const u8* W, const float* x, float* y, int K, int N, int rows, int xs, int ys,         \
-        const float* bias, int accumulate) {                                                   \
-        mmv<T, R>(W, x, y, K, N, rows, xs, ys, bias, accumulate);                              \
+        const float* bias, int accumulate, int split) {                                        \
+        mmv<T, R>(W, x, y, K, N, rows, xs, ys, bias, accumulate, split);                       \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) mmv_glu_##NAME##_r##R(                  \
         const u8* Wg, const u8* Wu, const float* x, float* y, int K, int N, int rows, int xs,  \
-        int ys, int act) {                                                                     \
-        mmv_glu<T, R>(Wg, Wu, x, y, K, N, rows, xs, ys, act);                                  \
+        int ys, int act, int split, const float* nw, float eps) {                              \
+        mmv_glu<T, R>(Wg, Wu, x, y, K, N, rows, xs, ys, act, split, nw, eps);                  \
     }
 
 #define MMV_INST(NAME, T)                                                                      \
@@ -173,3 +243,82 @@ MMV_INST(q3_k, T_Q3_K)
 MMV_INST(q4_k, T_Q4_K)
 MMV_INST(q5_k, T_Q5_K)
 MMV_INST(q6_k, T_Q6_K)
+
+// mmv_dots for a weight type known only at run time (one switch per call, so segments of
+// different types can share a launch).
+template <int R>
+__device__ __forceinline__ void mmv_dots_any(int type, const u8* W, const float* x, int K,
+                                             int rows, int x_stride, int r0, int o, int slice,
+                                             int split, float* acc, const float* nw,
+                                             float* ss) {
+#define MMV_CASE(T)                                                                            \
+    case T: mmv_dots<T, R>(W, x, K, rows, x_stride, r0, o, slice, split, acc, nw, ss); break;
+    switch (type) {
+        MMV_CASE(T_F32) MMV_CASE(T_F16) MMV_CASE(T_BF16) MMV_CASE(T_Q4_0) MMV_CASE(T_Q4_1)
+        MMV_CASE(T_Q5_0) MMV_CASE(T_Q5_1) MMV_CASE(T_Q8_0) MMV_CASE(T_MXFP4) MMV_CASE(T_Q2_K)
+        MMV_CASE(T_Q3_K) MMV_CASE(T_Q4_K) MMV_CASE(T_Q5_K) MMV_CASE(T_Q6_K)
+        default:
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = ss ? (ss[r] = 0.0f) : 0.0f;
+    }
+#undef MMV_CASE
+}
+
+// Up to three projections of the same input in one launch (queries, keys, values): segment s
+// owns `nblk_s` consecutive blocks and computes y_s = W_s.x (+ bias_s) exactly as `mmv` with
+// its own split would, so the results equal three separate launches bit for bit. With `nw`,
+// x is first RMS-normed with weight nw (and `eps`): the norm is fused.
+#define MMV_SEG_PARAMS(s)                                                                      \
+    const u8 *W##s, const float *b##s, float *y##s, int t##s, int n##s, int ys##s, int sp##s,  \
+        int nb##s
+template <int R>
+__device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
+                                        const float* nw, float eps, MMV_SEG_PARAMS(0),
+                                        MMV_SEG_PARAMS(1), MMV_SEG_PARAMS(2)) {
+    __shared__ float red[MMV_WARPS][R];
+    int b = blockIdx.x;
+    const u8* W = W0; const float* bias = b0; float* y = y0;
+    int type = t0, N = n0, ys = ys0, split = sp0;
+    if (b >= nb0) {
+        b -= nb0;
+        W = W1; bias = b1; y = y1; type = t1; N = n1; ys = ys1; split = sp1;
+        if (b >= nb1) {
+            b -= nb1;
+            W = W2; bias = b2; y = y2; type = t2; N = n2; ys = ys2; split = sp2;
+        }
+    }
+    if (N <= 0) return;
+    const int w = threadIdx.x >> 5;
+    const int o = b * (MMV_WARPS / split) + w / split;
+    const int r0 = blockIdx.y * R;
+    float acc[R], ss[R];
+    mmv_dots_any<R>(type, W, x, K, rows, xs, r0, min(o, N - 1), w % split, split, acc, nw,
+                    nw ? ss : nullptr);
+    mmv_merge<R>(acc, split, red);
+    if (nw) {
+        __syncthreads();
+        mmv_merge<R>(ss, split, red);
+    }
+    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
+    float bv = bias ? bias[o] : 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r0 + r < rows) {
+            float v = nw ? acc[r] * rsqrtf(ss[r] / (float)K + eps) : acc[r];
+            y[(long)(r0 + r) * ys + o] = bias ? v + bv : v;
+        }
+    }
+}
+
+#define MMV_SEG_R(R)                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) mmv_seg_r##R(                           \
+        const float* x, int K, int rows, int xs, const float* nw, float eps,                   \
+        MMV_SEG_PARAMS(0), MMV_SEG_PARAMS(1), MMV_SEG_PARAMS(2)) {                             \
+        mmv_seg<R>(x, K, rows, xs, nw, eps, W0, b0, y0, t0, n0, ys0, sp0, nb0, W1, b1, y1, t1, n1, \
+                   ys1, sp1, nb1, W2, b2, y2, t2, n2, ys2, sp2, nb2);                          \
+    }
+MMV_SEG_R(1)
+MMV_SEG_R(2)
+MMV_SEG_R(4)
+MMV_SEG_R(8)
+MMV_SEG_R(16)

@@ -75,9 +75,11 @@ mod tests {
         let all = kernel_names(&program());
         for k in [
             "rms_norm",
+            "rms_norm_row",
             "attn_split",
-            "attn_combine",
-            "row_stats",
+            "stats_part",
+            "stats_final",
+            "stats_cands",
             "moe_route",
         ] {
             assert!(all.iter().any(|n| n == k), "{k} missing from {all:?}");

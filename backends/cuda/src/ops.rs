@@ -74,6 +74,9 @@ pub fn all_kernel_names(src: &str) -> Vec<String> {
         names.push(format!("mmv_exp_{t}"));
         names.push(format!("embed_{t}"));
     }
+    for r in [1, 2, 4, 8, 16] {
+        names.push(format!("mmv_seg_r{r}"));
+    }
     names.extend(sources::kernel_names(src));
     names
 }
@@ -84,6 +87,13 @@ const ATT_GROUP: usize = 64;
 const ATT_MAX_SPLITS: usize = 64;
 /// Candidates of a top-N kept on the device per row.
 const CAND_CAP: usize = 16384;
+/// Candidates per row copied with the statistics in the same transfer (`OUT_FAST` in
+/// `outputs.cu`); a row with more takes a second copy.
+const CAND_FAST: usize = 512;
+/// Histogram bins of the top-N threshold search (`OUT_BINS`).
+const OUT_BINS: usize = 4096;
+/// Most blocks that share one row's statistics.
+const OUT_PARTS: usize = 64;
 /// Longest ban list served on the device (longer: the row is served on the host).
 const DEVICE_BANS: usize = 4096;
 /// Largest step (rows) captured as a graph.
@@ -154,11 +164,19 @@ pub struct CudaExec {
     step_positions: (usize, usize, u64),
     step_rows: (usize, usize, u64),
     att_part: Option<DeviceBuffer>,
+    /// Per (row, head) of an attention launch group: finished splits (zero between launches).
+    att_cnt: Option<DeviceBuffer>,
     // Outputs.
     n_vocab: usize,
     n_logit_rows: usize,
     /// Per output row: lse, target logit, candidate count, unused.
     stats_d: DeviceBuffer,
+    /// Per output row: `parts` (max, sum of exp) pairs, a histogram (kept zeroed between
+    /// steps by the kernels), and the first `CAND_FAST` candidates.
+    part_d: DeviceBuffer,
+    hist_d: DeviceBuffer,
+    fast_d: DeviceBuffer,
+    fast_h: PinnedBuffer,
     cand_v: DeviceBuffer,
     cand_i: DeviceBuffer,
     stats_h: PinnedBuffer,
@@ -194,6 +212,8 @@ pub struct CudaOps {
     module: Module,
     load: Mutex<Stream>,
     graphs: bool,
+    /// Fused norms and projections (`KILN_CUDA_FUSE=0` turns them off, to compare).
+    fuse: bool,
 }
 
 impl CudaOps {
@@ -216,11 +236,13 @@ impl CudaOps {
         let module = Module::load(&cubin, &all_kernel_names(&src)).map_err(cu)?;
         let load = Mutex::new(Stream::new().map_err(cu)?);
         let graphs = std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let fuse = std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0");
         Ok(CudaOps {
             gpu,
             module,
             load,
             graphs,
+            fuse,
         })
     }
 
@@ -553,9 +575,14 @@ impl Ops for CudaOps {
             step_positions: (0, 0, 0),
             step_rows: (0, 0, 0),
             att_part: None,
+            att_cnt: None,
             n_vocab: spec.n_vocab,
             n_logit_rows: rows,
             stats_d: DeviceBuffer::alloc(rows * 16).map_err(cu)?,
+            part_d: DeviceBuffer::alloc(rows * OUT_PARTS * 8).map_err(cu)?,
+            hist_d: DeviceBuffer::zeroed(rows * OUT_BINS * 4).map_err(cu)?,
+            fast_d: DeviceBuffer::alloc(rows * CAND_FAST * 8).map_err(cu)?,
+            fast_h: PinnedBuffer::alloc(rows * CAND_FAST * 8).map_err(cu)?,
             cand_v: DeviceBuffer::alloc(rows * CAND_CAP * 4).map_err(cu)?,
             cand_i: DeviceBuffer::alloc(rows * CAND_CAP * 4).map_err(cu)?,
             stats_h: PinnedBuffer::alloc(rows * 16).map_err(cu)?,
@@ -578,15 +605,21 @@ impl Ops for CudaOps {
             check_err: false,
             bytes: 0,
         };
-        let bytes =
-            (ex.stage_d.bytes() + ex.stats_d.bytes() + ex.cand_v.bytes() + ex.cand_i.bytes())
-                as u64;
+        let bytes = (ex.stage_d.bytes()
+            + ex.stats_d.bytes()
+            + ex.part_d.bytes()
+            + ex.hist_d.bytes()
+            + ex.fast_d.bytes()
+            + ex.cand_v.bytes()
+            + ex.cand_i.bytes()) as u64;
         ex.bytes = bytes;
         Ok(ex)
     }
 
     fn exec_bytes(&self, ex: &CudaExec) -> u64 {
-        ex.bytes + ex.att_part.as_ref().map_or(0, |b| b.bytes() as u64)
+        ex.bytes
+            + ex.att_part.as_ref().map_or(0, |b| b.bytes() as u64)
+            + ex.att_cnt.as_ref().map_or(0, |b| b.bytes() as u64)
     }
 
     fn begin(&self, ex: &mut CudaExec, step: &Step<'_>) -> Result<()> {
@@ -732,6 +765,23 @@ impl Ops for CudaOps {
         {
             return Err(shape_err("rms_norm"));
         }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        if g == x.cols && g >= 512 {
+            return self.go(
+                ex,
+                "rms_norm_row",
+                (x.rows as u32, 1, 1),
+                256,
+                Args::new()
+                    .u64(x.ptr())
+                    .u64(w.buf.ptr())
+                    .u64(out.ptr())
+                    .i32(x.cols as i32)
+                    .f32(eps),
+            );
+        }
         let groups = x.rows * (x.cols / g);
         self.go(
             ex,
@@ -770,6 +820,61 @@ impl Ops for CudaOps {
         self.mmv(ex, x, w, b, false, out)
     }
 
+    fn matmul_qkv(
+        &self,
+        ex: &mut CudaExec,
+        x: &CudaAct,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaWeight>; 3],
+        out: [&mut CudaAct; 3],
+    ) -> Result<()> {
+        if !self.fuse {
+            for ((w, b), o) in w.into_iter().zip(b).zip(out) {
+                self.mmv(ex, x, w, b, false, o)?;
+            }
+            return Ok(());
+        }
+        self.qkv(ex, x, None, w, b, out)
+    }
+
+    fn norm_matmul_qkv(
+        &self,
+        ex: &mut CudaExec,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        h: &mut CudaAct,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaWeight>; 3],
+        out: [&mut CudaAct; 3],
+    ) -> Result<()> {
+        if self.fuse && norm.is_vector && norm.cols == x.cols {
+            return self.qkv(ex, x, Some((norm, eps)), w, b, out);
+        }
+        self.rms_norm(ex, x, norm, eps, h)?;
+        self.matmul_qkv(ex, h, w, b, out)
+    }
+
+    fn norm_matmul_glu(
+        &self,
+        ex: &mut CudaExec,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        h: &mut CudaAct,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+        act: Activation,
+        out: &mut CudaAct,
+        tmp: &mut CudaAct,
+    ) -> Result<()> {
+        if self.fuse && norm.is_vector && norm.cols == x.cols && same_layout(gate, up) {
+            return self.glu_mmv(ex, x, Some((norm, eps)), gate, up, act, out, tmp);
+        }
+        self.rms_norm(ex, x, norm, eps, h)?;
+        self.glu_mmv(ex, h, None, gate, up, act, out, tmp)
+    }
+
     fn matmul_add(
         &self,
         ex: &mut CudaExec,
@@ -792,34 +897,7 @@ impl Ops for CudaOps {
         out: &mut CudaAct,
         tmp: &mut CudaAct,
     ) -> Result<()> {
-        if gate.ty != up.ty || gate.rows != up.rows || gate.cols != up.cols {
-            self.mmv(ex, x, gate, None, false, out)?;
-            self.mmv(ex, x, up, None, false, tmp)?;
-            return self.glu(ex, out, tmp, act);
-        }
-        self.check_mmv(x, gate, out)?;
-        let t = kernel_type(gate.ty).ok_or_else(|| shape_err("matmul type"))?;
-        let (n, r) = (x.rows, rows_per_block(x.rows));
-        if n == 0 {
-            return Ok(());
-        }
-        self.go(
-            ex,
-            &format!("mmv_glu_{t}_r{r}"),
-            (blocks(gate.rows, 4), blocks(n, r), 1),
-            128,
-            Args::new()
-                .u64(gate.buf.ptr())
-                .u64(up.buf.ptr())
-                .u64(x.ptr())
-                .u64(out.ptr())
-                .i32(gate.cols as i32)
-                .i32(gate.rows as i32)
-                .i32(n as i32)
-                .i32(x.cols as i32)
-                .i32(out.cols as i32)
-                .i32(act_code(act)),
-        )
+        self.glu_mmv(ex, x, None, gate, up, act, out, tmp)
     }
 
     fn add_bias(&self, ex: &mut CudaExec, x: &mut CudaAct, b: &CudaWeight) -> Result<()> {
@@ -1046,7 +1124,18 @@ impl Ops for CudaOps {
             self.bind()?;
             ex.att_part = Some(DeviceBuffer::alloc(need).map_err(cu)?);
         }
+        let cnt_need = ATT_GROUP * p.n_head.max(128) * 4;
+        if ex.att_cnt.as_ref().is_none_or(|b| b.bytes() < cnt_need) {
+            if matches!(ex.mode, Mode::Capture(_) | Mode::Replay(_)) && ex.att_cnt.is_some() {
+                return Err(BackendError::internal(
+                    "attention counters would move inside a captured step",
+                ));
+            }
+            self.bind()?;
+            ex.att_cnt = Some(DeviceBuffer::zeroed(cnt_need).map_err(cu)?);
+        }
         let part = ex.att_part.as_ref().map_or(0, |b| b.ptr());
+        let cnt = ex.att_cnt.as_ref().map_or(0, |b| b.ptr());
         let window = p.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
         let softcap = p.softcap.unwrap_or(0.0);
         for g0 in (0..n).step_by(ATT_GROUP) {
@@ -1072,23 +1161,10 @@ impl Ops for CudaOps {
                     .i32(window)
                     .f32(softcap)
                     .i32(chunk as i32)
-                    .i32(splits as i32),
-            )?;
-            self.go(
-                ex,
-                "attn_combine",
-                (p.n_head as u32, g as u32, 1),
-                128,
-                Args::new()
-                    .u64(part)
-                    .u64(rp)
+                    .i32(splits as i32)
+                    .u64(cnt)
                     .u64(sinks)
-                    .u64(out.ptr() + (g0 * out.cols * 4) as u64)
-                    .i32(p.n_head as i32)
-                    .i32(hv as i32)
-                    .i32(window)
-                    .i32(chunk as i32)
-                    .i32(splits as i32),
+                    .u64(out.ptr() + (g0 * out.cols * 4) as u64),
             )?;
         }
         Ok(())
@@ -1293,24 +1369,58 @@ impl CudaOps {
             req.push(target);
         }
         let d_req = ex.stage_i32(req.iter().copied())?;
+        let parts = vocab.div_ceil(2048).clamp(1, OUT_PARTS);
         self.go(
             ex,
-            "row_stats",
+            "stats_part",
+            (n as u32, parts as u32, 1),
+            256,
+            Args::new()
+                .u64(logits.ptr())
+                .i32(vocab as i32)
+                .u64(d_req)
+                .u64(ex.part_d.ptr())
+                .u64(ex.hist_d.ptr()),
+        )?;
+        self.go(
+            ex,
+            "stats_final",
             (n as u32, 1, 1),
             1024,
             Args::new()
                 .u64(logits.ptr())
                 .i32(vocab as i32)
                 .u64(d_req)
+                .u64(ex.part_d.ptr())
+                .i32(parts as i32)
+                .u64(ex.hist_d.ptr())
+                .u64(ex.stats_d.ptr()),
+        )?;
+        self.go(
+            ex,
+            "stats_cands",
+            (n as u32, parts as u32, 1),
+            256,
+            Args::new()
+                .u64(logits.ptr())
+                .i32(vocab as i32)
+                .u64(d_req)
                 .u64(ex.stats_d.ptr())
+                .u64(ex.fast_d.ptr())
                 .u64(ex.cand_v.ptr())
                 .u64(ex.cand_i.ptr())
                 .i32(CAND_CAP as i32),
         )?;
-        // SAFETY: `stats_h` holds `n_logit_rows * 16` bytes; the stream syncs before reading.
+        // One transfer for the statistics and one for the first candidates of every row.
+        // SAFETY: `stats_h` holds `n_logit_rows * 16` bytes and `fast_h` `n_logit_rows *
+        // CAND_FAST * 8`; the stream syncs before either is read.
         unsafe {
             let dst = std::slice::from_raw_parts_mut(ex.stats_h.as_ptr(), n * 16);
             ex.stream.dtoh(dst, ex.stats_d.ptr()).map_err(cu)?;
+            if req.chunks_exact(2).any(|r| r[0] > 0) {
+                let dst = std::slice::from_raw_parts_mut(ex.fast_h.as_ptr(), n * CAND_FAST * 8);
+                ex.stream.dtoh(dst, ex.fast_d.ptr()).map_err(cu)?;
+            }
         }
         ex.stream.sync().map_err(cu)?;
         ex.device_error()?;
@@ -1338,31 +1448,44 @@ impl CudaOps {
                         continue;
                     }
                     let m = count;
-                    // SAFETY: `cand_h` holds `CAND_CAP * 8` bytes; synced before reading.
-                    unsafe {
-                        let hv = std::slice::from_raw_parts_mut(ex.cand_h.as_ptr(), m * 4);
-                        ex.stream
-                            .dtoh(hv, ex.cand_v.ptr() + (i * CAND_CAP * 4) as u64)
-                            .map_err(cu)?;
-                        let hi = std::slice::from_raw_parts_mut(
-                            ex.cand_h.as_ptr().add(CAND_CAP * 4),
-                            m * 4,
-                        );
-                        ex.stream
-                            .dtoh(hi, ex.cand_i.ptr() + (i * CAND_CAP * 4) as u64)
-                            .map_err(cu)?;
-                    }
-                    ex.stream.sync().map_err(cu)?;
-                    let raw = ex.cand_h.as_slice();
-                    let rd = |at: usize| [raw[at], raw[at + 1], raw[at + 2], raw[at + 3]];
-                    let mut c: Vec<(f32, i32)> = (0..m)
-                        .map(|j| {
-                            (
-                                f32::from_le_bytes(rd(4 * j)),
-                                i32::from_le_bytes(rd(CAND_CAP * 4 + 4 * j)),
-                            )
-                        })
-                        .collect();
+                    let mut c: Vec<(f32, i32)> = if m <= CAND_FAST {
+                        // Already here, with the statistics.
+                        let raw = &ex.fast_h.as_slice()[i * CAND_FAST * 8..][..m * 8];
+                        raw.chunks_exact(8)
+                            .map(|p| {
+                                (
+                                    f32::from_le_bytes([p[0], p[1], p[2], p[3]]),
+                                    i32::from_le_bytes([p[4], p[5], p[6], p[7]]),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        // SAFETY: `cand_h` holds `CAND_CAP * 8` bytes; synced before reading.
+                        unsafe {
+                            let hv = std::slice::from_raw_parts_mut(ex.cand_h.as_ptr(), m * 4);
+                            ex.stream
+                                .dtoh(hv, ex.cand_v.ptr() + (i * CAND_CAP * 4) as u64)
+                                .map_err(cu)?;
+                            let hi = std::slice::from_raw_parts_mut(
+                                ex.cand_h.as_ptr().add(CAND_CAP * 4),
+                                m * 4,
+                            );
+                            ex.stream
+                                .dtoh(hi, ex.cand_i.ptr() + (i * CAND_CAP * 4) as u64)
+                                .map_err(cu)?;
+                        }
+                        ex.stream.sync().map_err(cu)?;
+                        let raw = ex.cand_h.as_slice();
+                        let rd = |at: usize| [raw[at], raw[at + 1], raw[at + 2], raw[at + 3]];
+                        (0..m)
+                            .map(|j| {
+                                (
+                                    f32::from_le_bytes(rd(4 * j)),
+                                    i32::from_le_bytes(rd(CAND_CAP * 4 + 4 * j)),
+                                )
+                            })
+                            .collect()
+                    };
                     let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
                     c.sort_by(|a, b| key(b.0).total_cmp(&key(a.0)).then(a.1.cmp(&b.1)));
                     if c.len() < ids.len() {
@@ -1399,6 +1522,25 @@ fn rows_per_block(n: usize) -> usize {
     }
 }
 
+/// Whether two weights share type and shape (so one kernel can read both).
+fn same_layout(a: &CudaWeight, b: &CudaWeight) -> bool {
+    a.ty == b.ty && a.rows == b.rows && a.cols == b.cols
+}
+
+/// Warps that share one output of a matrix-vector product (1, 2 or 4, each a slice of K):
+/// more for long rows, and for few outputs, so that enough loads are in flight. A function of
+/// the shape alone, so results stay batch-invariant.
+fn mmv_split(k: usize, n: usize) -> usize {
+    let chunks = k / 32;
+    if chunks >= 128 || (n <= 1024 && chunks >= 16) {
+        4
+    } else if chunks >= 64 {
+        2
+    } else {
+        1
+    }
+}
+
 fn act_code(act: Activation) -> i32 {
     match act {
         Activation::Silu => 0,
@@ -1421,6 +1563,119 @@ impl CudaOps {
         Ok(())
     }
 
+    /// `out = act(gate·x) * (up·x)`, with `x` RMS-normed first by `norm` (fused; gate and
+    /// up of one type).
+    #[allow(clippy::too_many_arguments)]
+    fn glu_mmv(
+        &self,
+        ex: &mut CudaExec,
+        x: &CudaAct,
+        norm: Option<(&CudaWeight, f32)>,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+        act: Activation,
+        out: &mut CudaAct,
+        tmp: &mut CudaAct,
+    ) -> Result<()> {
+        if !same_layout(gate, up) {
+            if norm.is_some() {
+                return Err(shape_err("matmul_glu"));
+            }
+            self.mmv(ex, x, gate, None, false, out)?;
+            self.mmv(ex, x, up, None, false, tmp)?;
+            return self.glu(ex, out, tmp, act);
+        }
+        self.check_mmv(x, gate, out)?;
+        let t = kernel_type(gate.ty).ok_or_else(|| shape_err("matmul type"))?;
+        let (n, r) = (x.rows, rows_per_block(x.rows));
+        if n == 0 {
+            return Ok(());
+        }
+        let (np, eps) = self.norm_arg(norm, x.cols)?;
+        let split = mmv_split(gate.cols, gate.rows);
+        self.go(
+            ex,
+            &format!("mmv_glu_{t}_r{r}"),
+            (blocks(gate.rows, 4 / split), blocks(n, r), 1),
+            128,
+            Args::new()
+                .u64(gate.buf.ptr())
+                .u64(up.buf.ptr())
+                .u64(x.ptr())
+                .u64(out.ptr())
+                .i32(gate.cols as i32)
+                .i32(gate.rows as i32)
+                .i32(n as i32)
+                .i32(x.cols as i32)
+                .i32(out.cols as i32)
+                .i32(act_code(act))
+                .i32(split as i32)
+                .u64(np)
+                .f32(eps),
+        )
+    }
+
+    /// The kernel arguments of an optional fused RMS norm over rows of `cols`: the weight's
+    /// address (0: none) and epsilon.
+    fn norm_arg(&self, norm: Option<(&CudaWeight, f32)>, cols: usize) -> Result<(u64, f32)> {
+        match norm {
+            Some((nw, eps)) => Ok((self.vector(nw, cols, "norm weight")?, eps)),
+            None => Ok((0, 0.0)),
+        }
+    }
+
+    /// Up to three projections of `x` (RMS-normed first with `norm`, fused) in one launch.
+    fn qkv(
+        &self,
+        ex: &mut CudaExec,
+        x: &CudaAct,
+        norm: Option<(&CudaWeight, f32)>,
+        w: [&CudaWeight; 3],
+        b: [Option<&CudaWeight>; 3],
+        out: [&mut CudaAct; 3],
+    ) -> Result<()> {
+        let (n, r) = (x.rows, rows_per_block(x.rows));
+        let (np, eps) = self.norm_arg(norm, x.cols)?;
+        let mut args = Args::new()
+            .u64(x.ptr())
+            .i32(x.cols as i32)
+            .i32(n as i32)
+            .i32(x.cols as i32)
+            .u64(np)
+            .f32(eps);
+        let mut nblk_total = 0u32;
+        for ((w, b), o) in w.into_iter().zip(b).zip(out) {
+            self.check_mmv(x, w, o)?;
+            let bp = match b {
+                Some(b) => self.vector(b, w.rows, "matmul bias")?,
+                None => 0,
+            };
+            kernel_type(w.ty).ok_or_else(|| shape_err("matmul type"))?;
+            let split = mmv_split(w.cols, w.rows);
+            let nblk = blocks(w.rows, 4 / split);
+            nblk_total += nblk;
+            args = args
+                .u64(w.buf.ptr())
+                .u64(bp)
+                .u64(o.ptr())
+                .i32(w.ty as i32)
+                .i32(w.rows as i32)
+                .i32(o.cols as i32)
+                .i32(split as i32)
+                .i32(nblk as i32);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.go(
+            ex,
+            &format!("mmv_seg_r{r}"),
+            (nblk_total, blocks(n, r), 1),
+            128,
+            args,
+        )
+    }
+
     /// `out = W·x (+ b)`, or `out += W·x (+ b)` when `accumulate`.
     fn mmv(
         &self,
@@ -1441,10 +1696,11 @@ impl CudaOps {
         if n == 0 {
             return Ok(());
         }
+        let split = mmv_split(w.cols, w.rows);
         self.go(
             ex,
             &format!("mmv_{t}_r{r}"),
-            (blocks(w.rows, 4), blocks(n, r), 1),
+            (blocks(w.rows, 4 / split), blocks(n, r), 1),
             128,
             Args::new()
                 .u64(w.buf.ptr())
@@ -1456,7 +1712,8 @@ impl CudaOps {
                 .i32(x.cols as i32)
                 .i32(out.cols as i32)
                 .u64(bp)
-                .i32(accumulate as i32),
+                .i32(accumulate as i32)
+                .i32(split as i32),
         )
     }
 

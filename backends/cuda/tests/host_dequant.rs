@@ -1,7 +1,9 @@
 //! The kernels' dequantizers (`kernels/quant.cuh`: `deq32` and the quarter-chunk `deq8` that
 //! the matrix-vector kernels use) against the SDK's reference dequantizers, for every weight
 //! type, on the CPU: `tests/host/dequant.cpp` builds them with a C++ compiler over host
-//! stand-ins for the CUDA built-ins. No GPU is needed; where no C++ compiler is found the test
+//! stand-ins for the CUDA built-ins. `tests/host/matvec.cpp` likewise runs the matrix-vector
+//! kernels' per-lane dot products (every K slice, the fused norm's weight and sum of squares)
+//! one lane at a time, and the sums are checked against dot products of the SDK's values. No GPU is needed; where no C++ compiler is found the test
 //! skips and says so (`KILN_REQUIRE_CXX=1` makes that a failure, as CI sets).
 
 use kiln_backend_cuda::ops::kernel_type;
@@ -30,7 +32,8 @@ fn compiler() -> Option<String> {
     None
 }
 
-fn build() -> Option<PathBuf> {
+/// Builds `tests/host/{name}.cpp`, or says why it can't.
+fn build(name: &str) -> Option<PathBuf> {
     let Some(cxx) = compiler() else {
         assert!(
             std::env::var("KILN_REQUIRE_CXX").as_deref() != Ok("1"),
@@ -39,8 +42,8 @@ fn build() -> Option<PathBuf> {
         eprintln!("skipped: no C++ compiler (c++, g++, clang++) found");
         return None;
     };
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/host/dequant.cpp");
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-host-dequant");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/host/{name}.cpp"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-host-{name}"));
     let out = Command::new(&cxx)
         .args(["-std=c++17", "-O1", "-w", "-o"])
         .arg(&exe)
@@ -56,43 +59,45 @@ fn build() -> Option<PathBuf> {
     Some(exe)
 }
 
-/// Runs the host build on `blocks` blocks of `ty`; returns (deq32 values, deq8 values).
-fn host_dequant(exe: &Path, ty: GgmlType, blocks: usize, data: &[u8]) -> (Vec<f32>, Vec<f32>) {
+/// Runs a host build with `input` on its standard input; returns its output as f32 values.
+fn run_host(exe: &Path, input: &[u8], what: &str) -> Vec<f32> {
     let mut child = Command::new(exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("runs the host dequantizer");
+        .expect("runs the host build");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!("{} {blocks} {}\n", ty as u32, data.len()).as_bytes())
-        .and_then(|_| stdin.write_all(data))
-        .expect("writes the blocks");
+    stdin.write_all(input).expect("writes the input");
     drop(stdin);
-    let out = child.wait_with_output().expect("host dequantizer output");
-    assert!(
-        out.status.success(),
-        "host dequantizer failed for {ty}: {:?}",
-        out.status
-    );
-    let v: Vec<f32> = out
-        .stdout
+    let out = child.wait_with_output().expect("host build output");
+    assert!(out.status.success(), "{what}: {:?}", out.status);
+    out.stdout
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+        .collect()
+}
+
+/// Every type the backend has kernels for.
+fn kernel_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|&t| kernel_type(t).is_some())
+}
+
+/// Runs the host dequantizers on `blocks` blocks of `ty`; returns (deq32 values, deq8 values).
+fn host_dequant(exe: &Path, ty: GgmlType, blocks: usize, data: &[u8]) -> (Vec<f32>, Vec<f32>) {
+    let mut input = format!("{} {blocks} {}\n", ty as u32, data.len()).into_bytes();
+    input.extend_from_slice(data);
+    let v = run_host(exe, &input, &format!("host dequantizer, {ty}"));
     let n = v.len() / 2;
     (v[..n].to_vec(), v[n..].to_vec())
 }
 
 #[test]
 fn kernel_dequantizers_match_the_sdk() {
-    let Some(exe) = build() else { return };
+    let Some(exe) = build("dequant") else { return };
     let mut rng = Rng::new(0xdec0de);
-    // Every type the backend has kernels for.
-    for ty in GgmlType::ALL
-        .into_iter()
-        .filter(|&t| kernel_type(t).is_some())
-    {
+    for ty in kernel_types() {
         let n = 256 * 12;
         let data = random_tensor(ty, n, 0.7, &mut rng);
         // The kernels read float types in 32-value chunks, as if in blocks of 32.
@@ -121,5 +126,84 @@ fn kernel_dequantizers_match_the_sdk() {
             );
         }
         eprintln!("{ty}: {n} values match");
+    }
+}
+
+/// Runs the host matrix-vector dot products; returns (y, per-row sums of squares).
+#[allow(clippy::too_many_arguments)]
+fn host_matvec(
+    exe: &Path,
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    rows: usize,
+    split: usize,
+    w: &[u8],
+    x: &[f32],
+    norm: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let has_norm = norm.is_some() as i32;
+    let head = format!(
+        "{} {k} {n} {rows} {split} {has_norm}\n{}\n",
+        ty as u32,
+        w.len()
+    );
+    let mut input = head.into_bytes();
+    input.extend_from_slice(w);
+    input.extend(
+        x.iter()
+            .chain(norm.unwrap_or(&[]))
+            .flat_map(|v| v.to_le_bytes()),
+    );
+    let v = run_host(exe, &input, &format!("host matvec, {ty}"));
+    assert_eq!(v.len(), rows * n + rows, "{ty}: host matvec output length");
+    (v[..rows * n].to_vec(), v[rows * n..].to_vec())
+}
+
+#[test]
+fn matvec_lanes_cover_every_value_once() {
+    let Some(exe) = build("matvec") else { return };
+    let mut rng = Rng::new(0x5ca1e);
+    let (n, rows) = (3usize, 2usize);
+    for ty in kernel_types() {
+        for k in [256usize, 768, 2048] {
+            let data = random_tensor(ty, n * k, 0.5, &mut rng);
+            let mut wf = vec![0f32; n * k];
+            dequantize_row(ty, &data, &mut wf).expect("dequantizes");
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.symmetric()).collect();
+            let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.symmetric()).collect();
+            for split in [1usize, 2, 4] {
+                for norm in [None, Some(&nw[..])] {
+                    let (y, ss) = host_matvec(&exe, ty, k, n, rows, split, &data, &x, norm);
+                    for r in 0..rows {
+                        let xr = &x[r * k..(r + 1) * k];
+                        if norm.is_some() {
+                            let want: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                            assert!(
+                                (ss[r] as f64 - want).abs() <= 1e-4 * want,
+                                "{ty} K={k} split {split}: sum of squares {} vs {want}",
+                                ss[r]
+                            );
+                        }
+                        for o in 0..n {
+                            let wr = &wf[o * k..(o + 1) * k];
+                            let (mut want, mut mag) = (0f64, 0f64);
+                            for i in 0..k {
+                                let xv = xr[i] as f64 * norm.map_or(1.0, |nw| nw[i] as f64);
+                                want += wr[i] as f64 * xv;
+                                mag += (wr[i] as f64 * xv).abs();
+                            }
+                            let got = y[r * n + o] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * mag + 1e-30,
+                                "{ty} K={k} split {split} norm {}: row {r} output {o} is {got}, \
+                                 want {want}",
+                                norm.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
