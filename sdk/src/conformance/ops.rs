@@ -476,6 +476,21 @@ fn check_embed<O: Ops>(
     p.expect(format!("embed {ty}"), &got, &want, p.tol.exact)
 }
 
+/// Rows of a prompt-sized batch: backends may switch kernels at some row count, and a row's
+/// bits must not change with it.
+const PROMPT_BATCH: usize = 70;
+
+/// `n` activation rows of `cols`: the first 9 from `rng`, any more from a generator of their
+/// own (so the checks after them draw the same values whatever `n` is).
+fn batch_values(n: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut x = values(n.min(9) * cols, 1.0, rng);
+    if n > 9 {
+        let mut more = Rng::new(0xba7c ^ cols as u64);
+        x.extend(values((n - 9) * cols, 1.0, &mut more));
+    }
+    x
+}
+
 fn check_matmul<O: Ops>(
     p: &mut Pair<'_, O>,
     store: &mut Store,
@@ -483,10 +498,13 @@ fn check_matmul<O: Ops>(
     rng: &mut Rng,
 ) -> R<()> {
     let limit = matmul_limit(&p.tol, ty);
-    for (rows, cols) in [(7usize, 256usize), (67, 768), (1030, 2048)] {
+    for (rows, cols, n) in [
+        (7usize, 256usize, 9usize),
+        (67, 768, PROMPT_BATCH),
+        (1030, 2048, 9),
+    ] {
         let (w, rw) = matrix(p, store, ty, rows, cols, rng)?;
-        let n = 9;
-        let x = values(n * cols, 1.0, rng);
+        let x = batch_values(n, cols, rng);
         let zeros = vec![0f32; n * rows];
         let (a, ra) = p.acts(n, cols, &x)?;
         let (mut o, mut ro) = p.acts(n, rows, &zeros)?;
@@ -563,9 +581,9 @@ fn check_matmul_qkv<O: Ops>(
         .max(p.tol.matmul_quant)
         .max(p.tol.matmul_float);
     let (nw, rnw) = norm_weight(p, store, cols, rng)?;
-    let x = values(9 * cols, 1.0, rng);
+    let x = batch_values(PROMPT_BATCH, cols, rng);
     let mut batch = Vec::new();
-    for n in [9usize, 1] {
+    for n in [PROMPT_BATCH, 1] {
         let (a, ra) = p.acts(n, cols, &x[..n * cols])?;
         let (mut h, mut rh) = p.acts(n, cols, &x[..n * cols])?;
         let mut o = Vec::new();
@@ -612,7 +630,7 @@ fn check_matmul_qkv<O: Ops>(
                 &want,
                 limit,
             )?;
-            if n == 9 {
+            if n == PROMPT_BATCH {
                 batch.push(got);
             } else {
                 let rows = parts[i].1;
@@ -665,14 +683,15 @@ fn check_norm_matmul_glu<O: Ops>(
     rng: &mut Rng,
 ) -> R<()> {
     let (cols, rows) = (768, 72);
-    // The product of two projections (and SiLU): up to three times a projection's error.
-    let limit = 3.0 * matmul_limit(&p.tol, ty);
+    // The product of two projections (and SiLU): up to four times a projection's error (the
+    // CPU's 8-bit activations reach 3.8x on Q4_0 over 70 rows x 72 outputs).
+    let limit = 4.0 * matmul_limit(&p.tol, ty);
     let (g, rg) = matrix(p, store, ty, rows, cols, rng)?;
     let (u, ru) = matrix(p, store, ty, rows, cols, rng)?;
     let (nw, rnw) = norm_weight(p, store, cols, rng)?;
-    let x = values(9 * cols, 1.0, rng);
+    let x = batch_values(PROMPT_BATCH, cols, rng);
     let mut batch = Vec::new();
-    for n in [9usize, 1] {
+    for n in [PROMPT_BATCH, 1] {
         let (a, ra) = p.acts(n, cols, &x[..n * cols])?;
         let (mut h, mut rh) = p.acts(n, cols, &x[..n * cols])?;
         let zeros = vec![0f32; n * rows];
@@ -712,7 +731,7 @@ fn check_norm_matmul_glu<O: Ops>(
             &want,
             limit,
         )?;
-        if n == 9 {
+        if n == PROMPT_BATCH {
             batch = got;
         } else {
             same_bits(
