@@ -82,14 +82,18 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("kiln").join("cuda"))
 }
 
-/// Compiler options for `arch` (`sm_90`, ...).
+/// Compiler options for `arch` (`sm_90`, ...). `KILN_CUDA_LINEINFO=1` adds source lines for
+/// profilers (they more than double the cubin: it embeds the PTX).
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
-        "-lineinfo".into(),
         "--device-as-default-execution-space".into(),
-    ]
+    ];
+    if std::env::var("KILN_CUDA_LINEINFO").as_deref() == Ok("1") {
+        o.push("-lineinfo".into());
+    }
+    o
 }
 
 /// Where the cubin of `src` for `arch` is cached in `dir` (None without NVRTC).
