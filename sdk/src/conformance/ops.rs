@@ -905,11 +905,26 @@ fn check_attention<O: Ops>(p: &mut Pair<'_, O>, rng: &mut Rng) -> R<()> {
             let q = values(n * qd, 1.5, rng);
             let k = values(n * kd, 1.5, rng);
             let v = values(n * kd, 1.0, rng);
-            let (qa, rq) = p.acts(n, qd, &q)?;
-            let (ka, rk) = p.acts(n, kd, &k)?;
+            let (mut qa, mut rq) = p.acts(n, qd, &q)?;
+            let (mut ka, mut rk) = p.acts(n, kd, &k)?;
             let (va, rv) = p.acts(n, kd, &v)?;
             let zeros = vec![0f32; n * qd];
             let (mut o, mut ro) = p.acts(n, qd, &zeros)?;
+            // As a model's layer: rotary embeddings of q and k right before the attention
+            // (half the dims rotated, so the store also sees unrotated ones).
+            let positions: Vec<i32> = rows.iter().map(|r| r.pos as i32).collect();
+            let rope = Rope {
+                style: RopeStyle::Neox,
+                n_rot: c.hd / 2,
+                base: 10000.0,
+                freq_scale: 1.0,
+                yarn: None,
+            };
+            p.ops
+                .rope_qk(&mut p.ex, &mut qa, &mut ka, &positions, c.hd, &rope)
+                .map_err(be("rope_qk"))?;
+            p.r.rope_qk(&mut p.rex, &mut rq, &mut rk, &positions, c.hd, &rope)
+                .map_err(be("reference rope_qk"))?;
             p.ops
                 .attention(&mut p.ex, &mut kv, 1, &qa, &ka, &va, &rows, &par, &mut o)
                 .map_err(be("attention"))?;
