@@ -85,6 +85,8 @@ pub struct Group<'a> {
 #[derive(Default)]
 pub struct Scratch {
     probs: Vec<f32>,
+    /// Per head of the block being run: whether it adds anything.
+    active: Vec<bool>,
     values: Vec<f32>,
     max: Vec<f32>,
     /// Queries of a task (`g * hk`).
@@ -102,6 +104,7 @@ impl Scratch {
         grow(&mut self.probs, g * BLOCK);
         grow(&mut self.values, BLOCK * hv);
         self.max.reserve(g);
+        self.active.reserve(g);
     }
 
     /// Bytes held.
@@ -176,13 +179,20 @@ impl Group<'_> {
                 hk,
                 &mut sc.probs,
             );
-            for i in 0..b {
-                let at = slot + i;
-                crate::kernels::f16_to_f32_slice(
-                    &self.v[at * self.v_stride..at * self.v_stride + hv],
-                    &mut sc.values[i * hv..(i + 1) * hv],
-                );
+            // AVX2: the values are read as f16 by one pass over the block for every head
+            // (`mad_group`), after each head's probabilities; elsewhere they are converted
+            // once per block and each head adds them in turn. The same operations per output.
+            let fused = fused_values(hv);
+            if !fused {
+                for i in 0..b {
+                    let at = slot + i;
+                    crate::kernels::f16_to_f32_slice(
+                        &self.v[at * self.v_stride..at * self.v_stride + hv],
+                        &mut sc.values[i * hv..(i + 1) * hv],
+                    );
+                }
             }
+            sc.active.clear();
             for h in 0..g {
                 let p = &mut sc.probs[h * BLOCK..h * BLOCK + b];
                 for s in p.iter_mut() {
@@ -197,8 +207,10 @@ impl Group<'_> {
                     .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
                 if mb == f32::NEG_INFINITY {
                     // Every score of the block is −∞ (or NaN): it adds nothing.
+                    sc.active.push(false);
                     continue;
                 }
+                sc.active.push(true);
                 let acc = &mut accs[h * hv..(h + 1) * hv];
                 let m = &mut sc.max[h];
                 if mb > *m {
@@ -213,7 +225,19 @@ impl Group<'_> {
                 for &w in p.iter() {
                     sums[h] += w;
                 }
-                mad_block_f32(acc, &sc.values[..b * hv], p);
+                if !fused {
+                    mad_block_f32(acc, &sc.values[..b * hv], p);
+                }
+            }
+            if fused {
+                mad_group(
+                    accs,
+                    &self.v[slot * self.v_stride..],
+                    self.v_stride,
+                    b,
+                    &sc.probs,
+                    &sc.active,
+                );
             }
             start = end;
         }
@@ -286,6 +310,35 @@ fn mad_block_f32(acc: &mut [f32], v: &[f32], w: &[f32]) {
             *a = x.mul_add(s, *a);
         }
     }
+}
+
+/// Whether [`Group::attend`] reads the values through [`mad_group`] (AVX2 only: the AVX-512
+/// and portable paths convert a block once and add it per head).
+fn fused_values(hv: usize) -> bool {
+    level() == 1 && hv.is_multiple_of(8)
+}
+
+/// [`mad_block_f32`] for every active head `h` of the group at once, reading the f16 values
+/// of positions `0..b` (`v[j * stride..][..hv]`) directly: `accs[h * hv + i] = fma(v_j[i],
+/// probs[h * BLOCK + j], accs[h * hv + i])` for each `j` in order, the same operations as
+/// converting the block first. Only called where [`fused_values`] holds.
+fn mad_group(accs: &mut [f32], v: &[u16], stride: usize, b: usize, probs: &[f32], active: &[bool]) {
+    let g = active.len();
+    let hv = accs.len() / g.max(1);
+    assert!(
+        b <= BLOCK
+            && probs.len() >= g * BLOCK
+            && accs.len() == g * hv
+            && hv.is_multiple_of(8)
+            && (b == 0 || v.len() >= (b - 1) * stride + hv),
+        "attention value shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if level() >= 1 {
+        // SAFETY: features checked at run time; every value row read is in `v` (asserted).
+        return unsafe { x86::mad_group256(accs, v, stride, b, probs, active) };
+    }
+    unreachable!("mad_group without AVX2");
 }
 
 /// `acc[i] *= s`.
@@ -366,6 +419,72 @@ mod x86 {
         }
     }
 
+    /// [`super::mad_group`]: up to four heads × 16 columns in eight registers; each position's
+    /// 16 values are converted from f16 once for those heads.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_group256(
+        accs: &mut [f32],
+        v: &[u16],
+        stride: usize,
+        b: usize,
+        probs: &[f32],
+        active: &[bool],
+    ) {
+        let g = active.len();
+        let hv = accs.len() / g;
+        let (pa, pv, pp) = (accs.as_mut_ptr(), v.as_ptr(), probs.as_ptr());
+        let mut next = 0;
+        loop {
+            // The next (up to) four active heads.
+            let mut hs = [0usize; 4];
+            let mut n = 0;
+            while next < g && n < 4 {
+                if active[next] {
+                    hs[n] = next;
+                    n += 1;
+                }
+                next += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            let hs = &hs[..n];
+            let mut c = 0;
+            while c < hv {
+                // 16 columns, or the last 8.
+                let two = c + 16 <= hv;
+                let mut a = [[_mm256_setzero_ps(); 2]; 4];
+                for (i, &h) in hs.iter().enumerate() {
+                    a[i][0] = _mm256_loadu_ps(pa.add(h * hv + c));
+                    if two {
+                        a[i][1] = _mm256_loadu_ps(pa.add(h * hv + c + 8));
+                    }
+                }
+                for j in 0..b {
+                    let row = pv.add(j * stride + c);
+                    let v0 = _mm256_cvtph_ps(_mm_loadu_si128(row as *const __m128i));
+                    let v1 = if two {
+                        _mm256_cvtph_ps(_mm_loadu_si128(row.add(8) as *const __m128i))
+                    } else {
+                        v0
+                    };
+                    for i in 0..n {
+                        let w = _mm256_set1_ps(*pp.add(hs[i] * super::BLOCK + j));
+                        a[i][0] = _mm256_fmadd_ps(v0, w, a[i][0]);
+                        a[i][1] = _mm256_fmadd_ps(v1, w, a[i][1]);
+                    }
+                }
+                for (i, &h) in hs.iter().enumerate() {
+                    _mm256_storeu_ps(pa.add(h * hv + c), a[i][0]);
+                    if two {
+                        _mm256_storeu_ps(pa.add(h * hv + c + 8), a[i][1]);
+                    }
+                }
+                c += if two { 16 } else { 8 };
+            }
+        }
+    }
+
     /// [`super::mad_block_f32`]: 64 columns of `acc` in four registers at a time.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn mad_block512(acc: &mut [f32], v: &[f32], w: &[f32]) {
@@ -430,7 +549,31 @@ mod x86 {
             // Slots past the block repeat its last position and are not stored.
             let rows: [*const u16; 4] =
                 core::array::from_fn(|t| k.as_ptr().add((j + t).min(b - 1) * stride));
-            for h in 0..g {
+            // Heads in pairs: each key chunk is converted once for two queries (each score
+            // takes the same operations as alone).
+            let mut h = 0;
+            while h + 2 <= g {
+                let (q0, q1) = (qs.as_ptr().add(h * hk), qs.as_ptr().add((h + 1) * hk));
+                let mut a0 = [_mm256_setzero_ps(); 4];
+                let mut a1 = [_mm256_setzero_ps(); 4];
+                let mut c = 0;
+                while c < hk {
+                    let (x0, x1) = (_mm256_loadu_ps(q0.add(c)), _mm256_loadu_ps(q1.add(c)));
+                    for t in 0..4 {
+                        let kv = _mm256_cvtph_ps(_mm_loadu_si128(rows[t].add(c) as *const __m128i));
+                        a0[t] = _mm256_fmadd_ps(kv, x0, a0[t]);
+                        a1[t] = _mm256_fmadd_ps(kv, x1, a1[t]);
+                    }
+                    c += 8;
+                }
+                let (r0, r1) = (reduce4(a0), reduce4(a1));
+                for t in 0..4.min(b - j) {
+                    out[h * super::BLOCK + j + t] = r0[t];
+                    out[(h + 1) * super::BLOCK + j + t] = r1[t];
+                }
+                h += 2;
+            }
+            for h in h..g {
                 let q = qs.as_ptr().add(h * hk);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut c = 0;
@@ -530,6 +673,62 @@ mod tests {
         let mut z = vec![1.0001f32, 65519.0, -2.71, 1e-8];
         round_slice(&mut z);
         assert_eq!(z, vec![1.0, 65504.0, -2.7109375, round_f16(1e-8)]);
+    }
+
+    /// The AVX2 value pass over several heads at once (`mad_group256`: heads in fours, 16 and
+    /// 8 columns, heads left out) gives each head the bits of converting the block and adding
+    /// it alone; the paired-head scores give each head the bits it gets alone.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_grouped_values_and_scores_match_one_head_at_a_time() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("no AVX2 here: nothing to check");
+            return;
+        }
+        let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin() * 3.0).to_bits();
+        for (g, hv, stride, b) in [
+            (5, 40, 48, 32),
+            (3, 64, 64, 7),
+            (1, 8, 8, 1),
+            (9, 24, 30, 19),
+        ] {
+            let v: Vec<u16> = (0..b * stride).map(|i| f(i, 0.13)).collect();
+            let probs: Vec<f32> = (0..g * BLOCK)
+                .map(|i| ((i as f32) * 0.71).cos().abs())
+                .collect();
+            let active: Vec<bool> = (0..g).map(|h| h % 4 != 2).collect();
+            let init: Vec<f32> = (0..g * hv).map(|i| (i as f32 * 0.3).sin()).collect();
+            let mut got = init.clone();
+            // SAFETY: AVX2, FMA and F16C checked above; `v` holds b rows of `stride`.
+            unsafe { x86::mad_group256(&mut got, &v, stride, b, &probs, &active) };
+            let mut want = init.clone();
+            for h in (0..g).filter(|&h| active[h]) {
+                for j in 0..b {
+                    for i in 0..hv {
+                        let x = half::f16::from_bits(v[j * stride + i]).to_f32();
+                        let a = &mut want[h * hv + i];
+                        *a = x.mul_add(probs[h * BLOCK + j], *a);
+                    }
+                }
+            }
+            assert_eq!(got, want, "g {g} hv {hv} b {b}");
+        }
+        for (g, hk, b) in [(3, 64, 32), (4, 32, 5), (7, 128, 13)] {
+            let k: Vec<u16> = (0..b * hk).map(|i| f(i, 0.37)).collect();
+            let qs: Vec<f32> = (0..g * hk).map(|i| (i as f32 * 0.7).cos()).collect();
+            let mut all = vec![0f32; g * BLOCK];
+            // SAFETY: as above; `k` holds b rows of hk.
+            unsafe { x86::scores256(&k, hk, b, &qs, hk, &mut all) };
+            for h in 0..g {
+                let mut one = vec![0f32; BLOCK];
+                // SAFETY: as above.
+                unsafe { x86::scores256(&k, hk, b, &qs[h * hk..(h + 1) * hk], hk, &mut one) };
+                assert_eq!(all[h * BLOCK..h * BLOCK + b], one[..b], "g {g} head {h}");
+            }
+        }
     }
 
     /// Plain f64 softmax attention of query `q` over positions `lo..=hi`.
