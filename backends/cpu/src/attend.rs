@@ -78,6 +78,10 @@ pub struct Group<'a> {
     pub sinks: Option<&'a [f32]>,
     /// Positions the cache holds (a ring: position `p` is at `p % cells`).
     pub cells: usize,
+    /// Optional per head: the last position it attends to (at most `hi`; by default `hi`).
+    /// Several rows of one sequence then share a pass (their heads stacked), each row
+    /// stopping at its own position with the operations it takes alone.
+    pub his: Option<&'a [usize]>,
 }
 
 /// Reusable buffers of [`Group::attend`], plus the caller's per-task queries, outputs and
@@ -87,6 +91,8 @@ pub struct Scratch {
     probs: Vec<f32>,
     /// Per head of the block being run: whether it adds anything.
     active: Vec<bool>,
+    /// Per head of the block being run: the positions it takes (a prefix of the block).
+    lens: Vec<usize>,
     values: Vec<f32>,
     max: Vec<f32>,
     /// Queries of a task (`g * hk`).
@@ -105,6 +111,7 @@ impl Scratch {
         grow(&mut self.values, BLOCK * hv);
         self.max.reserve(g);
         self.active.reserve(g);
+        self.lens.reserve(g);
     }
 
     /// Bytes held.
@@ -151,7 +158,12 @@ impl Group<'_> {
         let (hk, g) = (self.hk, sums.len());
         let hv = accs.len().checked_div(g).unwrap_or(0);
         assert!(
-            g > 0 && accs.len() == g * hv && self.qs.len() == g * hk,
+            g > 0
+                && accs.len() == g * hv
+                && self.qs.len() == g * hk
+                && self
+                    .his
+                    .is_none_or(|e| e.len() == g && e.iter().all(|&e| e <= hi)),
             "attention group shapes"
         );
         accs.iter_mut().for_each(|a| *a = 0.0);
@@ -193,8 +205,19 @@ impl Group<'_> {
                 }
             }
             sc.active.clear();
+            sc.lens.clear();
             for h in 0..g {
-                let p = &mut sc.probs[h * BLOCK..h * BLOCK + b];
+                // A head that stops earlier sees the block as it would alone: its prefix.
+                let bh = match self.his {
+                    Some(e) => (e[h] + 1).saturating_sub(start).min(b),
+                    None => b,
+                };
+                sc.lens.push(bh);
+                if bh == 0 {
+                    sc.active.push(false);
+                    continue;
+                }
+                let p = &mut sc.probs[h * BLOCK..h * BLOCK + bh];
                 for s in p.iter_mut() {
                     let x = *s * self.scale;
                     *s = match self.softcap {
@@ -226,7 +249,7 @@ impl Group<'_> {
                     sums[h] += w;
                 }
                 if !fused {
-                    mad_block_f32(acc, &sc.values[..b * hv], p);
+                    mad_block_f32(acc, &sc.values[..bh * hv], p);
                 }
             }
             if fused {
@@ -234,7 +257,7 @@ impl Group<'_> {
                     accs,
                     &self.v[slot * self.v_stride..],
                     self.v_stride,
-                    b,
+                    &sc.lens,
                     &sc.probs,
                     &sc.active,
                 );
@@ -319,14 +342,23 @@ fn fused_values(hv: usize) -> bool {
 }
 
 /// [`mad_block_f32`] for every active head `h` of the group at once, reading the f16 values
-/// of positions `0..b` (`v[j * stride..][..hv]`) directly: `accs[h * hv + i] = fma(v_j[i],
-/// probs[h * BLOCK + j], accs[h * hv + i])` for each `j` in order, the same operations as
-/// converting the block first. Only called where [`fused_values`] holds.
-fn mad_group(accs: &mut [f32], v: &[u16], stride: usize, b: usize, probs: &[f32], active: &[bool]) {
+/// of positions `0..lens[h]` (`v[j * stride..][..hv]`) directly: `accs[h * hv + i] =
+/// fma(v_j[i], probs[h * BLOCK + j], accs[h * hv + i])` for each `j` in order, the same
+/// operations as converting the block first. Only called where [`fused_values`] holds.
+fn mad_group(
+    accs: &mut [f32],
+    v: &[u16],
+    stride: usize,
+    lens: &[usize],
+    probs: &[f32],
+    active: &[bool],
+) {
     let g = active.len();
     let hv = accs.len() / g.max(1);
+    let b = lens.iter().copied().max().unwrap_or(0);
     assert!(
         b <= BLOCK
+            && lens.len() == g
             && probs.len() >= g * BLOCK
             && accs.len() == g * hv
             && hv.is_multiple_of(8)
@@ -336,7 +368,7 @@ fn mad_group(accs: &mut [f32], v: &[u16], stride: usize, b: usize, probs: &[f32]
     #[cfg(target_arch = "x86_64")]
     if level() >= 1 {
         // SAFETY: features checked at run time; every value row read is in `v` (asserted).
-        return unsafe { x86::mad_group256(accs, v, stride, b, probs, active) };
+        return unsafe { x86::mad_group256(accs, v, stride, lens, probs, active) };
     }
     unreachable!("mad_group without AVX2");
 }
@@ -426,7 +458,7 @@ mod x86 {
         accs: &mut [f32],
         v: &[u16],
         stride: usize,
-        b: usize,
+        lens: &[usize],
         probs: &[f32],
         active: &[bool],
     ) {
@@ -449,6 +481,8 @@ mod x86 {
                 break;
             }
             let hs = &hs[..n];
+            let hl: [usize; 4] = core::array::from_fn(|i| if i < n { lens[hs[i]] } else { 0 });
+            let b = hl.iter().copied().max().unwrap_or(0);
             let mut c = 0;
             while c < hv {
                 // 16 columns, or the last 8.
@@ -469,6 +503,9 @@ mod x86 {
                         v0
                     };
                     for i in 0..n {
+                        if j >= hl[i] {
+                            continue;
+                        }
                         let w = _mm256_set1_ps(*pp.add(hs[i] * super::BLOCK + j));
                         a[i][0] = _mm256_fmadd_ps(v0, w, a[i][0]);
                         a[i][1] = _mm256_fmadd_ps(v1, w, a[i][1]);
@@ -703,10 +740,11 @@ mod tests {
             let init: Vec<f32> = (0..g * hv).map(|i| (i as f32 * 0.3).sin()).collect();
             let mut got = init.clone();
             // SAFETY: AVX2, FMA and F16C checked above; `v` holds b rows of `stride`.
-            unsafe { x86::mad_group256(&mut got, &v, stride, b, &probs, &active) };
+            let lens: Vec<usize> = (0..g).map(|h| if h % 3 == 1 { b / 2 } else { b }).collect();
+            unsafe { x86::mad_group256(&mut got, &v, stride, &lens, &probs, &active) };
             let mut want = init.clone();
             for h in (0..g).filter(|&h| active[h]) {
-                for j in 0..b {
+                for j in 0..lens[h] {
                     for i in 0..hv {
                         let x = half::f16::from_bits(v[j * stride + i]).to_f32();
                         let a = &mut want[h * hv + i];
@@ -775,6 +813,7 @@ mod tests {
                 softcap: None,
                 sinks: None,
                 cells: usize::MAX,
+                his: None,
             }
         }
         let mut sc = Scratch::default();
@@ -797,6 +836,54 @@ mod tests {
                     .attend(lo, hi, &mut a1, &mut s1, &mut sc);
                 assert_eq!(a1, accs[h * hv..(h + 1) * hv], "head {h}");
                 assert_eq!(s1[0], sums[h]);
+            }
+        }
+    }
+
+    #[test]
+    fn stacked_rows_stopping_early_match_each_row_alone() {
+        // Three rows' heads in one pass, each stopping at its own position (`his`), give the
+        // bits of each row's pass alone, whatever the block boundaries.
+        let (hk, hv, n, g) = (64, 48, 150, 2);
+        let f = |i: usize, m: f32| half::f16::from_f32(((i as f32) * m).sin()).to_bits();
+        let k: Vec<u16> = (0..n * hk).map(|i| f(i, 0.37)).collect();
+        let v: Vec<u16> = (0..n * hv).map(|i| f(i, 0.11)).collect();
+        let mut qs: Vec<f32> = (0..3 * g * hk)
+            .map(|i| (i as f32 * 0.7).cos() * 2.0)
+            .collect();
+        round_slice(&mut qs);
+        let sinks = [0.3f32, -1.0, 0.3, -1.0, 0.3, -1.0];
+        fn mk<'a>(k: &'a [u16], v: &'a [u16], hv: usize, qs: &'a [f32], s: &'a [f32]) -> Group<'a> {
+            Group {
+                k,
+                v,
+                k_stride: 64,
+                v_stride: hv,
+                qs,
+                hk: 64,
+                scale: 0.3,
+                softcap: None,
+                sinks: Some(s),
+                cells: usize::MAX,
+                his: None,
+            }
+        }
+        let mut sc = Scratch::default();
+        for (lo, ends) in [(0, [31, 32, 33]), (5, [140, 100, 149]), (0, [0, 1, 2])] {
+            let his: Vec<usize> = ends.iter().flat_map(|&e| [e; 2]).collect();
+            let hi = *ends.iter().max().unwrap();
+            let (mut accs, mut sums) = (vec![0f32; 3 * g * hv], vec![0f32; 3 * g]);
+            Group {
+                his: Some(&his),
+                ..mk(&k, &v, hv, &qs, &sinks)
+            }
+            .attend(lo, hi, &mut accs, &mut sums, &mut sc);
+            for (r, &e) in ends.iter().enumerate() {
+                let (mut a1, mut s1) = (vec![0f32; g * hv], vec![0f32; g]);
+                mk(&k, &v, hv, &qs[r * g * hk..(r + 1) * g * hk], &sinks[..g])
+                    .attend(lo, e, &mut a1, &mut s1, &mut sc);
+                assert_eq!(a1, accs[r * g * hv..(r + 1) * g * hv], "{lo}..={e}");
+                assert_eq!(s1, sums[r * g..(r + 1) * g], "{lo}..={e}");
             }
         }
     }
@@ -828,6 +915,7 @@ mod tests {
             softcap: None,
             sinks: Some(&[0.5]),
             cells,
+            his: None,
         };
         let mut sc = Scratch::default();
         // The ring holds positions 113..150 (cells 2..37, then 0..2): windows that wrap.
@@ -871,6 +959,7 @@ mod tests {
             softcap: Some(5.0),
             sinks: None,
             cells: usize::MAX,
+            his: None,
         };
         let (mut acc, mut sum) = (vec![0f32; hv], vec![0f32; 1]);
         g.attend(0, n - 1, &mut acc, &mut sum, &mut Scratch::default());

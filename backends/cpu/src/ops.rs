@@ -15,6 +15,11 @@ use kiln_sdk::model::select::{write_output_with, TopNScratch};
 use kiln_sdk::model::{Activation, Attention, ExecSpec, KvShape, Ops, Rope, RopeStyle, RowPos};
 use kiln_sdk::quant::{dequantize_row, GgmlType};
 
+/// Rows of one sequence that share an attention pass (their keys and values read once).
+const ATT_ROWS: usize = 4;
+/// Most query heads in one attention pass (rows × heads per KV head).
+const ATT_HEADS: usize = 256;
+
 /// A weight: 2-D matrices and 3-D expert stacks stay in the mapped file; vectors (norms,
 /// biases) are converted to f32.
 pub struct CpuWeight {
@@ -639,9 +644,28 @@ impl Ops for CpuOps {
         }
         let (kc, vc, cells) = (&l.k[..], &l.v[..], l.cells);
         let group = p.n_head / p.n_head_kv;
-        // One task per (row, KV head): the query heads sharing a KV head read its keys and
-        // values once.
-        let n_tasks = rows.len() * p.n_head_kv;
+        let lo_of = |r: &RowPos| p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+        // One task per (rows, KV head): the query heads sharing a KV head, of up to
+        // `ATT_ROWS` neighbouring rows of one sequence that start at the same position, read
+        // its keys and values once; each row stops at its own position (`Group::his`) with
+        // the operations it takes alone.
+        let per = ATT_ROWS.min(ATT_HEADS / group).max(1);
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        let mut i = rows.len();
+        while i > 0 {
+            let last = &rows[i - 1];
+            let mut n = 1;
+            while n < per
+                && n < i
+                && rows[i - 1 - n].seq == last.seq
+                && lo_of(&rows[i - 1 - n]) == lo_of(last)
+            {
+                n += 1;
+            }
+            spans.push((i - n, n));
+            i -= n;
+        }
+        let n_tasks = spans.len() * p.n_head_kv;
         let out_ptr = SharedMut(out.data.as_mut_ptr());
         let out_cols = out.cols;
         // Tasks are claimed one by one, latest rows first: a causal prompt's last rows see
@@ -650,7 +674,7 @@ impl Ops for CpuOps {
         for a in &ex.attn {
             a.lock()
                 .map_err(|_| shape_err("attention scratch"))?
-                .reserve(group, hk, hv);
+                .reserve(per * group, hk, hv);
         }
         let scratches = &ex.attn;
         self.pool.run(|t, _| {
@@ -664,25 +688,37 @@ impl Ops for CpuOps {
                 std::mem::take(&mut sc.accs),
                 std::mem::take(&mut sc.sums),
             );
-            let (qs_t, accs_t, sums_t) = (
-                &mut qs[..group * hk],
-                &mut accs[..group * hv],
-                &mut sums[..group],
-            );
+            // Per query head of a task: the last position it sees, and its sink.
+            let (mut his, mut sinks) = (vec![0usize; per * group], vec![0f32; per * group]);
             loop {
                 let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if task >= n_tasks {
                     break;
                 }
-                let (i, kvh) = (rows.len() - 1 - task / p.n_head_kv, task % p.n_head_kv);
-                let r = rows[i];
-                let lo = p.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+                // Latest rows first (`spans` runs from the end).
+                let ((i0, n), kvh) = (spans[task / p.n_head_kv], task % p.n_head_kv);
+                let gh = n * group;
+                let (qs_t, accs_t, sums_t) =
+                    (&mut qs[..gh * hk], &mut accs[..gh * hv], &mut sums[..gh]);
                 let h0 = kvh * group;
-                let src = &q.data[i * q.cols + h0 * hk..i * q.cols + (h0 + group) * hk];
+                for a in 0..n {
+                    let i = i0 + a;
+                    let src = &q.data[i * q.cols + h0 * hk..i * q.cols + (h0 + group) * hk];
+                    qs_t[a * group * hk..(a + 1) * group * hk].copy_from_slice(src);
+                    his[a * group..(a + 1) * group].fill(rows[i].pos);
+                    if let Some(s) = p.sinks {
+                        sinks[a * group..(a + 1) * group].copy_from_slice(&s[h0..h0 + group]);
+                    }
+                }
                 // The queries meet the f16 cache in f16, as in llama.cpp.
-                qs_t.copy_from_slice(src);
                 attend::round_slice(qs_t);
                 // Online softmax over the f16 cache with f32 accumulators.
+                let r = rows[i0 + n - 1];
+                let hi = rows[i0..i0 + n]
+                    .iter()
+                    .map(|r| r.pos)
+                    .max()
+                    .unwrap_or(r.pos);
                 let base = r.seq * cells;
                 let g = attend::Group {
                     k: &kc[base * kw + kvh * hk..],
@@ -693,17 +729,19 @@ impl Ops for CpuOps {
                     hk,
                     scale: p.scale,
                     softcap: p.softcap,
-                    sinks: p.sinks.map(|s| &s[h0..h0 + group]),
+                    sinks: p.sinks.map(|_| &sinks[..gh]),
                     cells,
+                    his: Some(&his[..gh]),
                 };
-                g.attend(lo, r.pos, accs_t, sums_t, sc);
+                g.attend(lo_of(&r), hi, accs_t, sums_t, sc);
                 for (j, &sum) in sums_t.iter().enumerate() {
+                    let (i, hh) = (i0 + j / group, h0 + j % group);
                     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                    // SAFETY: each (row, KV head) task writes its own heads' disjoint
-                    // `group * hv` floats of `out`.
+                    // SAFETY: each (rows, KV head) task writes its own rows' heads: disjoint
+                    // `hv` floats of `out` each.
                     unsafe {
                         let dst = std::slice::from_raw_parts_mut(
-                            out_ptr.get().add(i * out_cols + (h0 + j) * hv),
+                            out_ptr.get().add(i * out_cols + hh * hv),
                             hv,
                         );
                         dst.iter_mut()
