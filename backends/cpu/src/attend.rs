@@ -89,9 +89,8 @@ pub struct Group<'a> {
 #[derive(Default)]
 pub struct Scratch {
     probs: Vec<f32>,
-    /// Per head of the block being run: whether it adds anything.
-    active: Vec<bool>,
-    /// Per head of the block being run: the positions it takes (a prefix of the block).
+    /// Per head of the block being run: the positions it adds (a prefix of the block; 0 when
+    /// it adds nothing).
     lens: Vec<usize>,
     values: Vec<f32>,
     max: Vec<f32>,
@@ -110,7 +109,6 @@ impl Scratch {
         grow(&mut self.probs, g * BLOCK);
         grow(&mut self.values, BLOCK * hv);
         self.max.reserve(g);
-        self.active.reserve(g);
         self.lens.reserve(g);
     }
 
@@ -204,7 +202,6 @@ impl Group<'_> {
                     );
                 }
             }
-            sc.active.clear();
             sc.lens.clear();
             for h in 0..g {
                 // A head that stops earlier sees the block as it would alone: its prefix.
@@ -214,7 +211,6 @@ impl Group<'_> {
                 };
                 sc.lens.push(bh);
                 if bh == 0 {
-                    sc.active.push(false);
                     continue;
                 }
                 let p = &mut sc.probs[h * BLOCK..h * BLOCK + bh];
@@ -230,10 +226,9 @@ impl Group<'_> {
                     .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
                 if mb == f32::NEG_INFINITY {
                     // Every score of the block is −∞ (or NaN): it adds nothing.
-                    sc.active.push(false);
+                    sc.lens[h] = 0;
                     continue;
                 }
-                sc.active.push(true);
                 let acc = &mut accs[h * hv..(h + 1) * hv];
                 let m = &mut sc.max[h];
                 if mb > *m {
@@ -259,7 +254,6 @@ impl Group<'_> {
                     self.v_stride,
                     &sc.lens,
                     &sc.probs,
-                    &sc.active,
                 );
             }
             start = end;
@@ -341,24 +335,16 @@ fn fused_values(hv: usize) -> bool {
     level() == 1 && hv.is_multiple_of(8)
 }
 
-/// [`mad_block_f32`] for every active head `h` of the group at once, reading the f16 values
+/// [`mad_block_f32`] for every head `h` of the group at once, reading the f16 values
 /// of positions `0..lens[h]` (`v[j * stride..][..hv]`) directly: `accs[h * hv + i] =
 /// fma(v_j[i], probs[h * BLOCK + j], accs[h * hv + i])` for each `j` in order, the same
 /// operations as converting the block first. Only called where [`fused_values`] holds.
-fn mad_group(
-    accs: &mut [f32],
-    v: &[u16],
-    stride: usize,
-    lens: &[usize],
-    probs: &[f32],
-    active: &[bool],
-) {
-    let g = active.len();
+fn mad_group(accs: &mut [f32], v: &[u16], stride: usize, lens: &[usize], probs: &[f32]) {
+    let g = lens.len();
     let hv = accs.len() / g.max(1);
     let b = lens.iter().copied().max().unwrap_or(0);
     assert!(
         b <= BLOCK
-            && lens.len() == g
             && probs.len() >= g * BLOCK
             && accs.len() == g * hv
             && hv.is_multiple_of(8)
@@ -368,7 +354,7 @@ fn mad_group(
     #[cfg(target_arch = "x86_64")]
     if level() >= 1 {
         // SAFETY: features checked at run time; every value row read is in `v` (asserted).
-        return unsafe { x86::mad_group256(accs, v, stride, lens, probs, active) };
+        return unsafe { x86::mad_group256(accs, v, stride, lens, probs) };
     }
     unreachable!("mad_group without AVX2");
 }
@@ -460,18 +446,17 @@ mod x86 {
         stride: usize,
         lens: &[usize],
         probs: &[f32],
-        active: &[bool],
     ) {
-        let g = active.len();
+        let g = lens.len();
         let hv = accs.len() / g;
         let (pa, pv, pp) = (accs.as_mut_ptr(), v.as_ptr(), probs.as_ptr());
         let mut next = 0;
         loop {
-            // The next (up to) four active heads.
+            // The next (up to) four heads that add anything.
             let mut hs = [0usize; 4];
             let mut n = 0;
             while next < g && n < 4 {
-                if active[next] {
+                if lens[next] > 0 {
                     hs[n] = next;
                     n += 1;
                 }
@@ -570,6 +555,34 @@ mod x86 {
         out
     }
 
+    /// The scores of four key rows against `N` queries of `hk` values (a multiple of 8): each
+    /// key chunk is converted once for the `N` queries; each score is the same whatever `N`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn score4<const N: usize>(
+        rows: [*const u16; 4],
+        qs: [*const f32; N],
+        hk: usize,
+    ) -> [[f32; 4]; N] {
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        let mut c = 0;
+        while c < hk {
+            let x: [__m256; N] = core::array::from_fn(|i| _mm256_loadu_ps(qs[i].add(c)));
+            for t in 0..4 {
+                let kv = _mm256_cvtph_ps(_mm_loadu_si128(rows[t].add(c) as *const __m128i));
+                for i in 0..N {
+                    acc[i][t] = _mm256_fmadd_ps(kv, x[i], acc[i][t]);
+                }
+            }
+            c += 8;
+        }
+        let mut out = [[0f32; 4]; N];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = reduce4(a);
+        }
+        out
+    }
+
     /// [`super::scores`] with 8-lane accumulators (`hk` a multiple of 8).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores256(
@@ -589,43 +602,24 @@ mod x86 {
             // Heads in pairs: each key chunk is converted once for two queries (each score
             // takes the same operations as alone).
             let mut h = 0;
-            while h + 2 <= g {
-                let (q0, q1) = (qs.as_ptr().add(h * hk), qs.as_ptr().add((h + 1) * hk));
-                let mut a0 = [_mm256_setzero_ps(); 4];
-                let mut a1 = [_mm256_setzero_ps(); 4];
-                let mut c = 0;
-                while c < hk {
-                    let (x0, x1) = (_mm256_loadu_ps(q0.add(c)), _mm256_loadu_ps(q1.add(c)));
-                    for t in 0..4 {
-                        let kv = _mm256_cvtph_ps(_mm_loadu_si128(rows[t].add(c) as *const __m128i));
-                        a0[t] = _mm256_fmadd_ps(kv, x0, a0[t]);
-                        a1[t] = _mm256_fmadd_ps(kv, x1, a1[t]);
+            while h < g {
+                let n = (g - h).min(2);
+                let r = if n == 2 {
+                    score4::<2>(
+                        rows,
+                        [qs.as_ptr().add(h * hk), qs.as_ptr().add((h + 1) * hk)],
+                        hk,
+                    )
+                } else {
+                    let [r] = score4::<1>(rows, [qs.as_ptr().add(h * hk)], hk);
+                    [r, r]
+                };
+                for (i, ri) in r.iter().enumerate().take(n) {
+                    for t in 0..4.min(b - j) {
+                        out[(h + i) * super::BLOCK + j + t] = ri[t];
                     }
-                    c += 8;
                 }
-                let (r0, r1) = (reduce4(a0), reduce4(a1));
-                for t in 0..4.min(b - j) {
-                    out[h * super::BLOCK + j + t] = r0[t];
-                    out[(h + 1) * super::BLOCK + j + t] = r1[t];
-                }
-                h += 2;
-            }
-            for h in h..g {
-                let q = qs.as_ptr().add(h * hk);
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut c = 0;
-                while c < hk {
-                    let qv = _mm256_loadu_ps(q.add(c));
-                    for t in 0..4 {
-                        let kv = _mm256_cvtph_ps(_mm_loadu_si128(rows[t].add(c) as *const __m128i));
-                        acc[t] = _mm256_fmadd_ps(kv, qv, acc[t]);
-                    }
-                    c += 8;
-                }
-                let r = reduce4(acc);
-                for t in 0..4.min(b - j) {
-                    out[h * super::BLOCK + j + t] = r[t];
-                }
+                h += n;
             }
             j += 4;
         }
@@ -736,14 +730,21 @@ mod tests {
             let probs: Vec<f32> = (0..g * BLOCK)
                 .map(|i| ((i as f32) * 0.71).cos().abs())
                 .collect();
-            let active: Vec<bool> = (0..g).map(|h| h % 4 != 2).collect();
+
             let init: Vec<f32> = (0..g * hv).map(|i| (i as f32 * 0.3).sin()).collect();
             let mut got = init.clone();
+            // Heads 2, 6, ... add nothing; heads 1, 4, ... stop half way.
+            let lens: Vec<usize> = (0..g)
+                .map(|h| match (h % 4, h % 3) {
+                    (2, _) => 0,
+                    (_, 1) => b / 2,
+                    _ => b,
+                })
+                .collect();
             // SAFETY: AVX2, FMA and F16C checked above; `v` holds b rows of `stride`.
-            let lens: Vec<usize> = (0..g).map(|h| if h % 3 == 1 { b / 2 } else { b }).collect();
-            unsafe { x86::mad_group256(&mut got, &v, stride, &lens, &probs, &active) };
+            unsafe { x86::mad_group256(&mut got, &v, stride, &lens, &probs) };
             let mut want = init.clone();
-            for h in (0..g).filter(|&h| active[h]) {
+            for h in 0..g {
                 for j in 0..lens[h] {
                     for i in 0..hv {
                         let x = half::f16::from_bits(v[j * stride + i]).to_f32();
