@@ -16,6 +16,49 @@ extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16
     for (int c = threadIdx.x; c < vw; c += blockDim.x) vc[vo + c] = f2h(v[(long)i * vw + c]);
 }
 
+// `rope` of q and k, then `kv_store`, in one launch (the same bits): threads
+// [0, rows * heads * n_rot / 2) rotate a pair (and store a key pair), the next
+// rows * (kw + vw) store the keys' unrotated dims and the values.
+extern "C" __global__ void rope_kv_store(float* q, int qcols, float* k, int kw, const float* v,
+                                         int vw, const int* pos, int rows, int head_dim,
+                                         int n_rot, int neox, float base, float freq_scale,
+                                         int yarn, float ext_factor, float low, float span,
+                                         float mscale, u16* kc, u16* vc, const RowPos* rp,
+                                         int n_ctx) {
+    const int half = n_rot / 2;
+    const int hq = qcols / head_dim, heads = hq + kw / head_dim;
+    const long n_rope = (long)rows * heads * half;
+    long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n_rope) {
+        int i = (int)(t % half);
+        long rh = t / half;
+        int h = (int)(rh % heads);
+        int r = (int)(rh / heads);
+        float* hp = h < hq ? q + (long)r * qcols + (long)h * head_dim
+                           : k + (long)r * kw + (long)(h - hq) * head_dim;
+        int a, b;
+        rope_pair(hp, i, pos[r], n_rot, neox, base, freq_scale, yarn, ext_factor, low, span,
+                  mscale, &a, &b);
+        if (h >= hq) {
+            RowPos p = rp[r];
+            u16* dst = kc + ((long)p.seq * n_ctx + p.pos) * kw + (long)(h - hq) * head_dim;
+            dst[a] = f2h(hp[a]);
+            dst[b] = f2h(hp[b]);
+        }
+        return;
+    }
+    t -= n_rope;
+    if (t >= (long)rows * (kw + vw)) return;
+    const int r = (int)(t / (kw + vw)), c = (int)(t % (kw + vw));
+    const RowPos p = rp[r];
+    if (c < kw) {
+        if (c % head_dim >= n_rot)
+            kc[((long)p.seq * n_ctx + p.pos) * kw + c] = f2h(k[(long)r * kw + c]);
+    } else {
+        vc[((long)p.seq * n_ctx + p.pos) * vw + (c - kw)] = f2h(v[(long)r * vw + (c - kw)]);
+    }
+}
+
 #define ATT_THREADS 128
 #define ATT_MAX_HEAD 256
 
@@ -30,6 +73,7 @@ attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, flo
     __shared__ float qs[ATT_MAX_HEAD];
     __shared__ float sc[ATT_THREADS];
     __shared__ float red[32];
+    __shared__ float vsum[ATT_THREADS / 32][ATT_MAX_HEAD];
     const int h = blockIdx.x, r = blockIdx.y, z = blockIdx.z, t = threadIdx.x;
     RowPos rp = rows[r];
     int hi = rp.pos + 1;
@@ -45,7 +89,11 @@ attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, flo
     const u16* kbase = kc + (long)rp.seq * n_ctx * kw + (long)kvh * hk;
     const u16* vbase = vc + (long)rp.seq * n_ctx * vw + (long)kvh * hv;
     float m = NEG_INF, s = 0.0f;
-    float acc0 = 0.0f, acc1 = 0.0f;  // dims t and t + 128
+    // Values: warp w takes keys w, w + 4, ... of a tile; lane l holds dims 2l + 64i, i < 4.
+    const int w = t >> 5, lane = t & 31;
+    float2 acc[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[i] = make_float2(0.0f, 0.0f);
     for (int tile = start; tile < end; tile += ATT_THREADS) {
         int key = tile + t;
         float score = NEG_INF;
@@ -71,23 +119,48 @@ attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, flo
         float psum = block_sum(p, red);
         float f = expf(m - nm);  // 0 when m = -inf
         s = s * f + psum;
-        acc0 *= f;
-        acc1 *= f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            acc[i].x *= f;
+            acc[i].y *= f;
+        }
         m = nm;
         __syncthreads();
-        int n = min(ATT_THREADS, end - tile);
-        for (int j = 0; j < n; j++) {
-            const u16* vr = vbase + (long)(tile + j) * vw;
-            float pj = sc[j];
-            if (t < hv) acc0 = fmaf(pj, h2f(vr[t]), acc0);
-            if (t + ATT_THREADS < hv) acc1 = fmaf(pj, h2f(vr[t + ATT_THREADS]), acc1);
+        const int n = min(ATT_THREADS, end - tile);
+#pragma unroll 4
+        for (int j = w; j < n; j += ATT_THREADS / 32) {
+            const u32* vr = (const u32*)(vbase + (long)(tile + j) * vw);
+            const float pj = sc[j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int d = 2 * lane + 64 * i;
+                if (d < hv) {
+                    u32 u = __ldg(vr + (d >> 1));
+                    acc[i].x = fmaf(pj, h2f((u16)(u & 0xffff)), acc[i].x);
+                    acc[i].y = fmaf(pj, h2f((u16)(u >> 16)), acc[i].y);
+                }
+            }
         }
         __syncthreads();
     }
+    // The warps' sums, in warp order.
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int d = 2 * lane + 64 * i;
+        if (d < hv) {
+            vsum[w][d] = acc[i].x;
+            vsum[w][d + 1] = acc[i].y;
+        }
+    }
+    __syncthreads();
     float* mine = part + (((long)r * n_head + h) * max_splits + z) * (hv + 2);
     if (t == 0) { mine[0] = m; mine[1] = s; }
-    if (t < hv) mine[2 + t] = acc0;
-    if (t + ATT_THREADS < hv) mine[2 + t + ATT_THREADS] = acc1;
+    for (int d = t; d < hv; d += ATT_THREADS) {
+        float a = vsum[0][d];
+#pragma unroll
+        for (int ww = 1; ww < ATT_THREADS / 32; ww++) a += vsum[ww][d];
+        mine[2 + d] = a;
+    }
     const int n_used = (hi - lo + chunk - 1) / chunk;
     if (n_used > 1) {
         __threadfence();

@@ -57,23 +57,14 @@ extern "C" __global__ void gather_rows(const float* x, const int* idx, float* ou
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)i * cols + c] = src[c];
 }
 
-// Rotary embeddings, ggml semantics (see the SDK's `Rope` and `Yarn`), of one or two
-// tensors at the same positions (x2 null: one). One thread per pair of one head of one row.
-// The angle is computed in double precision, then reduced.
-extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, const int* pos,
-                                int rows, int head_dim, int n_rot, int neox, float base,
-                                float freq_scale, int yarn, float ext_factor, float low,
-                                float span, float mscale) {
-    int half = n_rot / 2;
-    int h1 = cols1 / head_dim, h2 = x2 ? cols2 / head_dim : 0;
-    int heads = h1 + h2;
-    long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long)rows * heads * half) return;
-    int i = (int)(t % half);
-    long rh = t / half;
-    int h = (int)(rh % heads);
-    int r = (int)(rh / heads);
-    double theta = (double)pos[r] * exp2(-2.0 * (double)i / (double)n_rot * log2((double)base));
+// Rotary embeddings, ggml semantics (see the SDK's `Rope` and `Yarn`): rotates pair i of the
+// head at `hp` for position `pos` and returns the pair's dims in *a, *b. The angle is computed
+// in double precision, then reduced.
+__device__ __forceinline__ void rope_pair(float* hp, int i, int pos, int n_rot, int neox,
+                                          float base, float freq_scale, int yarn,
+                                          float ext_factor, float low, float span, float mscale,
+                                          int* a, int* b) {
+    double theta = (double)pos * exp2(-2.0 * (double)i / (double)n_rot * log2((double)base));
     double ang;
     float m = 1.0f;
     if (!yarn) {
@@ -91,12 +82,34 @@ extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, cons
     }
     ang = fmod(ang, 6.283185307179586);
     float c = cosf((float)ang) * m, s = sinf((float)ang) * m;
+    const int half = n_rot / 2;
+    *a = neox ? i : 2 * i;
+    *b = neox ? i + half : 2 * i + 1;
+    float x0 = hp[*a], xb = hp[*b];
+    hp[*a] = x0 * c - xb * s;
+    hp[*b] = x0 * s + xb * c;
+}
+
+// Rotary embeddings of one or two tensors at the same positions (x2 null: one). One thread per
+// pair of one head of one row.
+extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, const int* pos,
+                                int rows, int head_dim, int n_rot, int neox, float base,
+                                float freq_scale, int yarn, float ext_factor, float low,
+                                float span, float mscale) {
+    int half = n_rot / 2;
+    int h1 = cols1 / head_dim, h2 = x2 ? cols2 / head_dim : 0;
+    int heads = h1 + h2;
+    long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long)rows * heads * half) return;
+    int i = (int)(t % half);
+    long rh = t / half;
+    int h = (int)(rh % heads);
+    int r = (int)(rh / heads);
     float* hp = h < h1 ? x1 + (long)r * cols1 + (long)h * head_dim
                        : x2 + (long)r * cols2 + (long)(h - h1) * head_dim;
-    int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-    float x0 = hp[a], xb = hp[b];
-    hp[a] = x0 * c - xb * s;
-    hp[b] = x0 * s + xb * c;
+    int a, b;
+    rope_pair(hp, i, pos[r], n_rot, neox, base, freq_scale, yarn, ext_factor, low, span, mscale,
+              &a, &b);
 }
 
 // gate = act(gate) * up (see glu_act).

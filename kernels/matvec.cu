@@ -15,25 +15,37 @@
 // Reduced across the warp (every lane gets the slice's sums).
 // With `nw` (an RMS norm's weight) the dots are with x * nw, and `ss` (if not null) gets each
 // row's sum of squares of x over the slice, for the norm's scale.
-template <int T, int R>
-__device__ __forceinline__ void mmv_dots(const u8* __restrict__ W, const float* __restrict__ x,
-                                         int K, int rows, int x_stride, int r0, int o,
-                                         int slice, int split, float* acc,
-                                         const float* __restrict__ nw = nullptr,
-                                         float* ss = nullptr) {
+//
+// `mmv_dots_rows` takes the O weight rows to use (acc[i * R + r] is row wrs[i] with x row r);
+// `mmv_dots` the rows o .. o + O - 1 (clamped to `last`) of W. Every (weight row, x row) sum
+// takes exactly the operations it takes alone, so O is a free choice of the caller: it reuses
+// each x load O times and keeps O rows' loads in flight.
+template <int T, int R, int O>
+__device__ __forceinline__ void mmv_dots_rows(const u8* const* wrs, const float* __restrict__ x,
+                                              int K, int rows, int x_stride, int r0, int slice,
+                                              int split, float* acc,
+                                              const float* __restrict__ nw, float* ss) {
     const int lane = threadIdx.x & 31, q = lane & 3;
     const int nchunks = K >> 5;
-    const long row_bytes = (long)(nchunks / QT<T>::SUBS) * QT<T>::BYTES;
-    const u8* wr = W + (long)o * row_bytes;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        acc[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < O; i++) acc[i * R + r] = 0.0f;
         if (ss) ss[r] = 0.0f;
     }
-#pragma unroll 2
-    for (int c = slice * 8 + (lane >> 2); c < nchunks; c += 8 * split) {
-        float w[8];
-        deq8<T>(wr + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, q, w);
+    // Four chunks in flight for one or two dot products per lane, two up to eight; big tiles
+    // (R * O > 8) have enough work per chunk, and unrolling them would only grow the code.
+    // Every lane takes the same number of steps (a lane past the last chunk reads the last
+    // one and drops its sums), so the unrolled loads are issued together rather than half
+    // the warp running a remainder loop one load at a time.
+#pragma unroll(R * O <= 2 ? 4 : R * O <= 8 ? 2 : 1)
+    for (int c0 = slice * 8; c0 < nchunks; c0 += 8 * split) {
+        const bool on = c0 + (lane >> 2) < nchunks;
+        const int c = on ? c0 + (lane >> 2) : nchunks - 1;
+        float w[O][8];
+#pragma unroll
+        for (int i = 0; i < O; i++)
+            deq8<T>(wrs[i] + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, q, w[i]);
         float4 na, nb;
         if (nw) {
             const float4* nv = (const float4*)(nw + (c << 5) + 8 * q);
@@ -55,34 +67,51 @@ __device__ __forceinline__ void mmv_dots(const u8* __restrict__ W, const float* 
                         t = fmaf(b.y, b.y, t);
                         t = fmaf(b.z, b.z, t);
                         t = fmaf(b.w, b.w, t);
-                        ss[r] += t;
+                        if (on) ss[r] += t;
                     }
                     a.x *= na.x; a.y *= na.y; a.z *= na.z; a.w *= na.w;
                     b.x *= nb.x; b.y *= nb.y; b.z *= nb.z; b.w *= nb.w;
                 }
-                float s = w[0] * a.x;
-                s = fmaf(w[1], a.y, s);
-                s = fmaf(w[2], a.z, s);
-                s = fmaf(w[3], a.w, s);
-                s = fmaf(w[4], b.x, s);
-                s = fmaf(w[5], b.y, s);
-                s = fmaf(w[6], b.z, s);
-                s = fmaf(w[7], b.w, s);
-                acc[r] += s;
+#pragma unroll
+                for (int i = 0; i < O; i++) {
+                    float s = w[i][0] * a.x;
+                    s = fmaf(w[i][1], a.y, s);
+                    s = fmaf(w[i][2], a.z, s);
+                    s = fmaf(w[i][3], a.w, s);
+                    s = fmaf(w[i][4], b.x, s);
+                    s = fmaf(w[i][5], b.y, s);
+                    s = fmaf(w[i][6], b.z, s);
+                    s = fmaf(w[i][7], b.w, s);
+                    if (on) acc[i * R + r] += s;
+                }
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        acc[r] = warp_sum(acc[r]);
+#pragma unroll
+        for (int i = 0; i < O; i++) acc[i * R + r] = warp_sum(acc[i * R + r]);
         if (ss) ss[r] = warp_sum(ss[r]);
     }
+}
+
+template <int T, int R, int O = 1>
+__device__ __forceinline__ void mmv_dots(const u8* __restrict__ W, const float* __restrict__ x,
+                                         int K, int rows, int x_stride, int r0, int o,
+                                         int slice, int split, float* acc,
+                                         const float* __restrict__ nw = nullptr,
+                                         float* ss = nullptr, int last = 0) {
+    const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
+    const u8* wrs[O];
+#pragma unroll
+    for (int i = 0; i < O; i++) wrs[i] = W + (long)(O == 1 ? o : min(o + i, last)) * row_bytes;
+    mmv_dots_rows<T, R, O>(wrs, x, K, rows, x_stride, r0, slice, split, acc, nw, ss);
 }
 
 // Sums the slices of a block's outputs: warp w holds slice w % split of output w / split.
 // Afterwards the first warp of each output holds the total (in slice order: the arithmetic
 // depends only on the shape).
-template <int R>
+template <int R>  // R: values per warp
 __device__ __forceinline__ void mmv_merge(float* acc, int split, float (*red)[R]) {
     if (split == 1) return;
     const int w = threadIdx.x >> 5;
@@ -99,64 +128,95 @@ __device__ __forceinline__ void mmv_merge(float* acc, int split, float (*red)[R]
         }
 }
 
-// y = W.x (+ bias) (accumulate: y += W.x (+ bias), the residual sum of the caller).
-template <int T, int R>
-__device__ __forceinline__ void mmv(const u8* W, const float* x, float* y, int K, int N, int rows,
-                                    int x_stride, int y_stride, const float* bias, int accumulate,
-                                    int split) {
-    __shared__ float red[MMV_WARPS][R];
-    if (N <= 0) return;
-    const int w = threadIdx.x >> 5;
-    const int o = blockIdx.x * (MMV_WARPS / split) + w / split;
-    const int r0 = blockIdx.y * R;
-    float acc[R];
-    mmv_dots<T, R>(W, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, acc);
-    mmv_merge<R>(acc, split, red);
-    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
-    float b = bias ? bias[o] : 0.0f;
+// Writes a warp's totals: output o0 + i of row r0 + r is acc[i * R + r], scaled by the RMS
+// norm's 1/rms (with `ss`, each row's sum of squares over K), plus the bias; `accumulate` adds
+// it to what y holds (the caller's residual sum).
+template <int R, int O>
+__device__ __forceinline__ void mmv_store(const float* acc, const float* ss, int K, float eps,
+                                          int o0, int N, int r0, int rows, float* y, int ys,
+                                          const float* bias, int accumulate) {
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (r0 + r < rows) {
-            float v = bias ? acc[r] + b : acc[r];
-            float* dst = y + (long)(r0 + r) * y_stride + o;
-            *dst = accumulate ? *dst + v : v;
+    for (int i = 0; i < O; i++) {
+        const int o = o0 + i;
+        if (o >= N) break;
+        const float bv = bias ? bias[o] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r < rows) {
+                float v = ss ? acc[i * R + r] * rsqrtf(ss[r] / (float)K + eps) : acc[i * R + r];
+                if (bias) v += bv;
+                float* dst = y + (long)(r0 + r) * ys + o;
+                *dst = accumulate ? *dst + v : v;
+            }
         }
     }
 }
 
+// y = W.x (+ bias) (accumulate: y += W.x (+ bias), the residual sum of the caller).
+// A warp computes O consecutive outputs (a block (MMV_WARPS / split) * O).
+template <int T, int R, int O>
+__device__ __forceinline__ void mmv(const u8* W, const float* x, float* y, int K, int N, int rows,
+                                    int x_stride, int y_stride, const float* bias, int accumulate,
+                                    int split) {
+    __shared__ float red[MMV_WARPS][O * R];
+    if (N <= 0) return;
+    const int w = threadIdx.x >> 5;
+    const int o0 = (blockIdx.x * (MMV_WARPS / split) + w / split) * O;
+    const int r0 = blockIdx.y * R;
+    float acc[O * R];
+    mmv_dots<T, R, O>(W, x, K, rows, x_stride, r0, min(o0, N - 1), w % split, split, acc,
+                      nullptr, nullptr, N - 1);
+    mmv_merge<O * R>(acc, split, red);
+    if ((threadIdx.x & 31) != 0 || w % split != 0) return;
+    mmv_store<R, O>(acc, nullptr, 0, 0.0f, o0, N, r0, rows, y, y_stride, bias, accumulate);
+}
+
 // y = act(Wg.x) * (Wu.x), both weights of type T.
 // With `nw`, x is first RMS-normed with weight nw (and `eps`): the norm is fused.
-template <int T, int R>
+template <int T, int R, int O>
 __device__ __forceinline__ void mmv_glu(const u8* Wg, const u8* Wu, const float* x, float* y,
                                         int K, int N, int rows, int x_stride, int y_stride,
                                         int act, int split, const float* nw, float eps) {
-    __shared__ float red[MMV_WARPS][R];
+    __shared__ float red[MMV_WARPS][2 * O * R];
     if (N <= 0) return;
     const int w = threadIdx.x >> 5;
-    const int o = blockIdx.x * (MMV_WARPS / split) + w / split;
+    const int o0 = (blockIdx.x * (MMV_WARPS / split) + w / split) * O;
     const int r0 = blockIdx.y * R;
-    float g[R], u[R], ss[R];
-    mmv_dots<T, R>(Wg, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, g, nw,
-                   nw ? ss : nullptr);
-    mmv_dots<T, R>(Wu, x, K, rows, x_stride, r0, min(o, N - 1), w % split, split, u, nw);
-    mmv_merge<R>(g, split, red);
-    __syncthreads();
-    mmv_merge<R>(u, split, red);
+    // Gate and up rows in one pass (their loads in flight together, x loaded once).
+    const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
+    const u8* wrs[2 * O];
+#pragma unroll
+    for (int i = 0; i < O; i++) {
+        const long at = (long)min(o0 + i, N - 1) * row_bytes;
+        wrs[i] = Wg + at;
+        wrs[O + i] = Wu + at;
+    }
+    float gu[2 * O * R], ss[R];
+    mmv_dots_rows<T, R, 2 * O>(wrs, x, K, rows, x_stride, r0, w % split, split, gu, nw,
+                               nw ? ss : nullptr);
+    const float* g = gu;
+    const float* u = gu + O * R;
+    mmv_merge<2 * O * R>(gu, split, red);
     if (nw) {
         __syncthreads();
-        mmv_merge<R>(ss, split, red);
+        mmv_merge<R>(ss, split, (float(*)[R])red);
     }
-    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
+    if ((threadIdx.x & 31) != 0 || w % split != 0) return;
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (r0 + r < rows) {
-            float gv = g[r], uv = u[r];
-            if (nw) {
-                float sc = rsqrtf(ss[r] / (float)K + eps);
-                gv *= sc;
-                uv *= sc;
+    for (int i = 0; i < O; i++) {
+        const int o = o0 + i;
+        if (o >= N) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r < rows) {
+                float gv = g[i * R + r], uv = u[i * R + r];
+                if (nw) {
+                    float sc = rsqrtf(ss[r] / (float)K + eps);
+                    gv *= sc;
+                    uv *= sc;
+                }
+                y[(long)(r0 + r) * y_stride + o] = glu_act(act, gv, uv);
             }
-            y[(long)(r0 + r) * y_stride + o] = glu_act(act, gv, uv);
         }
     }
 }
@@ -191,24 +251,29 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
     if ((threadIdx.x & 31) == 0) yi[o] = bias ? acc[0] + bias[(long)e * N + o] : acc[0];
 }
 
-#define MMV_R(NAME, T, R)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) mmv_##NAME##_r##R(                      \
+// Kernels `mmv_{type}_r{R}` and `mmv_glu_{type}_r{R}`: one output per warp, but four (two for
+// glu) at 16 rows, where x loads rather than weight loads bound the kernel (the same bits).
+#define MMV_K(NAME, T, R, O, SUFFIX)                                                           \
+    extern "C" __global__ void __launch_bounds__(128) mmv_##NAME##_r##SUFFIX(                 \
         const u8* W, const float* x, float* y, int K, int N, int rows, int xs, int ys,         \
         const float* bias, int accumulate, int split) {                                        \
-        mmv<T, R>(W, x, y, K, N, rows, xs, ys, bias, accumulate, split);                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) mmv_glu_##NAME##_r##R(                  \
+        mmv<T, R, O>(W, x, y, K, N, rows, xs, ys, bias, accumulate, split);                    \
+    }
+#define MMV_GLU_K(NAME, T, R, O, SUFFIX)                                                       \
+    extern "C" __global__ void __launch_bounds__(128) mmv_glu_##NAME##_r##SUFFIX(             \
         const u8* Wg, const u8* Wu, const float* x, float* y, int K, int N, int rows, int xs,  \
         int ys, int act, int split, const float* nw, float eps) {                              \
-        mmv_glu<T, R>(Wg, Wu, x, y, K, N, rows, xs, ys, act, split, nw, eps);                  \
+        mmv_glu<T, R, O>(Wg, Wu, x, y, K, N, rows, xs, ys, act, split, nw, eps);               \
     }
+#define MMV_R(NAME, T, R) MMV_K(NAME, T, R, 1, R) MMV_GLU_K(NAME, T, R, 1, R)
 
 #define MMV_INST(NAME, T)                                                                      \
     MMV_R(NAME, T, 1)                                                                          \
     MMV_R(NAME, T, 2)                                                                          \
     MMV_R(NAME, T, 4)                                                                          \
     MMV_R(NAME, T, 8)                                                                          \
-    MMV_R(NAME, T, 16)                                                                         \
+    MMV_K(NAME, T, 16, 4, 16)                                                                  \
+    MMV_GLU_K(NAME, T, 16, 2, 16)                                                              \
     extern "C" __global__ void __launch_bounds__(128) mmv_exp_##NAME(                         \
         const u8* W, const float* bias, const float* ids, const float* x, float* y, int K,     \
         int N, int k, int n_expert, int x_slots, int xs, int ys, int* err) {                   \
@@ -246,20 +311,26 @@ MMV_INST(q6_k, T_Q6_K)
 
 // mmv_dots for a weight type known only at run time (one switch per call, so segments of
 // different types can share a launch).
-template <int R>
+template <int R, int O>
 __device__ __forceinline__ void mmv_dots_any(int type, const u8* W, const float* x, int K,
                                              int rows, int x_stride, int r0, int o, int slice,
                                              int split, float* acc, const float* nw,
-                                             float* ss) {
+                                             float* ss, int last) {
 #define MMV_CASE(T)                                                                            \
-    case T: mmv_dots<T, R>(W, x, K, rows, x_stride, r0, o, slice, split, acc, nw, ss); break;
+    case T:                                                                                    \
+        mmv_dots<T, R, O>(W, x, K, rows, x_stride, r0, o, slice, split, acc, nw, ss, last);    \
+        break;
     switch (type) {
         MMV_CASE(T_F32) MMV_CASE(T_F16) MMV_CASE(T_BF16) MMV_CASE(T_Q4_0) MMV_CASE(T_Q4_1)
         MMV_CASE(T_Q5_0) MMV_CASE(T_Q5_1) MMV_CASE(T_Q8_0) MMV_CASE(T_MXFP4) MMV_CASE(T_Q2_K)
         MMV_CASE(T_Q3_K) MMV_CASE(T_Q4_K) MMV_CASE(T_Q5_K) MMV_CASE(T_Q6_K)
         default:
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r] = ss ? (ss[r] = 0.0f) : 0.0f;
+            for (int r = 0; r < R; r++) {
+                if (ss) ss[r] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < O; i++) acc[i * R + r] = 0.0f;
+            }
     }
 #undef MMV_CASE
 }
@@ -271,11 +342,11 @@ __device__ __forceinline__ void mmv_dots_any(int type, const u8* W, const float*
 #define MMV_SEG_PARAMS(s)                                                                      \
     const u8 *W##s, const float *b##s, float *y##s, int t##s, int n##s, int ys##s, int sp##s,  \
         int nb##s
-template <int R>
+template <int R, int O>
 __device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
                                         const float* nw, float eps, MMV_SEG_PARAMS(0),
                                         MMV_SEG_PARAMS(1), MMV_SEG_PARAMS(2)) {
-    __shared__ float red[MMV_WARPS][R];
+    __shared__ float red[MMV_WARPS][O * R];
     int b = blockIdx.x;
     const u8* W = W0; const float* bias = b0; float* y = y0;
     int type = t0, N = n0, ys = ys0, split = sp0;
@@ -289,36 +360,30 @@ __device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
     }
     if (N <= 0) return;
     const int w = threadIdx.x >> 5;
-    const int o = b * (MMV_WARPS / split) + w / split;
+    const int o0 = (b * (MMV_WARPS / split) + w / split) * O;
     const int r0 = blockIdx.y * R;
-    float acc[R], ss[R];
-    mmv_dots_any<R>(type, W, x, K, rows, xs, r0, min(o, N - 1), w % split, split, acc, nw,
-                    nw ? ss : nullptr);
-    mmv_merge<R>(acc, split, red);
+    float acc[O * R], ss[R];
+    mmv_dots_any<R, O>(type, W, x, K, rows, xs, r0, min(o0, N - 1), w % split, split, acc, nw,
+                       nw ? ss : nullptr, N - 1);
+    mmv_merge<O * R>(acc, split, red);
     if (nw) {
         __syncthreads();
-        mmv_merge<R>(ss, split, red);
+        mmv_merge<R>(ss, split, (float(*)[R])red);
     }
-    if ((threadIdx.x & 31) != 0 || w % split != 0 || o >= N) return;
-    float bv = bias ? bias[o] : 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (r0 + r < rows) {
-            float v = nw ? acc[r] * rsqrtf(ss[r] / (float)K + eps) : acc[r];
-            y[(long)(r0 + r) * ys + o] = bias ? v + bv : v;
-        }
-    }
+    if ((threadIdx.x & 31) != 0 || w % split != 0) return;
+    mmv_store<R, O>(acc, nw ? ss : nullptr, K, eps, o0, N, r0, rows, y, ys, bias, 0);
 }
 
-#define MMV_SEG_R(R)                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) mmv_seg_r##R(                           \
+// `mmv_seg_r{R}`: one output per warp, four at 16 rows (the same bits).
+#define MMV_SEG_R(R, O, SUFFIX)                                                                \
+    extern "C" __global__ void __launch_bounds__(128) mmv_seg_r##SUFFIX(                      \
         const float* x, int K, int rows, int xs, const float* nw, float eps,                   \
         MMV_SEG_PARAMS(0), MMV_SEG_PARAMS(1), MMV_SEG_PARAMS(2)) {                             \
-        mmv_seg<R>(x, K, rows, xs, nw, eps, W0, b0, y0, t0, n0, ys0, sp0, nb0, W1, b1, y1, t1, n1, \
-                   ys1, sp1, nb1, W2, b2, y2, t2, n2, ys2, sp2, nb2);                          \
+        mmv_seg<R, O>(x, K, rows, xs, nw, eps, W0, b0, y0, t0, n0, ys0, sp0, nb0, W1, b1, y1,  \
+                      t1, n1, ys1, sp1, nb1, W2, b2, y2, t2, n2, ys2, sp2, nb2);               \
     }
-MMV_SEG_R(1)
-MMV_SEG_R(2)
-MMV_SEG_R(4)
-MMV_SEG_R(8)
-MMV_SEG_R(16)
+MMV_SEG_R(1, 1, 1)
+MMV_SEG_R(2, 1, 2)
+MMV_SEG_R(4, 1, 4)
+MMV_SEG_R(8, 1, 8)
+MMV_SEG_R(16, 4, 16)

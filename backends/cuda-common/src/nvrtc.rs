@@ -84,11 +84,17 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// Compiler options for `arch` (`sm_90`, ...). `KILN_CUDA_LINEINFO=1` adds source lines for
 /// profilers (they more than double the cubin: it embeds the PTX).
+///
+/// `--fmad=false`: the compiler may not fuse a multiply and an add on its own. Whether it
+/// would differs between instantiations of one template (a kernel for 1 row and one for 16
+/// could round the same expression differently), which would break batch invariance; the
+/// kernels write `fmaf` where they want one.
 fn options(arch: &str) -> Vec<String> {
     let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
         "--device-as-default-execution-space".into(),
+        "--fmad=false".into(),
     ];
     if std::env::var("KILN_CUDA_LINEINFO").as_deref() == Ok("1") {
         o.push("-lineinfo".into());

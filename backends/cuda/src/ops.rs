@@ -188,6 +188,9 @@ pub struct CudaExec {
     graphs: HashMap<(usize, usize), (Graph, usize)>,
     /// Kernel launches queued in this step so far.
     launches: usize,
+    /// A `rope_qk` not yet launched: `attention` on the same q and k fuses it with the cache
+    /// store; anything else launches it first.
+    pending_rope: Option<PendingRope>,
     /// Steps run and graph replays, for `KILN_CUDA_STATS=1`.
     steps: u64,
     replays: u64,
@@ -280,6 +283,9 @@ impl CudaOps {
         block: u32,
         args: Args,
     ) -> Result<()> {
+        if ex.pending_rope.is_some() {
+            self.flush_rope(ex)?;
+        }
         if matches!(ex.mode, Mode::Replay(_)) {
             return Ok(());
         }
@@ -288,6 +294,29 @@ impl CudaOps {
         // SAFETY: every call site passes the kernel's parameters with buffers sized by the
         // shape checks before it.
         unsafe { launch(f, &ex.stream, grid, (block, 1, 1), 0, args) }.map_err(cu)
+    }
+
+    /// Launches a pending `rope_qk`, if any.
+    fn flush_rope(&self, ex: &mut CudaExec) -> Result<()> {
+        match ex.pending_rope.take() {
+            Some(p) => {
+                let n = p.rows * (p.qcols + p.kcols) / p.head_dim * (p.n_rot / 2);
+                self.go(
+                    ex,
+                    "rope",
+                    (blocks(n, 256), 1, 1),
+                    256,
+                    p.args(
+                        Args::new()
+                            .u64(p.q)
+                            .i32(p.qcols as i32)
+                            .u64(p.k)
+                            .i32(p.kcols as i32),
+                    ),
+                )
+            }
+            None => Ok(()),
+        }
     }
 
     fn vector(&self, w: &CudaWeight, len: usize, what: &str) -> Result<u64> {
@@ -592,6 +621,7 @@ impl Ops for CudaOps {
             mode: Mode::Eager,
             graphs: HashMap::new(),
             launches: 0,
+            pending_rope: None,
             steps: 0,
             replays: 0,
             stats: std::env::var("KILN_CUDA_STATS").as_deref() == Ok("1"),
@@ -626,6 +656,8 @@ impl Ops for CudaOps {
         self.bind()?;
         ex.cursor = 0;
         ex.launches = 0;
+        // A rope left by a step that failed before its attention belongs to that step.
+        ex.pending_rope = None;
         ex.steps += 1;
         if ex.stats {
             ex.step_t0 = Some(std::time::Instant::now());
@@ -663,10 +695,11 @@ impl Ops for CudaOps {
 
     fn end(&self, ex: &mut CudaExec) -> Result<()> {
         self.bind()?;
-        let r = match ex.mode {
+        let r = self.flush_rope(ex);
+        let r = r.and(match ex.mode {
             Mode::Capture(_) | Mode::Replay(_) => ex.flush_graph(),
             Mode::Eager => Ok(()),
-        };
+        });
         if r.is_err() {
             graph::abort_capture(&ex.stream);
         }
@@ -683,6 +716,7 @@ impl Ops for CudaOps {
         if data.len() != x.n() {
             return Err(shape_err("write"));
         }
+        self.flush_rope(ex)?;
         ex.stream.sync().map_err(cu)?;
         // SAFETY: `x` holds at least `data.len()` floats; synchronous after the sync below.
         unsafe { ex.stream.htod(x.ptr(), &f32_bytes(data)) }.map_err(cu)?;
@@ -698,6 +732,7 @@ impl Ops for CudaOps {
         if out.len() != x.n() {
             return Err(shape_err("read"));
         }
+        self.flush_rope(ex)?;
         let mut bytes = vec![0u8; out.len() * 4];
         // SAFETY: `x` holds `out.len()` floats; the stream syncs before `bytes` is read.
         unsafe { ex.stream.dtoh(&mut bytes, x.ptr()) }.map_err(cu)?;
@@ -961,7 +996,37 @@ impl Ops for CudaOps {
         head_dim: usize,
         rope: &Rope,
     ) -> Result<()> {
-        self.rope2(ex, q, Some(k), positions, head_dim, rope)
+        if !self.fuse {
+            return self.rope2(ex, q, Some(k), positions, head_dim, rope);
+        }
+        self.flush_rope(ex)?;
+        let bad = |x: &CudaAct| {
+            positions.len() != x.rows || head_dim == 0 || !x.cols.is_multiple_of(head_dim)
+        };
+        if bad(q) || bad(k) || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+            return Err(shape_err("rope"));
+        }
+        let pos = ex.ids(positions, 1)?;
+        let (yarn, ext, low, span, mscale) = rope_yarn(rope);
+        ex.pending_rope = Some(PendingRope {
+            q: q.ptr(),
+            qcols: q.cols,
+            k: k.ptr(),
+            kcols: k.cols,
+            pos,
+            rows: q.rows,
+            head_dim,
+            n_rot: rope.n_rot,
+            neox: rope.style == RopeStyle::Neox,
+            base: rope.base,
+            freq_scale: rope.freq_scale,
+            yarn,
+            ext,
+            low,
+            span,
+            mscale,
+        });
+        Ok(())
     }
 
     fn glu(
@@ -1028,6 +1093,7 @@ impl Ops for CudaOps {
         if src == dst || n == 0 {
             return Ok(());
         }
+        self.flush_rope(ex)?;
         for l in &kv.layers {
             for (buf, w) in [(&l.k, l.kw), (&l.v, l.vw)] {
                 let row = kv.n_ctx * w * 2;
@@ -1078,6 +1144,7 @@ impl Ops for CudaOps {
             || p.n_head_kv == 0
             || !p.n_head.is_multiple_of(p.n_head_kv)
             || hk % 8 != 0
+            || hv % 2 != 0
             || hk > 256
             || hv > 256
             || p.sinks.is_some_and(|s| s.len() != p.n_head)
@@ -1096,22 +1163,42 @@ impl Ops for CudaOps {
             Some(s) => ex.stage(&f32_bytes(s))?,
             None => 0,
         };
-        self.go(
-            ex,
-            "kv_store",
-            (n as u32, 1, 1),
-            128,
-            Args::new()
-                .u64(k.ptr())
-                .u64(v.ptr())
-                .u64(l.k.ptr())
-                .u64(l.v.ptr())
-                .u64(d_rows)
-                .i32(n_ctx as i32)
-                .i32(kw as i32)
-                .i32(vw as i32),
-        )?;
-        let chunk = (n_ctx.div_ceil(ATT_MAX_SPLITS)).max(256);
+        match ex.pending_rope.take() {
+            Some(pr)
+                if pr.q == q.ptr()
+                    && pr.k == k.ptr()
+                    && pr.rows == n
+                    && pr.qcols == q.cols
+                    && pr.kcols == kw
+                    && pr.head_dim == hk =>
+            {
+                let n_thr = n * (p.n_head * hk + kw) / pr.head_dim * (pr.n_rot / 2) + n * (kw + vw);
+                self.go(
+                    ex,
+                    "rope_kv_store",
+                    (blocks(n_thr, 256), 1, 1),
+                    256,
+                    pr.args(
+                        Args::new()
+                            .u64(pr.q)
+                            .i32(pr.qcols as i32)
+                            .u64(pr.k)
+                            .i32(kw as i32)
+                            .u64(v.ptr())
+                            .i32(vw as i32),
+                    )
+                    .u64(l.k.ptr())
+                    .u64(l.v.ptr())
+                    .u64(d_rows)
+                    .i32(n_ctx as i32),
+                )?;
+            }
+            pending => {
+                ex.pending_rope = pending;
+                self.kv_store(ex, l, k, v, d_rows, n, n_ctx, kw, vw)?;
+            }
+        }
+        let chunk = (n_ctx.div_ceil(ATT_MAX_SPLITS)).max(128);
         let splits = n_ctx.div_ceil(chunk);
         let part_floats = ATT_GROUP * p.n_head * splits * (hv + 2);
         let need = part_floats * 4;
@@ -1291,6 +1378,7 @@ impl Ops for CudaOps {
         outs: &mut [RowOutput<'_>],
     ) -> Result<()> {
         self.bind()?;
+        self.flush_rope(ex)?;
         ex.flush_graph()?;
         let t0 = std::time::Instant::now();
         let r = self.outputs_inner(ex, logits, outs);
@@ -1512,6 +1600,67 @@ impl CudaOps {
     }
 }
 
+/// A `rope_qk` whose launch waits for the `attention` that may fuse it (see `rope_kv_store`).
+struct PendingRope {
+    q: u64,
+    qcols: usize,
+    k: u64,
+    kcols: usize,
+    /// The staged positions.
+    pos: u64,
+    rows: usize,
+    head_dim: usize,
+    n_rot: usize,
+    neox: bool,
+    base: f32,
+    freq_scale: f32,
+    yarn: i32,
+    ext: f32,
+    low: f32,
+    span: f32,
+    mscale: f32,
+}
+
+impl PendingRope {
+    /// `head` (the tensors' arguments) followed by the rope kernels' common arguments.
+    fn args(&self, head: Args) -> Args {
+        head.u64(self.pos)
+            .i32(self.rows as i32)
+            .i32(self.head_dim as i32)
+            .i32(self.n_rot as i32)
+            .i32(self.neox as i32)
+            .f32(self.base)
+            .f32(self.freq_scale)
+            .i32(self.yarn)
+            .f32(self.ext)
+            .f32(self.low)
+            .f32(self.span)
+            .f32(self.mscale)
+    }
+}
+
+/// The YaRN arguments of the rope kernels: (on, ext_factor, low, span, mscale).
+fn rope_yarn(rope: &Rope) -> (i32, f32, f32, f32, f32) {
+    match rope.yarn {
+        None => (0, 0.0, 0.0, 1.0, 1.0),
+        Some(y) => {
+            let r = y.ramp(rope.n_rot, rope.base, rope.freq_scale);
+            (1, r.ext_factor, r.low, r.span, r.mscale)
+        }
+    }
+}
+
+/// Outputs per warp of the matmul kernels for `n` rows (`mmv_glu` if `glu`): at 16 rows per
+/// block x loads, not weight loads, bound them, so a warp reuses each for several outputs
+/// (the `R = 16` kernels). The results do not depend on it.
+fn mmv_outs(n: usize, glu: bool) -> usize {
+    match (rows_per_block(n), glu) {
+        (16, false) => 4,
+        (16, true) => 2,
+        _ => 1,
+    }
+}
+
 fn rows_per_block(n: usize) -> usize {
     match n {
         0 | 1 => 1,
@@ -1593,10 +1742,11 @@ impl CudaOps {
         }
         let (np, eps) = self.norm_arg(norm, x.cols)?;
         let split = mmv_split(gate.cols, gate.rows);
+        let outs = mmv_outs(n, true);
         self.go(
             ex,
             &format!("mmv_glu_{t}_r{r}"),
-            (blocks(gate.rows, 4 / split), blocks(n, r), 1),
+            (blocks(gate.rows, 4 / split * outs), blocks(n, r), 1),
             128,
             Args::new()
                 .u64(gate.buf.ptr())
@@ -1635,6 +1785,7 @@ impl CudaOps {
         out: [&mut CudaAct; 3],
     ) -> Result<()> {
         let (n, r) = (x.rows, rows_per_block(x.rows));
+        let outs = mmv_outs(n, false);
         let (np, eps) = self.norm_arg(norm, x.cols)?;
         let mut args = Args::new()
             .u64(x.ptr())
@@ -1652,7 +1803,7 @@ impl CudaOps {
             };
             kernel_type(w.ty).ok_or_else(|| shape_err("matmul type"))?;
             let split = mmv_split(w.cols, w.rows);
-            let nblk = blocks(w.rows, 4 / split);
+            let nblk = blocks(w.rows, 4 / split * outs);
             nblk_total += nblk;
             args = args
                 .u64(w.buf.ptr())
@@ -1697,10 +1848,11 @@ impl CudaOps {
             return Ok(());
         }
         let split = mmv_split(w.cols, w.rows);
+        let outs = mmv_outs(n, false);
         self.go(
             ex,
             &format!("mmv_{t}_r{r}"),
-            (blocks(w.rows, 4 / split), blocks(n, r), 1),
+            (blocks(w.rows, 4 / split * outs), blocks(n, r), 1),
             128,
             Args::new()
                 .u64(w.buf.ptr())
@@ -1714,6 +1866,37 @@ impl CudaOps {
                 .u64(bp)
                 .i32(accumulate as i32)
                 .i32(split as i32),
+        )
+    }
+
+    /// Stores a step's keys and values into a layer's cache at the staged rows `d_rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_store(
+        &self,
+        ex: &mut CudaExec,
+        l: &KvLayer,
+        k: &CudaAct,
+        v: &CudaAct,
+        d_rows: u64,
+        n: usize,
+        n_ctx: usize,
+        kw: usize,
+        vw: usize,
+    ) -> Result<()> {
+        self.go(
+            ex,
+            "kv_store",
+            (n as u32, 1, 1),
+            128,
+            Args::new()
+                .u64(k.ptr())
+                .u64(v.ptr())
+                .u64(l.k.ptr())
+                .u64(l.v.ptr())
+                .u64(d_rows)
+                .i32(n_ctx as i32)
+                .i32(kw as i32)
+                .i32(vw as i32),
         )
     }
 
@@ -1738,13 +1921,7 @@ impl CudaOps {
             return Err(shape_err("rope"));
         }
         let d = ex.ids(positions, 1)?;
-        let (yarn, ext, low, span, mscale) = match rope.yarn {
-            None => (0, 0.0, 0.0, 1.0, 1.0),
-            Some(y) => {
-                let r = y.ramp(rope.n_rot, rope.base, rope.freq_scale);
-                (1, r.ext_factor, r.low, r.span, r.mscale)
-            }
-        };
+        let (yarn, ext, low, span, mscale) = rope_yarn(rope);
         let (p2, c2) = x2.map_or((0, 0), |x| (x.ptr(), x.cols));
         let heads = x1.cols / head_dim + if p2 != 0 { c2 / head_dim } else { 0 };
         let n = x1.rows * heads * (rope.n_rot / 2);

@@ -3,8 +3,10 @@
 //! type, on the CPU: `tests/host/dequant.cpp` builds them with a C++ compiler over host
 //! stand-ins for the CUDA built-ins. `tests/host/matvec.cpp` likewise runs the matrix-vector
 //! kernels' per-lane dot products (every K slice, the fused norm's weight and sum of squares)
-//! one lane at a time, and the sums are checked against dot products of the SDK's values. No GPU is needed; where no C++ compiler is found the test
-//! skips and says so (`KILN_REQUIRE_CXX=1` makes that a failure, as CI sets).
+//! one lane at a time, and the sums are checked against dot products of the SDK's values;
+//! `tests/host/rope.cpp` runs the fused rope and cache store thread by thread against the two
+//! kernels it replaces. No GPU is needed; where no C++ compiler is found the tests skip and say
+//! so (`KILN_REQUIRE_CXX=1` makes that a failure, as CI sets).
 
 use kiln_backend_cuda::ops::kernel_type;
 use kiln_sdk::quant::random::{random_tensor, Rng};
@@ -206,4 +208,18 @@ fn matvec_lanes_cover_every_value_once() {
             }
         }
     }
+}
+
+/// `rope_kv_store` leaves q, k and the caches exactly as `rope` then `kv_store` do (the CUDA
+/// backend launches it when an `attention` follows a `rope_qk` on the same q and k).
+#[test]
+fn fused_rope_and_cache_store_match_the_separate_kernels() {
+    let Some(exe) = build("rope") else { return };
+    let out = Command::new(&exe).output().expect("runs the host build");
+    assert!(
+        out.status.success(),
+        "host rope: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
