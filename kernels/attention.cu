@@ -8,6 +8,7 @@ struct RowPos { int seq; int pos; };
 // K/V caches of a layer: [n_seq][n_ctx][width] f16.
 extern "C" __global__ void kv_store(const float* k, const float* v, u16* kc, u16* vc,
                                     const RowPos* rows, int n_ctx, int kw, int vw) {
+    pdl_begin();
     int i = blockIdx.x;
     RowPos rp = rows[i];
     long ko = ((long)rp.seq * n_ctx + rp.pos) * kw;
@@ -25,6 +26,7 @@ extern "C" __global__ void rope_kv_store(float* q, int qcols, float* k, int kw, 
                                          int yarn, float ext_factor, float low, float span,
                                          float mscale, u16* kc, u16* vc, const RowPos* rp,
                                          int n_ctx) {
+    pdl_begin();
     const int half = n_rot / 2;
     const int hq = qcols / head_dim, heads = hq + kw / head_dim;
     const long n_rope = (long)rows * heads * half;
@@ -69,6 +71,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 attn_split(const float* q, const u16* kc, const u16* vc, const RowPos* rows, float* part,
            int n_ctx, int n_head, int n_head_kv, int hk, int hv, float scale, int window,
            float softcap, int chunk, int max_splits, int* cnt, const float* sinks, float* out) {
+    pdl_begin();
     __shared__ int last;
     __shared__ float qs[ATT_MAX_HEAD];
     __shared__ float sc[ATT_THREADS];

@@ -79,3 +79,32 @@ __device__ __forceinline__ float glu_act(int act, float x, float v) {
     float uc = fminf(fmaxf(v, -7.0f), 7.0f);
     return xc / (1.0f + expf(-1.702f * xc)) * (uc + 1.0f);
 }
+
+// Programmatic dependent launch (compute capability 9.0 and up; no-ops before, and when the
+// host launched the kernel without the attribute). `pdl_wait` returns once the previous
+// kernel of the stream has finished and its writes are visible: a kernel touches no memory
+// that the previous one reads or writes before it. `pdl_launch` lets the next kernel start
+// (it waits in its own `pdl_wait`). Every kernel calls `pdl_begin` first, or prefetches its
+// weights, then calls it.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_begin() {
+    pdl_wait();
+    pdl_launch();
+}
+
+// Asks L2 for the 128-byte lines of [p, p + bytes), spread over the `n` threads `t` of a
+// group (weights only: they never change while kernels run).
+__device__ __forceinline__ void prefetch_l2(const void* p, long bytes, int t, int n) {
+    const char* c = (const char*)((unsigned long)p & ~127ul);
+    const char* end = (const char*)p + bytes;
+    for (c += 128l * t; c < end; c += 128l * n) asm volatile("prefetch.global.L2 [%0];" ::"l"(c));
+}

@@ -4,6 +4,7 @@
 // One warp per group of `g` columns: out = x / sqrt(mean(x^2) + eps) * w.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int rows, int cols,
                                     int g, float eps) {
+    pdl_begin();
     long gid = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     int per_row = cols / g;
@@ -23,6 +24,7 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
 // The block's threads load the row at once instead of one warp walking it.
 extern "C" __global__ void __launch_bounds__(256)
 rms_norm_row(const float* x, const float* w, float* out, int cols, float eps) {
+    pdl_begin();
     __shared__ float red[32];
     const float* xr = x + (long)blockIdx.x * cols;
     float* orow = out + (long)blockIdx.x * cols;
@@ -36,22 +38,26 @@ rms_norm_row(const float* x, const float* w, float* out, int cols, float eps) {
 }
 
 extern "C" __global__ void add(float* x, const float* y, long n) {
+    pdl_begin();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
 
 extern "C" __global__ void add_bias(float* x, const float* b, int cols, long n) {
+    pdl_begin();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += b[i % cols];
 }
 
 extern "C" __global__ void scale(float* x, float s, long n) {
+    pdl_begin();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= s;
 }
 
 // out row i = x row idx[i].
 extern "C" __global__ void gather_rows(const float* x, const int* idx, float* out, int cols) {
+    pdl_begin();
     int i = blockIdx.x;
     const float* src = x + (long)idx[i] * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)i * cols + c] = src[c];
@@ -96,6 +102,7 @@ extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, cons
                                 int rows, int head_dim, int n_rot, int neox, float base,
                                 float freq_scale, int yarn, float ext_factor, float low,
                                 float span, float mscale) {
+    pdl_begin();
     int half = n_rot / 2;
     int h1 = cols1 / head_dim, h2 = x2 ? cols2 / head_dim : 0;
     int heads = h1 + h2;
@@ -114,6 +121,7 @@ extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, cons
 
 // gate = act(gate) * up (see glu_act).
 extern "C" __global__ void glu(float* g, const float* u, int act, long n) {
+    pdl_begin();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) g[i] = glu_act(act, g[i], u[i]);
 }
@@ -122,6 +130,7 @@ extern "C" __global__ void glu(float* g, const float* u, int act, long n) {
 // index), in decreasing order, and their softmax.
 extern "C" __global__ void moe_route(const float* logits, float* ids, float* wts, int rows,
                                      int n_expert, int k) {
+    pdl_begin();
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -163,6 +172,7 @@ extern "C" __global__ void moe_route(const float* logits, float* ids, float* wts
 // out[i] = sum_j w[i][j] * y[i][j*cols..], slots in order.
 extern "C" __global__ void moe_combine(const float* y, const float* w, float* out, int rows,
                                        int cols, int k) {
+    pdl_begin();
     long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long)rows * cols) return;
     int i = (int)(t / cols), c = (int)(t % cols);

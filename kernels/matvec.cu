@@ -108,6 +108,28 @@ __device__ __forceinline__ void mmv_dots(const u8* __restrict__ W, const float* 
     mmv_dots_rows<T, R, O>(wrs, x, K, rows, x_stride, r0, slice, split, acc, nw, ss);
 }
 
+// Bytes of one weight row of type `type` with K values.
+__device__ __forceinline__ long qrow_bytes(int type, int K) {
+    int b = 0, subs = 1;
+    switch (type) {
+#define QB_CASE(T) case T: b = QT<T>::BYTES; subs = QT<T>::SUBS; break;
+        QB_CASE(T_F32) QB_CASE(T_F16) QB_CASE(T_BF16) QB_CASE(T_Q4_0) QB_CASE(T_Q4_1)
+        QB_CASE(T_Q5_0) QB_CASE(T_Q5_1) QB_CASE(T_Q8_0) QB_CASE(T_MXFP4) QB_CASE(T_Q2_K)
+        QB_CASE(T_Q3_K) QB_CASE(T_Q4_K) QB_CASE(T_Q5_K) QB_CASE(T_Q6_K)
+#undef QB_CASE
+    }
+    return (long)((K >> 5) / subs) * b;
+}
+
+// Before the kernel waits for its input (`pdl_begin`): the first row tile's block asks L2
+// for the weight rows it will read (`n` rows of `row_bytes` from row `o`), so the loads after
+// the wait hit L2 instead of DRAM. Weights never change while kernels run.
+__device__ __forceinline__ void mmv_prefetch(const u8* W, long row_bytes, int o, int n, int N) {
+    if (blockIdx.y == 0 && o < N)
+        prefetch_l2(W + (long)o * row_bytes, (long)min(n, N - o) * row_bytes, threadIdx.x,
+                    blockDim.x);
+}
+
 // Sums the slices of a block's outputs: warp w holds slice w % split of output w / split.
 // Afterwards the first warp of each output holds the total (in slice order: the arithmetic
 // depends only on the shape).
@@ -163,6 +185,9 @@ __device__ __forceinline__ void mmv(const u8* W, const float* x, float* y, int K
     const int w = threadIdx.x >> 5;
     const int o0 = (blockIdx.x * (MMV_WARPS / split) + w / split) * O;
     const int r0 = blockIdx.y * R;
+    mmv_prefetch(W, (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES,
+                 blockIdx.x * (MMV_WARPS / split) * O, (MMV_WARPS / split) * O, N);
+    pdl_begin();
     float acc[O * R];
     mmv_dots<T, R, O>(W, x, K, rows, x_stride, r0, min(o0, N - 1), w % split, split, acc,
                       nullptr, nullptr, N - 1);
@@ -184,6 +209,10 @@ __device__ __forceinline__ void mmv_glu(const u8* Wg, const u8* Wu, const float*
     const int r0 = blockIdx.y * R;
     // Gate and up rows in one pass (their loads in flight together, x loaded once).
     const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
+    const int ob = blockIdx.x * (MMV_WARPS / split) * O;
+    mmv_prefetch(Wg, row_bytes, ob, (MMV_WARPS / split) * O, N);
+    mmv_prefetch(Wu, row_bytes, ob, (MMV_WARPS / split) * O, N);
+    pdl_begin();
     const u8* wrs[2 * O];
 #pragma unroll
     for (int i = 0; i < O; i++) {
@@ -230,6 +259,7 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
                                         const float* x, float* y, int K, int N, int k,
                                         int n_expert, int x_slots, int x_stride, int y_stride,
                                         int* err) {
+    pdl_begin();
     int o = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
     if (o >= N) return;
     int i = blockIdx.z, j = blockIdx.y;
@@ -281,6 +311,7 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
     }                                                                                          \
     extern "C" __global__ void embed_##NAME(const u8* W, const int* ids, float* out, int K,    \
                                             int n_rows_table) {                                \
+        pdl_begin();                                                                           \
         int i = blockIdx.x;                                                                    \
         int id = ids[i];                                                                       \
         if (id < 0 || id >= n_rows_table) id = 0;                                              \
@@ -362,6 +393,9 @@ __device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
     const int w = threadIdx.x >> 5;
     const int o0 = (b * (MMV_WARPS / split) + w / split) * O;
     const int r0 = blockIdx.y * R;
+    mmv_prefetch(W, qrow_bytes(type, K), b * (MMV_WARPS / split) * O, (MMV_WARPS / split) * O,
+                 N);
+    pdl_begin();
     float acc[O * R], ss[R];
     mmv_dots_any<R, O>(type, W, x, K, rows, xs, r0, min(o0, N - 1), w % split, split, acc, nw,
                        nw ? ss : nullptr, N - 1);

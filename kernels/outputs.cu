@@ -4,6 +4,7 @@
 
 // Per output row: bans[off[i]..off[i+1]] set to -inf.
 extern "C" __global__ void ban(float* logits, int vocab, const int* ids, const int* off) {
+    pdl_begin();
     int i = blockIdx.x;
     for (int j = off[i] + threadIdx.x; j < off[i + 1]; j += blockDim.x)
         logits[(long)i * vocab + ids[j]] = NEG_INF;
@@ -39,6 +40,7 @@ __device__ __forceinline__ void out_slice(int vocab, int* lo, int* hi) {
 
 extern "C" __global__ void __launch_bounds__(256)
 stats_part(const float* logits, int vocab, const int* req, float* part, u32* hist) {
+    pdl_begin();
     __shared__ float red[32];
     __shared__ u32 h[OUT_BINS];
     const int i = blockIdx.x, t = threadIdx.x;
@@ -77,6 +79,7 @@ stats_part(const float* logits, int vocab, const int* req, float* part, u32* his
 extern "C" __global__ void __launch_bounds__(1024)
 stats_final(const float* logits, int vocab, const int* req, const float* part, int parts,
             u32* hist, float* stats) {
+    pdl_begin();
     __shared__ float red[32];
     __shared__ u32 wsum[32];
     const int i = blockIdx.x, t = threadIdx.x, lane = t & 31, w = t >> 5;
@@ -129,6 +132,7 @@ stats_final(const float* logits, int vocab, const int* req, const float* part, i
 extern "C" __global__ void __launch_bounds__(256)
 stats_cands(const float* logits, int vocab, const int* req, float* stats, float* fast,
             float* cand_v, int* cand_i, int cap) {
+    pdl_begin();
     const int i = blockIdx.x, t = threadIdx.x;
     if (req[2 * i] <= 0) return;
     const float* row = logits + (long)i * vocab;

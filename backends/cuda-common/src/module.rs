@@ -100,6 +100,11 @@ impl Args {
 /// Each argument occupies its own 8-byte slot; the driver reads only the parameter's own
 /// size from it (little-endian), so 32-bit values sit in the slot's low bytes.
 ///
+/// With `pdl` (compute capability 9.0 and up), the launch allows programmatic dependent
+/// launch: the kernel may start before the previous kernel of the stream has finished, so it
+/// must execute `griddepcontrol.wait` before it touches memory that kernel writes or reads
+/// (the kernels of `kernels/` do, through `pdl_wait`).
+///
 /// # Safety
 /// The arguments must match the kernel's parameters, and every pointer must be valid for
 /// what the kernel does with it.
@@ -110,6 +115,7 @@ pub unsafe fn launch(
     block: (u32, u32, u32),
     smem: u32,
     args: Args,
+    pdl: bool,
 ) -> Result<()> {
     let mut vals = args.vals;
     let mut ptrs: Vec<*mut c_void> = vals
@@ -119,5 +125,28 @@ pub unsafe fn launch(
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
-    result::launch_kernel(f.0, grid, block, smem, s.raw(), &mut ptrs).ctx("cuLaunchKernel")
+    if !pdl {
+        return result::launch_kernel(f.0, grid, block, smem, s.raw(), &mut ptrs)
+            .ctx("cuLaunchKernel");
+    }
+    // SAFETY: plain C structs; zero is a valid value for every field of the union.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block.0,
+        blockDimY: block.1,
+        blockDimZ: block.2,
+        sharedMemBytes: smem,
+        hStream: s.raw(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: `cfg`, `attr` and the parameter pointers outlive the call, which copies them.
+    unsafe { sys::cuLaunchKernelEx(&cfg, f.0, ptrs.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
+        .ctx("cuLaunchKernelEx")
 }

@@ -217,6 +217,10 @@ pub struct CudaOps {
     graphs: bool,
     /// Fused norms and projections (`KILN_CUDA_FUSE=0` turns them off, to compare).
     fuse: bool,
+    /// Programmatic dependent launch (compute capability 9.0 and up; `KILN_CUDA_PDL=0`
+    /// turns it off): a kernel starts while its predecessor finishes and fetches its weights
+    /// before it waits for that kernel's results.
+    pdl: bool,
 }
 
 impl CudaOps {
@@ -240,12 +244,14 @@ impl CudaOps {
         let load = Mutex::new(Stream::new().map_err(cu)?);
         let graphs = std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let fuse = std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0");
+        let pdl = gpu.props.cc.0 >= 9 && std::env::var("KILN_CUDA_PDL").map_or(true, |v| v != "0");
         Ok(CudaOps {
             gpu,
             module,
             load,
             graphs,
             fuse,
+            pdl,
         })
     }
 
@@ -293,7 +299,7 @@ impl CudaOps {
         let f = self.f(name)?;
         // SAFETY: every call site passes the kernel's parameters with buffers sized by the
         // shape checks before it.
-        unsafe { launch(f, &ex.stream, grid, (block, 1, 1), 0, args) }.map_err(cu)
+        unsafe { launch(f, &ex.stream, grid, (block, 1, 1), 0, args, self.pdl) }.map_err(cu)
     }
 
     /// Launches a pending `rope_qk`, if any.

@@ -15,6 +15,9 @@ static Idx threadIdx, blockIdx, gridDim, blockDim;
 #define WARP 32
 static inline void __syncthreads() {}
 static inline void __threadfence() {}
+// One thread at a time: nothing runs before or beside a kernel, and prefetches are hints.
+static inline void pdl_begin() {}
+static inline void prefetch_l2(const void*, long, int, int) {}
 template <class T> static inline T __ldg(const T* p) { return *p; }
 template <class T> static inline T __ldcg(const T* p) { return *p; }
 static inline int atomicExch(int* p, int v) { int o = *p; *p = v; return o; }
