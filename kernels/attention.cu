@@ -28,16 +28,12 @@ extern "C" __global__ void rope_kv_store(float* q, int qcols, float* k, int kw, 
                                          int n_ctx) {
     pdl_begin();
     const int half = n_rot / 2;
-    const int hq = qcols / head_dim, heads = hq + kw / head_dim;
-    const long n_rope = (long)rows * heads * half;
+    const int hq = qcols / head_dim, hk = kw / head_dim;
+    const long n_rope = (long)rows * (hq + hk) * half;
     long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n_rope) {
-        int i = (int)(t % half);
-        long rh = t / half;
-        int h = (int)(rh % heads);
-        int r = (int)(rh / heads);
-        float* hp = h < hq ? q + (long)r * qcols + (long)h * head_dim
-                           : k + (long)r * kw + (long)(h - hq) * head_dim;
+        int i, r, h;
+        float* hp = rope_head(t, half, hq, hk, q, qcols, k, kw, head_dim, &i, &r, &h);
         int a, b;
         rope_pair(hp, i, pos[r], n_rot, neox, base, freq_scale, yarn, ext_factor, low, span,
                   mscale, &a, &b);

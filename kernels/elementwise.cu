@@ -96,6 +96,19 @@ __device__ __forceinline__ void rope_pair(float* hp, int i, int pos, int n_rot, 
     hp[*b] = x0 * s + xb * c;
 }
 
+// Thread t of a rope launch (one thread per pair of one head of one row; x2's `h2` heads come
+// after x1's `h1`): sets its pair *i, row *r and head *h, and returns the head's values.
+__device__ __forceinline__ float* rope_head(long t, int half, int h1, int h2, float* x1, int cols1,
+                                            float* x2, int cols2, int head_dim, int* i, int* r,
+                                            int* h) {
+    *i = (int)(t % half);
+    long rh = t / half;
+    *h = (int)(rh % (h1 + h2));
+    *r = (int)(rh / (h1 + h2));
+    return *h < h1 ? x1 + (long)*r * cols1 + (long)*h * head_dim
+                   : x2 + (long)*r * cols2 + (long)(*h - h1) * head_dim;
+}
+
 // Rotary embeddings of one or two tensors at the same positions (x2 null: one). One thread per
 // pair of one head of one row.
 extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, const int* pos,
@@ -105,15 +118,10 @@ extern "C" __global__ void rope(float* x1, int cols1, float* x2, int cols2, cons
     pdl_begin();
     int half = n_rot / 2;
     int h1 = cols1 / head_dim, h2 = x2 ? cols2 / head_dim : 0;
-    int heads = h1 + h2;
     long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long)rows * heads * half) return;
-    int i = (int)(t % half);
-    long rh = t / half;
-    int h = (int)(rh % heads);
-    int r = (int)(rh / heads);
-    float* hp = h < h1 ? x1 + (long)r * cols1 + (long)h * head_dim
-                       : x2 + (long)r * cols2 + (long)(h - h1) * head_dim;
+    if (t >= (long)rows * (h1 + h2) * half) return;
+    int i, r, h;
+    float* hp = rope_head(t, half, h1, h2, x1, cols1, x2, cols2, head_dim, &i, &r, &h);
     int a, b;
     rope_pair(hp, i, pos[r], n_rot, neox, base, freq_scale, yarn, ext_factor, low, span, mscale,
               &a, &b);

@@ -305,22 +305,13 @@ impl CudaOps {
     /// Launches a pending `rope_qk`, if any.
     fn flush_rope(&self, ex: &mut CudaExec) -> Result<()> {
         match ex.pending_rope.take() {
-            Some(p) => {
-                let n = p.rows * (p.qcols + p.kcols) / p.head_dim * (p.n_rot / 2);
-                self.go(
-                    ex,
-                    "rope",
-                    (blocks(n, 256), 1, 1),
-                    256,
-                    p.args(
-                        Args::new()
-                            .u64(p.q)
-                            .i32(p.qcols as i32)
-                            .u64(p.k)
-                            .i32(p.kcols as i32),
-                    ),
-                )
-            }
+            Some(p) => self.go(
+                ex,
+                "rope",
+                (blocks(p.pairs(), 256), 1, 1),
+                256,
+                p.args(p.qk()),
+            ),
             None => Ok(()),
         }
     }
@@ -1178,25 +1169,18 @@ impl Ops for CudaOps {
                     && pr.kcols == kw
                     && pr.head_dim == hk =>
             {
-                let n_thr = n * (p.n_head * hk + kw) / pr.head_dim * (pr.n_rot / 2) + n * (kw + vw);
+                // The pairs, then one thread per stored key or value.
+                let n_thr = pr.pairs() + n * (kw + vw);
                 self.go(
                     ex,
                     "rope_kv_store",
                     (blocks(n_thr, 256), 1, 1),
                     256,
-                    pr.args(
-                        Args::new()
-                            .u64(pr.q)
-                            .i32(pr.qcols as i32)
-                            .u64(pr.k)
-                            .i32(kw as i32)
-                            .u64(v.ptr())
-                            .i32(vw as i32),
-                    )
-                    .u64(l.k.ptr())
-                    .u64(l.v.ptr())
-                    .u64(d_rows)
-                    .i32(n_ctx as i32),
+                    pr.args(pr.qk().u64(v.ptr()).i32(vw as i32))
+                        .u64(l.k.ptr())
+                        .u64(l.v.ptr())
+                        .u64(d_rows)
+                        .i32(n_ctx as i32),
                 )?;
             }
             pending => {
@@ -1628,6 +1612,20 @@ struct PendingRope {
 }
 
 impl PendingRope {
+    /// Threads that rotate a pair (one per pair of each query and key head of each row).
+    fn pairs(&self) -> usize {
+        self.rows * (self.qcols + self.kcols) / self.head_dim * (self.n_rot / 2)
+    }
+
+    /// The rope kernels' leading arguments: queries and keys with their widths.
+    fn qk(&self) -> Args {
+        Args::new()
+            .u64(self.q)
+            .i32(self.qcols as i32)
+            .u64(self.k)
+            .i32(self.kcols as i32)
+    }
+
     /// `head` (the tensors' arguments) followed by the rope kernels' common arguments.
     fn args(&self, head: Args) -> Args {
         head.u64(self.pos)
