@@ -2,6 +2,11 @@
 // architecture; no CUDA headers are included, so NVRTC alone (no toolkit) is enough.
 // Every source file of this folder is concatenated after this one into one program.
 
+// A compilation unit keeps part KILN_PART of a file's instantiations (see `KILN_IN`).
+#ifdef KILN_PART
+#define KILN_IN(k) (KILN_PART == (k))
+#endif
+
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -107,4 +112,19 @@ __device__ __forceinline__ void prefetch_l2(const void* p, long bytes, int t, in
     const char* c = (const char*)((unsigned long)p & ~127ul);
     const char* end = (const char*)p + bytes;
     for (c += 128l * t; c < end; c += 128l * n) asm volatile("prefetch.global.L2 [%0];" ::"l"(c));
+}
+
+// Integer tensor-core products (sm_80+): d = A.B over one 16 x 8 tile, s8 inputs, exact s32
+// sums, the accumulator input zero. Fragment layouts: see kernels/mmq.cu.
+__device__ __forceinline__ void mma_i8_k32(const u32* a, u32 b0, u32 b1, int* d) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+__device__ __forceinline__ void mma_i8_k16(u32 a0, u32 a1, u32 b, int* d) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%7,%7,%7,%7};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(b), "r"(0));
 }

@@ -9,6 +9,12 @@
 
 #define MMV_WARPS 4
 
+// Compilation units (`sources::units`) each keep one part of the instantiations below
+// (KILN_PART, set by the unit); without it (the host tests) every part is kept.
+#ifndef KILN_IN
+#define KILN_IN(k) 1
+#endif
+
 // The dot products of weight row `o` with rows r0..r0+R of x, for the K-slice `slice` of
 // `split` (1, 2 or 4): four lanes share a 32-value chunk (8 values each), so a warp covers 8
 // neighbouring chunks per step and slice s takes the groups of 8 chunks s, s + split, ...
@@ -325,20 +331,48 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
         }                                                                                      \
     }
 
+#if KILN_IN(0)
 MMV_INST(f32, T_F32)
+#endif
+#if KILN_IN(0)
 MMV_INST(f16, T_F16)
+#endif
+#if KILN_IN(0)
 MMV_INST(bf16, T_BF16)
+#endif
+#if KILN_IN(0)
 MMV_INST(q4_0, T_Q4_0)
+#endif
+#if KILN_IN(1)
 MMV_INST(q4_1, T_Q4_1)
+#endif
+#if KILN_IN(1)
 MMV_INST(q5_0, T_Q5_0)
+#endif
+#if KILN_IN(1)
 MMV_INST(q5_1, T_Q5_1)
+#endif
+#if KILN_IN(1)
 MMV_INST(q8_0, T_Q8_0)
+#endif
+#if KILN_IN(2)
 MMV_INST(mxfp4, T_MXFP4)
+#endif
+#if KILN_IN(2)
 MMV_INST(q2_k, T_Q2_K)
+#endif
+#if KILN_IN(2)
 MMV_INST(q3_k, T_Q3_K)
+#endif
+#if KILN_IN(3)
 MMV_INST(q4_k, T_Q4_K)
+#endif
+#if KILN_IN(3)
 MMV_INST(q5_k, T_Q5_K)
+#endif
+#if KILN_IN(3)
 MMV_INST(q6_k, T_Q6_K)
+#endif
 
 // mmv_dots for a weight type known only at run time (one switch per call, so segments of
 // different types can share a launch).
@@ -416,8 +450,18 @@ __device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
         mmv_seg<R, O>(x, K, rows, xs, nw, eps, W0, b0, y0, t0, n0, ys0, sp0, nb0, W1, b1, y1,  \
                       t1, n1, ys1, sp1, nb1, W2, b2, y2, t2, n2, ys2, sp2, nb2);               \
     }
+#if KILN_IN(4)
 MMV_SEG_R(1, 1, 1)
+#endif
+#if KILN_IN(4)
 MMV_SEG_R(2, 1, 2)
+#endif
+#if KILN_IN(4)
 MMV_SEG_R(4, 1, 4)
+#endif
+#if KILN_IN(4)
 MMV_SEG_R(8, 1, 8)
+#endif
+#if KILN_IN(4)
 MMV_SEG_R(16, 4, 16)
+#endif

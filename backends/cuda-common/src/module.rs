@@ -14,9 +14,9 @@ pub struct Func(sys::CUfunction);
 unsafe impl Send for Func {}
 unsafe impl Sync for Func {}
 
-/// A loaded module and every function in it that was asked for.
+/// Loaded modules (one per compilation unit) and every function in them that was asked for.
 pub struct Module {
-    raw: sys::CUmodule,
+    raw: Vec<sys::CUmodule>,
     funcs: HashMap<String, Func>,
 }
 
@@ -27,18 +27,31 @@ unsafe impl Sync for Module {}
 impl Module {
     /// Loads a cubin (on the current context) and looks up `names`.
     pub fn load(cubin: &[u8], names: &[String]) -> Result<Module> {
-        // SAFETY: a cubin image produced by NVRTC for this device.
-        let raw = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
-            .ctx("cuModuleLoadData")?;
+        Self::load_units(&[cubin], names)
+    }
+
+    /// Loads several cubins (on the current context) and looks up each of `names` in the
+    /// first that has it.
+    pub fn load_units<B: AsRef<[u8]>>(cubins: &[B], names: &[String]) -> Result<Module> {
         let mut m = Module {
-            raw,
+            raw: Vec::with_capacity(cubins.len()),
             funcs: HashMap::new(),
         };
+        for cubin in cubins {
+            // SAFETY: a cubin image produced by NVRTC for this device.
+            let raw =
+                unsafe { result::module::load_data(cubin.as_ref().as_ptr() as *const c_void) }
+                    .ctx("cuModuleLoadData")?;
+            m.raw.push(raw);
+        }
         for n in names {
             let c = CString::new(n.as_str()).map_err(|_| CudaError::msg("bad kernel name"))?;
-            // SAFETY: valid module.
-            let f = unsafe { result::module::get_function(raw, c) }
-                .ctx(&format!("cuModuleGetFunction({n})"))?;
+            // SAFETY: valid modules; a module without the name answers NOT_FOUND.
+            let f = m
+                .raw
+                .iter()
+                .find_map(|&raw| unsafe { result::module::get_function(raw, c.clone()) }.ok())
+                .ok_or_else(|| CudaError::msg(format!("no kernel named {n} in the modules")))?;
             m.funcs.insert(n.clone(), Func(f));
         }
         Ok(m)
@@ -55,8 +68,10 @@ impl Module {
 
 impl Drop for Module {
     fn drop(&mut self) {
-        // SAFETY: loaded once, unloaded once.
-        let _ = unsafe { result::module::unload(self.raw) };
+        for &raw in &self.raw {
+            // SAFETY: loaded once, unloaded once.
+            let _ = unsafe { result::module::unload(raw) };
+        }
     }
 }
 

@@ -168,6 +168,46 @@ pub fn compile_cached_in(
     Ok((bin, false))
 }
 
+/// Compiles every unit for `arch` (or takes it from the cache in `dir`), the units in
+/// parallel, one thread each (NVRTC compiles separate programs concurrently). Returns the
+/// cubins in the units' order and how many came from the cache.
+pub fn compile_units_cached_in(
+    dir: Option<&Path>,
+    units: &[crate::sources::Unit],
+    arch: &str,
+) -> Result<(Vec<Vec<u8>>, usize)> {
+    version()?;
+    let results: Vec<Result<(Vec<u8>, bool)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .iter()
+            .map(|u| s.spawn(move || compile_cached_in(dir, &u.name, &u.src, arch)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CudaError::msg("an NVRTC compile thread panicked")))
+            })
+            .collect()
+    });
+    let mut bins = Vec::with_capacity(units.len());
+    let mut cached = 0;
+    for r in results {
+        let (bin, c) = r?;
+        cached += c as usize;
+        bins.push(bin);
+    }
+    Ok((bins, cached))
+}
+
+/// [`compile_units_cached_in`] with the cache in [`cache_dir`].
+pub fn compile_units_cached(
+    units: &[crate::sources::Unit],
+    arch: &str,
+) -> Result<(Vec<Vec<u8>>, usize)> {
+    compile_units_cached_in(cache_dir().as_deref(), units, arch)
+}
+
 /// Compiles `src` for `arch` without the cache (for checks: every kernel must compile).
 pub fn compile_for(name: &str, src: &str, arch: &str) -> Result<Vec<u8>> {
     version()?;

@@ -17,7 +17,46 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../kernels/attention.cu"),
     ),
     ("outputs.cu", include_str!("../../../kernels/outputs.cu")),
+    ("mmq.cu", include_str!("../../../kernels/mmq.cu")),
 ];
+
+/// One NVRTC compilation unit of the kernels: compiled (and cached) on its own, so the units
+/// of a program compile in parallel ([`crate::nvrtc::compile_units_cached`]).
+pub struct Unit {
+    /// Name (the cache file's prefix).
+    pub name: String,
+    /// Source text: the part it keeps (`KILN_PART`), the helpers, then its files.
+    pub src: String,
+}
+
+/// The kernels as compilation units: the small files together, and the matrix kernels cut
+/// into the parts their files mark (`KILN_IN(k)`), as their instantiations take most of the
+/// compile time. Together they hold every kernel of [`program`], each once.
+pub fn units() -> Vec<Unit> {
+    let file = |n: &str| FILES.iter().find(|(f, _)| *f == n).map_or("", |(_, b)| *b);
+    let unit = |name: String, part: Option<usize>, files: &[&str]| {
+        let mut src = part.map_or(String::new(), |p| format!("#define KILN_PART {p}\n"));
+        for (n, body) in [("common.cuh", COMMON), ("quant.cuh", QUANT)]
+            .into_iter()
+            .chain(files.iter().map(|f| (*f, file(f))))
+        {
+            src.push_str(&format!("// ---- {n}\n{body}\n"));
+        }
+        Unit { name, src }
+    };
+    let mut out = vec![unit(
+        "kiln-misc".into(),
+        None,
+        &["elementwise.cu", "attention.cu", "outputs.cu"],
+    )];
+    for p in 0..5 {
+        out.push(unit(format!("kiln-matvec{p}"), Some(p), &["matvec.cu"]));
+    }
+    for p in 0..3 {
+        out.push(unit(format!("kiln-mmq{p}"), Some(p), &["mmq.cu"]));
+    }
+    out
+}
 
 /// One program holding the helpers and every kernel file.
 pub fn program() -> String {
@@ -65,6 +104,53 @@ pub fn kernel_names(src: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lines of `src` its part keeps (`#if KILN_IN(k)` blocks of other parts dropped).
+    fn kept(src: &str) -> String {
+        let part = src
+            .strip_prefix("#define KILN_PART ")
+            .and_then(|r| r.lines().next())
+            .and_then(|p| p.parse::<usize>().ok());
+        let mut out = String::new();
+        let mut keep = true;
+        for line in src.lines() {
+            if let Some(k) = line
+                .strip_prefix("#if KILN_IN(")
+                .and_then(|r| r.strip_suffix(')'))
+            {
+                keep = part.is_none_or(|p| k.parse::<usize>().ok() == Some(p));
+            } else if line == "#endif" {
+                keep = true;
+            } else if keep {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The kernels and the instantiation macro lines of a text, sorted.
+    fn defined(src: &str) -> Vec<String> {
+        let mut v = kernel_names(src);
+        v.extend(
+            src.lines()
+                .filter(|l| l.starts_with("MMV_") || l.starts_with("MMQ_"))
+                .map(str::to_string),
+        );
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn units_hold_every_kernel_once() {
+        let mut parts: Vec<String> = units()
+            .iter()
+            .flat_map(|u| defined(&kept(&u.src)))
+            .collect();
+        parts.sort();
+        assert_eq!(parts, defined(&program()));
+        assert!(parts.iter().any(|l| l.starts_with("MMQ_INST(q6_k")));
+    }
 
     #[test]
     fn finds_kernel_names() {

@@ -9,14 +9,14 @@ fn main() {
         eprintln!("usage: precompile sm_XY [sm_XY ...]");
         std::process::exit(2);
     }
-    let src = kiln_cuda::sources::program();
+    let units = kiln_cuda::sources::units();
     for arch in archs {
         let t0 = std::time::Instant::now();
-        match kiln_cuda::nvrtc::compile_cached("kiln", &src, &arch) {
-            Ok((bin, cached)) => println!(
-                "{arch}: {} bytes{} in {:.1} s",
-                bin.len(),
-                if cached { " (already cached)" } else { "" },
+        match kiln_cuda::nvrtc::compile_units_cached(&units, &arch) {
+            Ok((bins, cached)) => println!(
+                "{arch}: {} units, {} bytes ({cached} already cached) in {:.1} s",
+                bins.len(),
+                bins.iter().map(Vec::len).sum::<usize>(),
                 t0.elapsed().as_secs_f32()
             ),
             Err(e) => {

@@ -77,6 +77,15 @@ pub fn all_kernel_names(src: &str) -> Vec<String> {
     for r in [1, 2, 4, 8, 16] {
         names.push(format!("mmv_seg_r{r}"));
     }
+    for t in TYPE_NAMES
+        .iter()
+        .filter(|t| !matches!(**t, "f32" | "f16" | "bf16"))
+    {
+        for k in ["d", "p"] {
+            names.push(format!("mmq_{t}_{k}"));
+            names.push(format!("mmq_glu_{t}_{k}"));
+        }
+    }
     names.extend(sources::kernel_names(src));
     names
 }
@@ -221,30 +230,38 @@ pub struct CudaOps {
     /// turns it off): a kernel starts while its predecessor finishes and fetches its weights
     /// before it waits for that kernel's results.
     pdl: bool,
+    /// Integer tensor-core matmuls for the quantized weight types (`KILN_CUDA_MMQ=0` turns
+    /// them off: the f32 matrix-vector kernels then serve every type, as before).
+    mmq: bool,
 }
 
 impl CudaOps {
     /// Opens device `ordinal` and loads the kernels (compiled now, or from the cache).
     pub fn new(ordinal: usize) -> Result<CudaOps> {
         let gpu = Gpu::open(ordinal).map_err(cu)?;
-        let src = sources::program();
-        if !nvrtc::is_cached("kiln", &src, &gpu.arch()) {
+        let units = sources::units();
+        let arch = gpu.arch();
+        if units
+            .iter()
+            .any(|u| !nvrtc::is_cached(&u.name, &u.src, &arch))
+        {
             eprintln!(
-                "kiln-cuda: compiling the kernels for {} {} (once; cached in {})",
+                "kiln-cuda: compiling the kernels for {} {arch} (once; cached in {})",
                 gpu.props.name,
-                gpu.arch(),
                 nvrtc::cache_dir()
                     .map_or_else(|| "no cache directory".into(), |d| d.display().to_string())
             );
         }
-        let (cubin, _cached) = nvrtc::compile_cached("kiln", &src, &gpu.arch()).map_err(|e| {
+        let (cubins, _cached) = nvrtc::compile_units_cached(&units, &arch).map_err(|e| {
             BackendError::internal(format!("compiling the CUDA kernels: {}", e.message))
         })?;
-        let module = Module::load(&cubin, &all_kernel_names(&src)).map_err(cu)?;
+        let module =
+            Module::load_units(&cubins, &all_kernel_names(&sources::program())).map_err(cu)?;
         let load = Mutex::new(Stream::new().map_err(cu)?);
         let graphs = std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let fuse = std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0");
         let pdl = gpu.props.cc.0 >= 9 && std::env::var("KILN_CUDA_PDL").map_or(true, |v| v != "0");
+        let mmq = std::env::var("KILN_CUDA_MMQ").map_or(true, |v| v != "0");
         Ok(CudaOps {
             gpu,
             module,
@@ -252,6 +269,7 @@ impl CudaOps {
             graphs,
             fuse,
             pdl,
+            mmq,
         })
     }
 
@@ -1694,6 +1712,41 @@ fn mmv_split(k: usize, n: usize) -> usize {
     }
 }
 
+/// Rows up to which the integer tensor-core matmuls use their decode kernels (`mmq_*_d`: 16
+/// rows per block row, each warp one K slice of 8 outputs); more rows take the prompt kernels
+/// (`mmq_*_p`). Both give the same bits, so the choice is free.
+const MMQ_DEC_ROWS: usize = 16;
+/// Chunks of 32 values per K slice (`MMQ_SLICE` in `kernels/mmq.cu`).
+const MMQ_SLICE: usize = 16;
+/// Rows and outputs of one prompt-kernel block (`MMQ_PRE_ROWS`, `MMQ_PRE_COLS`).
+const MMQ_PRE_ROWS: usize = 64;
+const MMQ_PRE_COLS: usize = 64;
+
+/// Whether the integer tensor-core kernels take weights of type `ty`.
+fn mmq_type(ty: GgmlType) -> bool {
+    kernel_type(ty).is_some() && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// Tiles of 8 outputs per decode block (`mmq_tpc`): enough (tile, slice) units for 4 warps.
+fn mmq_tpc(k: usize) -> usize {
+    match (k / 32).div_ceil(MMQ_SLICE) {
+        0 | 1 => 4,
+        2 | 3 => 2,
+        _ => 1,
+    }
+}
+
+/// Kernel suffix and grid of an integer tensor-core matmul: `n_out` outputs of rows of `k`
+/// values, for `rows` rows (`glu`: gate and up pairs, half the outputs per prompt block).
+fn mmq_launch(k: usize, n_out: usize, rows: usize, glu: bool) -> (&'static str, u32, u32) {
+    if rows <= MMQ_DEC_ROWS {
+        ("d", blocks(n_out, 8 * mmq_tpc(k)), blocks(rows, 16))
+    } else {
+        let cols = if glu { MMQ_PRE_COLS / 2 } else { MMQ_PRE_COLS };
+        ("p", blocks(n_out, cols), blocks(rows, MMQ_PRE_ROWS))
+    }
+}
+
 fn act_code(act: Activation) -> i32 {
     match act {
         Activation::Silu => 0,
@@ -1745,6 +1798,28 @@ impl CudaOps {
             return Ok(());
         }
         let (np, eps) = self.norm_arg(norm, x.cols)?;
+        if self.mmq && mmq_type(gate.ty) {
+            let (sfx, gx, gy) = mmq_launch(gate.cols, gate.rows, n, true);
+            return self.go(
+                ex,
+                &format!("mmq_glu_{t}_{sfx}"),
+                (gx, gy, 1),
+                128,
+                Args::new()
+                    .u64(gate.buf.ptr())
+                    .u64(up.buf.ptr())
+                    .u64(x.ptr())
+                    .u64(out.ptr())
+                    .i32(gate.cols as i32)
+                    .i32(gate.rows as i32)
+                    .i32(n as i32)
+                    .i32(x.cols as i32)
+                    .i32(out.cols as i32)
+                    .i32(act_code(act))
+                    .u64(np)
+                    .f32(eps),
+            );
+        }
         let split = mmv_split(gate.cols, gate.rows);
         let outs = mmv_outs(n, true);
         self.go(
@@ -1791,6 +1866,9 @@ impl CudaOps {
         let (n, r) = (x.rows, rows_per_block(x.rows));
         let outs = mmv_outs(n, false);
         let (np, eps) = self.norm_arg(norm, x.cols)?;
+        // The integer kernels when every segment has a quantized type (a function of the
+        // weights alone, so every number of rows takes the same path).
+        let int8 = self.mmq && w.iter().all(|w| mmq_type(w.ty));
         let mut args = Args::new()
             .u64(x.ptr())
             .i32(x.cols as i32)
@@ -1806,6 +1884,19 @@ impl CudaOps {
                 None => 0,
             };
             kernel_type(w.ty).ok_or_else(|| shape_err("matmul type"))?;
+            if int8 {
+                let (_, nblk, _) = mmq_launch(w.cols, w.rows, n, false);
+                nblk_total += nblk;
+                args = args
+                    .u64(w.buf.ptr())
+                    .u64(bp)
+                    .u64(o.ptr())
+                    .i32(w.ty as i32)
+                    .i32(w.rows as i32)
+                    .i32(o.cols as i32)
+                    .i32(nblk as i32);
+                continue;
+            }
             let split = mmv_split(w.cols, w.rows);
             let nblk = blocks(w.rows, 4 / split * outs);
             nblk_total += nblk;
@@ -1821,6 +1912,16 @@ impl CudaOps {
         }
         if n == 0 {
             return Ok(());
+        }
+        if int8 {
+            let (sfx, _, gy) = mmq_launch(x.cols, 1, n, false);
+            return self.go(
+                ex,
+                &format!("mmq_seg_{sfx}"),
+                (nblk_total, gy, 1),
+                128,
+                args,
+            );
         }
         self.go(
             ex,
@@ -1850,6 +1951,26 @@ impl CudaOps {
         let (n, r) = (x.rows, rows_per_block(x.rows));
         if n == 0 {
             return Ok(());
+        }
+        if self.mmq && mmq_type(w.ty) {
+            let (sfx, gx, gy) = mmq_launch(w.cols, w.rows, n, false);
+            return self.go(
+                ex,
+                &format!("mmq_{t}_{sfx}"),
+                (gx, gy, 1),
+                128,
+                Args::new()
+                    .u64(w.buf.ptr())
+                    .u64(x.ptr())
+                    .u64(out.ptr())
+                    .i32(w.cols as i32)
+                    .i32(w.rows as i32)
+                    .i32(n as i32)
+                    .i32(x.cols as i32)
+                    .i32(out.cols as i32)
+                    .u64(bp)
+                    .i32(accumulate as i32),
+            );
         }
         let split = mmv_split(w.cols, w.rows);
         let outs = mmv_outs(n, false);

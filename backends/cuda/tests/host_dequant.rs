@@ -47,7 +47,7 @@ fn build(name: &str) -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/host/{name}.cpp"));
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-host-{name}"));
     let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O1", "-w", "-o"])
+        .args(["-std=c++17", "-O1", "-w", "-pthread", "-o"])
         .arg(&exe)
         .arg(&src)
         .output()
@@ -222,4 +222,152 @@ fn fused_rope_and_cache_store_match_the_separate_kernels() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs the host build of the integer tensor-core kernels; returns (decode kernel's y, prompt
+/// kernel's y).
+#[allow(clippy::too_many_arguments)]
+fn host_mmq(
+    exe: &Path,
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    rows: usize,
+    mode: u8,
+    w: &[u8],
+    x: &[f32],
+    nw: &[f32],
+    bias: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let wlen = if mode == 1 { w.len() / 2 } else { w.len() };
+    let mut input = format!("{} {k} {n} {rows} {mode}\n{wlen}\n", ty as u32).into_bytes();
+    input.extend_from_slice(w);
+    let mut floats: Vec<f32> = x.to_vec();
+    if mode != 0 {
+        floats.extend_from_slice(nw);
+    }
+    if mode != 1 {
+        floats.extend_from_slice(bias);
+    }
+    input.extend(floats.iter().flat_map(|v| v.to_le_bytes()));
+    let v = run_host(exe, &input, &format!("host mmq, {ty}"));
+    assert_eq!(v.len(), 2 * rows * n, "{ty}: host mmq output length");
+    (v[..rows * n].to_vec(), v[rows * n..].to_vec())
+}
+
+fn silu(v: f64) -> f64 {
+    v / (1.0 + (-v).exp())
+}
+
+/// The integer tensor-core kernels (`kernels/mmq.cu`), run thread by thread on the CPU with the
+/// PTX fragment layouts: the decode and prompt kernels give the same bits, a row gives the same
+/// bits alone as inside a batch, and the values are the dot products of the SDK's weights with x
+/// up to the 8-bit rounding of x (at most half a step of each 32 values' scale per value).
+#[test]
+fn integer_tensor_core_kernels_agree_and_are_batch_invariant() {
+    let Some(exe) = build("mmq") else { return };
+    let mut rng = Rng::new(0x3319);
+    let n = 24usize;
+    for ty in
+        kernel_types().filter(|t| !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+    {
+        // One slice of K (8 chunks), then three (40 chunks: the decode kernel folds them over
+        // rounds of units); 17 rows span two decode block rows.
+        for k in [256usize, 1280] {
+            let rows = if k == 256 { 17 } else { 2 };
+            let wg = random_tensor(ty, n * k, 0.5, &mut rng);
+            let wu = random_tensor(ty, n * k, 0.5, &mut rng);
+            let mut fg = vec![0f32; n * k];
+            let mut fu = vec![0f32; n * k];
+            dequantize_row(ty, &wg, &mut fg).expect("dequantizes");
+            dequantize_row(ty, &wu, &mut fu).expect("dequantizes");
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.symmetric()).collect();
+            let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.symmetric()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.symmetric()).collect();
+            for mode in 0u8..3 {
+                let w: Vec<u8> = if mode == 1 {
+                    wg.iter().chain(&wu).copied().collect()
+                } else {
+                    wg.clone()
+                };
+                let (yd, yp) = host_mmq(&exe, ty, k, n, rows, mode, &w, &x, &nw, &bias);
+                let what = format!("{ty} K={k} mode {mode}");
+                for i in 0..rows * n {
+                    assert_eq!(
+                        yd[i].to_bits(),
+                        yp[i].to_bits(),
+                        "{what}: value {i}: decode kernel {} vs prompt kernel {}",
+                        yd[i],
+                        yp[i]
+                    );
+                }
+                // A row alone gives the bits it has inside the batch (the last row: in the
+                // second decode block row at 17 rows).
+                for r in [rows - 1].into_iter().filter(|_| mode == 0) {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let (ad, ap) = host_mmq(&exe, ty, k, n, 1, mode, &w, xr, &nw, &bias);
+                    for o in 0..n {
+                        assert_eq!(
+                            ad[o].to_bits(),
+                            yd[r * n + o].to_bits(),
+                            "{what}: row {r} alone"
+                        );
+                        assert_eq!(
+                            ap[o].to_bits(),
+                            yd[r * n + o].to_bits(),
+                            "{what}: row {r} alone"
+                        );
+                    }
+                }
+                // Values: the f64 dot products, within the 8-bit rounding of x.
+                for r in 0..rows {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let xn: Vec<f64> = (0..k)
+                        .map(|i| xr[i] as f64 * if mode == 0 { 1.0 } else { nw[i] as f64 })
+                        .collect();
+                    let scale = if mode == 0 {
+                        1.0
+                    } else {
+                        let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
+                        1.0 / (ss / k as f64 + 1e-5).sqrt()
+                    };
+                    let dot = |wf: &[f32], o: usize| {
+                        let (mut s, mut tol) = (0f64, 0f64);
+                        for c in 0..k / 32 {
+                            let blk = &xn[c * 32..(c + 1) * 32];
+                            let step = blk.iter().fold(0f64, |m, v| m.max(v.abs())) / 127.0;
+                            for (i, &xv) in blk.iter().enumerate() {
+                                let wv = wf[o * k + c * 32 + i] as f64;
+                                s += wv * xv;
+                                tol += wv.abs() * (0.5 * step + 1e-6 * xv.abs());
+                            }
+                        }
+                        (s * scale, tol * scale * 1.01 + 1e-6)
+                    };
+                    for o in 0..n {
+                        let got = yd[r * n + o] as f64;
+                        let (want, tol) = match mode {
+                            1 => {
+                                let (g, tg) = dot(&fg, o);
+                                let (u, tu) = dot(&fu, o);
+                                let want = silu(g) * u;
+                                // A first-order bound on silu(g) * u.
+                                let tol = tg * (1.5 * u.abs() + tu) + silu(g).abs() * tu;
+                                (want, tol + 1e-5 * want.abs())
+                            }
+                            _ => {
+                                let (d, t) = dot(&fg, o);
+                                (d + bias[o] as f64, t + 1e-6 * (d.abs() + 1.0))
+                            }
+                        };
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{what}: row {r} output {o} is {got}, want {want} (tolerance {tol})"
+                        );
+                    }
+                }
+                eprintln!("{what}: {} values agree", rows * n);
+            }
+        }
+    }
 }

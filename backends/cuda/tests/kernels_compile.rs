@@ -20,21 +20,34 @@ fn every_kernel_compiles_for_every_architecture() {
     eprintln!("NVRTC {maj}.{min}: {} kernels", names.len());
     // The oldest architecture served and the newest this NVRTC pair is checked on (sm_86/sm_89
     // add nothing the kernels use; each compile takes about 25 s on two cores).
+    // The units, compiled in parallel as the backend does (no cache: every one compiles).
+    let units = sources::units();
     for arch in ["sm_80", "sm_90"] {
         let t0 = std::time::Instant::now();
-        let bin = nvrtc::compile_for("kiln", &src, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        assert!(bin.len() > 1000, "{arch}: cubin of {} bytes", bin.len());
-        // Every kernel the backend looks up is in the cubin's symbol table.
+        let (bins, cached) = nvrtc::compile_units_cached_in(None, &units, arch)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(cached, 0);
+        for (u, bin) in units.iter().zip(&bins) {
+            assert!(
+                bin.len() > 1000,
+                "{arch} {}: cubin of {} bytes",
+                u.name,
+                bin.len()
+            );
+        }
+        // Every kernel the backend looks up is in one unit's symbol table.
         for n in &names {
             assert!(
-                bin.windows(n.len() + 1)
-                    .any(|w| &w[..n.len()] == n.as_bytes() && w[n.len()] == 0),
-                "{arch}: kernel {n} missing from the cubin"
+                bins.iter().any(|bin| bin
+                    .windows(n.len() + 1)
+                    .any(|w| &w[..n.len()] == n.as_bytes() && w[n.len()] == 0)),
+                "{arch}: kernel {n} missing from every unit's cubin"
             );
         }
         eprintln!(
-            "{arch}: {} bytes in {:.1} s",
-            bin.len(),
+            "{arch}: {} units, {} bytes in {:.1} s",
+            bins.len(),
+            bins.iter().map(Vec::len).sum::<usize>(),
             t0.elapsed().as_secs_f32()
         );
     }
