@@ -27,32 +27,29 @@ unsafe impl Sync for Module {}
 impl Module {
     /// Loads a cubin (on the current context) and looks up `names`.
     pub fn load(cubin: &[u8], names: &[String]) -> Result<Module> {
-        Self::load_units(&[cubin], names)
+        Self::load_units(&[cubin], &[names.to_vec()])
     }
 
-    /// Loads several cubins (on the current context) and looks up each of `names` in the
-    /// first that has it.
-    pub fn load_units<B: AsRef<[u8]>>(cubins: &[B], names: &[String]) -> Result<Module> {
+    /// Loads several cubins (on the current context) and looks up in each the names it
+    /// defines (`names[i]` for `cubins[i]`).
+    pub fn load_units<B: AsRef<[u8]>>(cubins: &[B], names: &[Vec<String>]) -> Result<Module> {
         let mut m = Module {
             raw: Vec::with_capacity(cubins.len()),
             funcs: HashMap::new(),
         };
-        for cubin in cubins {
+        for (cubin, names) in cubins.iter().zip(names) {
             // SAFETY: a cubin image produced by NVRTC for this device.
             let raw =
                 unsafe { result::module::load_data(cubin.as_ref().as_ptr() as *const c_void) }
                     .ctx("cuModuleLoadData")?;
             m.raw.push(raw);
-        }
-        for n in names {
-            let c = CString::new(n.as_str()).map_err(|_| CudaError::msg("bad kernel name"))?;
-            // SAFETY: valid modules; a module without the name answers NOT_FOUND.
-            let f = m
-                .raw
-                .iter()
-                .find_map(|&raw| unsafe { result::module::get_function(raw, c.clone()) }.ok())
-                .ok_or_else(|| CudaError::msg(format!("no kernel named {n} in the modules")))?;
-            m.funcs.insert(n.clone(), Func(f));
+            for n in names {
+                let c = CString::new(n.as_str()).map_err(|_| CudaError::msg("bad kernel name"))?;
+                // SAFETY: valid module.
+                let f = unsafe { result::module::get_function(raw, c) }
+                    .ctx(&format!("cuModuleGetFunction({n})"))?;
+                m.funcs.insert(n.clone(), Func(f));
+            }
         }
         Ok(m)
     }

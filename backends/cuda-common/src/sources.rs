@@ -58,6 +58,31 @@ pub fn units() -> Vec<Unit> {
     out
 }
 
+/// The lines of a unit's source that its part keeps (`#if KILN_IN(k)` blocks of other parts
+/// dropped; every line of a source without `KILN_PART`).
+pub fn kept(src: &str) -> String {
+    let part = src
+        .strip_prefix("#define KILN_PART ")
+        .and_then(|r| r.lines().next())
+        .and_then(|p| p.parse::<usize>().ok());
+    let mut out = String::new();
+    let mut keep = true;
+    for line in src.lines() {
+        if let Some(k) = line
+            .strip_prefix("#if KILN_IN(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            keep = part.is_none_or(|p| k.parse::<usize>().ok() == Some(p));
+        } else if line == "#endif" {
+            keep = true;
+        } else if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// One program holding the helpers and every kernel file.
 pub fn program() -> String {
     let mut s = String::new();
@@ -104,30 +129,6 @@ pub fn kernel_names(src: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The lines of `src` its part keeps (`#if KILN_IN(k)` blocks of other parts dropped).
-    fn kept(src: &str) -> String {
-        let part = src
-            .strip_prefix("#define KILN_PART ")
-            .and_then(|r| r.lines().next())
-            .and_then(|p| p.parse::<usize>().ok());
-        let mut out = String::new();
-        let mut keep = true;
-        for line in src.lines() {
-            if let Some(k) = line
-                .strip_prefix("#if KILN_IN(")
-                .and_then(|r| r.strip_suffix(')'))
-            {
-                keep = part.is_none_or(|p| k.parse::<usize>().ok() == Some(p));
-            } else if line == "#endif" {
-                keep = true;
-            } else if keep {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
 
     /// The kernels and the instantiation macro lines of a text, sorted.
     fn defined(src: &str) -> Vec<String> {
