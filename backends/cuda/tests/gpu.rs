@@ -7,6 +7,10 @@
 //!   and top-1 agreement over 64 greedy steps after a prompt;
 //! - batch invariance: a sequence alone and inside a batch of others gives the same bits, with
 //!   graphs captured and replayed.
+//!
+//! Each runs with the f32 matmuls (the default) and with the integer tensor-core ones
+//! (`with_mmq(true)`, `KILN_CUDA_MMQ=1`), which are held to the CPU backend's accuracy against
+//! the reference (both quantize activations to 8 bits).
 
 use kiln_backend_cuda::ops::CudaOps;
 use kiln_sdk::backend::{Backend, Batch, Context, ContextParams, Model, RowOutput, Want};

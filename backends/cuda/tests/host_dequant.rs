@@ -5,7 +5,9 @@
 //! kernels' per-lane dot products (every K slice, the fused norm's weight and sum of squares)
 //! one lane at a time, and the sums are checked against dot products of the SDK's values;
 //! `tests/host/rope.cpp` runs the fused rope and cache store thread by thread against the two
-//! kernels it replaces. No GPU is needed; where no C++ compiler is found the tests skip and say
+//! kernels it replaces, and `tests/host/mmq.cpp` the integer tensor-core kernels with one OS
+//! thread per CUDA thread (`tests/host/block.h`: shuffles and `mma` from the PTX fragment
+//! layouts). No GPU is needed; where no C++ compiler is found the tests skip and say
 //! so (`KILN_REQUIRE_CXX=1` makes that a failure, as CI sets).
 
 use kiln_backend_cuda::ops::kernel_type;
