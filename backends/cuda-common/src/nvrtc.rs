@@ -169,30 +169,42 @@ pub fn compile_cached_in(
 }
 
 /// Compiles every unit for `arch` (or takes it from the cache in `dir`), the units in
-/// parallel, one thread each (NVRTC compiles separate programs concurrently). Returns the
-/// cubins in the units' order and how many came from the cache.
+/// parallel on up to as many threads as the machine has cores (NVRTC compiles separate
+/// programs concurrently; each compile holds a few hundred MB, so the threads are bounded).
+/// Returns the cubins in the units' order and how many came from the cache.
 pub fn compile_units_cached_in(
     dir: Option<&Path>,
     units: &[crate::sources::Unit],
     arch: &str,
 ) -> Result<(Vec<Vec<u8>>, usize)> {
     version()?;
-    let results: Vec<Result<(Vec<u8>, bool)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = units
-            .iter()
-            .map(|u| s.spawn(move || compile_cached_in(dir, &u.name, &u.src, arch)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(CudaError::msg("an NVRTC compile thread panicked")))
-            })
-            .collect()
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(units.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // One slot per unit: its cubin and whether it came from the cache.
+    type Slot = std::sync::Mutex<Option<Result<(Vec<u8>, bool)>>>;
+    let results: Vec<Slot> = units.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(u) = units.get(i) else { break };
+                let r = compile_cached_in(dir, &u.name, &u.src, arch);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
     });
     let mut bins = Vec::with_capacity(units.len());
     let mut cached = 0;
-    for r in results {
+    for (u, slot) in units.iter().zip(results) {
+        let r =
+            slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(CudaError::msg(format!("unit {} was not compiled", u.name)))
+            });
         let (bin, c) = r?;
         cached += c as usize;
         bins.push(bin);
