@@ -333,44 +333,24 @@ __device__ __forceinline__ void mmv_exp(const u8* W, const float* bias, const fl
 
 #if KILN_IN(0)
 MMV_INST(f32, T_F32)
-#endif
-#if KILN_IN(0)
 MMV_INST(f16, T_F16)
-#endif
-#if KILN_IN(0)
 MMV_INST(bf16, T_BF16)
-#endif
-#if KILN_IN(0)
 MMV_INST(q4_0, T_Q4_0)
 #endif
 #if KILN_IN(1)
 MMV_INST(q4_1, T_Q4_1)
-#endif
-#if KILN_IN(1)
 MMV_INST(q5_0, T_Q5_0)
-#endif
-#if KILN_IN(1)
 MMV_INST(q5_1, T_Q5_1)
-#endif
-#if KILN_IN(1)
 MMV_INST(q8_0, T_Q8_0)
 #endif
 #if KILN_IN(2)
 MMV_INST(mxfp4, T_MXFP4)
-#endif
-#if KILN_IN(2)
 MMV_INST(q2_k, T_Q2_K)
-#endif
-#if KILN_IN(2)
 MMV_INST(q3_k, T_Q3_K)
 #endif
 #if KILN_IN(3)
 MMV_INST(q4_k, T_Q4_K)
-#endif
-#if KILN_IN(3)
 MMV_INST(q5_k, T_Q5_K)
-#endif
-#if KILN_IN(3)
 MMV_INST(q6_k, T_Q6_K)
 #endif
 
@@ -452,16 +432,8 @@ __device__ __forceinline__ void mmv_seg(const float* x, int K, int rows, int xs,
     }
 #if KILN_IN(4)
 MMV_SEG_R(1, 1, 1)
-#endif
-#if KILN_IN(4)
 MMV_SEG_R(2, 1, 2)
-#endif
-#if KILN_IN(4)
 MMV_SEG_R(4, 1, 4)
-#endif
-#if KILN_IN(4)
 MMV_SEG_R(8, 1, 8)
-#endif
-#if KILN_IN(4)
 MMV_SEG_R(16, 4, 16)
 #endif

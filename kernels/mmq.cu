@@ -591,35 +591,17 @@ __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const fl
 
 #if KILN_IN(0)
 MMQ_INST(q4_0, T_Q4_0)
-#endif
-#if KILN_IN(0)
 MMQ_INST(q4_1, T_Q4_1)
-#endif
-#if KILN_IN(0)
 MMQ_INST(q5_0, T_Q5_0)
-#endif
-#if KILN_IN(0)
 MMQ_INST(q5_1, T_Q5_1)
-#endif
-#if KILN_IN(0)
 MMQ_INST(q8_0, T_Q8_0)
-#endif
-#if KILN_IN(0)
 MMQ_INST(mxfp4, T_MXFP4)
 #endif
 #if KILN_IN(1)
 MMQ_INST(q2_k, T_Q2_K)
-#endif
-#if KILN_IN(1)
 MMQ_INST(q3_k, T_Q3_K)
-#endif
-#if KILN_IN(1)
 MMQ_INST(q4_k, T_Q4_K)
-#endif
-#if KILN_IN(1)
 MMQ_INST(q5_k, T_Q5_K)
-#endif
-#if KILN_IN(1)
 MMQ_INST(q6_k, T_Q6_K)
 #endif
 

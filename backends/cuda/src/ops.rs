@@ -1976,25 +1976,21 @@ impl CudaOps {
         if n == 0 {
             return Ok(());
         }
+        // The parameters both kernel families share (`mmv` then takes its split).
+        let args = Args::new()
+            .u64(w.buf.ptr())
+            .u64(x.ptr())
+            .u64(out.ptr())
+            .i32(w.cols as i32)
+            .i32(w.rows as i32)
+            .i32(n as i32)
+            .i32(x.cols as i32)
+            .i32(out.cols as i32)
+            .u64(bp)
+            .i32(accumulate as i32);
         if self.mmq && mmq_type(w.ty) {
             let (sfx, gx, gy) = mmq_launch(w.cols, w.rows, n, false);
-            return self.go(
-                ex,
-                &format!("mmq_{t}_{sfx}"),
-                (gx, gy, 1),
-                128,
-                Args::new()
-                    .u64(w.buf.ptr())
-                    .u64(x.ptr())
-                    .u64(out.ptr())
-                    .i32(w.cols as i32)
-                    .i32(w.rows as i32)
-                    .i32(n as i32)
-                    .i32(x.cols as i32)
-                    .i32(out.cols as i32)
-                    .u64(bp)
-                    .i32(accumulate as i32),
-            );
+            return self.go(ex, &format!("mmq_{t}_{sfx}"), (gx, gy, 1), 128, args);
         }
         let split = mmv_split(w.cols, w.rows);
         let outs = mmv_outs(n, false);
@@ -2003,18 +1999,7 @@ impl CudaOps {
             &format!("mmv_{t}_r{r}"),
             (blocks(w.rows, 4 / split * outs), blocks(n, r), 1),
             128,
-            Args::new()
-                .u64(w.buf.ptr())
-                .u64(x.ptr())
-                .u64(out.ptr())
-                .i32(w.cols as i32)
-                .i32(w.rows as i32)
-                .i32(n as i32)
-                .i32(x.cols as i32)
-                .i32(out.cols as i32)
-                .u64(bp)
-                .i32(accumulate as i32)
-                .i32(split as i32),
+            args.i32(split as i32),
         )
     }
 
