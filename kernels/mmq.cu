@@ -1,17 +1,19 @@
 // Integer tensor-core matmuls ("mmq") for the quantized weight types: y = W.x, where each
-// 32-value chunk of x is quantized to 8 bits on the fly and each chunk's integer dot product
-// with the weights is taken exactly by `mma.sync` (s8 x s8 -> s32), then scaled in f32.
+// 32-value chunk of x is quantized to 8 bits (by the decode kernels as they read it; ahead,
+// by `mq_quantize`, for the prompt kernels: the same bytes) and each chunk's integer dot
+// product with the weights is taken exactly by `mma.sync` (s8 x s8 -> s32), then scaled in
+// f32.
 //
 // One arithmetic for every number of rows (batch invariance, bit for bit). For output o of
 // row r, chunk c contributes, in this order,
 //     acc = fma((float)isum_h, s_h[o] * d[r], acc)        for each half h of the chunk
 //     acc = fma(m_h[o], sx_h[r], acc)                     for weight types with offsets
 // where isum is exact (integers), s/m are the weight's scales and offsets (`mq_load`), and
-// d/sx the activation's scale and scaled sum (`mq_quant`, the same code in every kernel). K is
+// d/sx the activation's scale and scaled sum (`mq_quant8` and `mq_sx` in every kernel). K is
 // cut into slices of MMQ_SLICE chunks; a slice's chunks are added in order starting from 0,
 // and the slices' sums are added in order (s0 + s1 + s2 ...). The decode kernel (`mmq_dec`,
-// up to 16 rows per block row) gives each warp one slice of 8 outputs and folds the slices in
-// shared memory; the prompt kernel (`mmq_pre`) gives each warp a tile of 16 * MT rows and
+// up to 16 rows per block row) gives each warp one slice of 8 outputs, issuing the loads of 8
+// chunks before their products, and folds the slices in shared memory; the prompt kernel (`mmq_pre`) gives each warp a tile of 16 * MT rows and
 // 8 * NT outputs and walks every slice itself. Both follow the order above operation for
 // operation; NVRTC runs with `--fmad=false`, so no multiply and add is fused unless written.
 //
@@ -27,8 +29,9 @@
 #define KILN_IN(k) 1
 #endif
 
-#define MMQ_SLICE 16  // chunks (of 32 values) per K slice
-#define MMQ_WARPS 4   // warps per block, both kernels
+#define MMQ_SLICE 16    // chunks (of 32 values) per K slice
+#define MMQ_WARPS 4     // warps per prompt block
+#define MMQ_DEC_MAXW 8  // most warps per decode block (one per unit; rounds beyond)
 
 // Per weight type: HALVES = 2 where each 16 values have their own scale (one k16 mma each);
 // OFF = 1 for one offset per 32 values (w = s q + m), 2 for one per 16.
@@ -187,14 +190,13 @@ template <> __device__ __forceinline__ void mq_load<T_Q2_K>(const u8* b, int c, 
     }
 }
 
-// Lane t's A fragment of chunk c of one row (`on`: the row exists; otherwise zeros): values
-// 4t..4t+3 and 16+4t..16+4t+3 of x (times the norm weight nw, if any) as signed bytes, with
-// the chunk's scale d = max|x| / 127 (q = round(x * 127 / max|x|), ties to even) and, for
-// weights with offsets, d * sum(q) per 32 (OFF 1) or per 16 (OFF 2) values. Every lane of the
-// quad calls it (the reductions are shuffles within the quad).
-template <int OFF>
-__device__ __forceinline__ void mq_quant(const float* xr, const float* nw, int c, int t, bool on,
-                                         u32& lo, u32& hi, float& d, float* sx) {
+// Lane t's share of chunk c of one row (`on`: the row exists; otherwise zeros): values
+// 4t..4t+3 and 16+4t..16+4t+3 of x (times the norm weight nw, if any) as signed bytes `lo`
+// and `hi`, the chunk's scale d = max|x| / 127 (q = round(x * 127 / max|x|), ties to even),
+// and the sums of the lane's four `lo` and four `hi` values. Every lane of the quad calls it
+// (max|x| is reduced by shuffles within the quad).
+__device__ __forceinline__ void mq_quant8(const float* xr, const float* nw, int c, int t, bool on,
+                                          u32& lo, u32& hi, float& d, int& slo, int& shi) {
     float v[8];
     if (on) {
         const float4 a = __ldg((const float4*)(xr + 32 * c + 4 * t));
@@ -225,21 +227,79 @@ __device__ __forceinline__ void mq_quant(const float* xr, const float* nw, int c
          ((u32)(q[3] & 255) << 24);
     hi = (u32)(q[4] & 255) | ((u32)(q[5] & 255) << 8) | ((u32)(q[6] & 255) << 16) |
          ((u32)(q[7] & 255) << 24);
+    slo = q[0] + q[1] + q[2] + q[3];
+    shi = q[4] + q[5] + q[6] + q[7];
+}
+
+// The sum of a value over the quad of lanes (4g .. 4g + 3).
+__device__ __forceinline__ int mq_quad_sum(int s) {
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    return s + __shfl_xor_sync(0xffffffffu, s, 2);
+}
+
+// The scaled sums of q that weights with offsets need: d * sum(q) per 32 values (OFF 1) or
+// per 16 (OFF 2), from the sums of the chunk's values 0..15 (s0) and 16..31 (s1).
+template <int OFF>
+__device__ __forceinline__ void mq_sx(float d, int s0, int s1, float* sx) {
     if (OFF == 1) {
-        int s = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7];
-        s += __shfl_xor_sync(0xffffffffu, s, 1);
-        s += __shfl_xor_sync(0xffffffffu, s, 2);
-        sx[0] = d * (float)s;
+        sx[0] = d * (float)(s0 + s1);
     } else if (OFF == 2) {
-        int s0 = q[0] + q[1] + q[2] + q[3], s1 = q[4] + q[5] + q[6] + q[7];
-        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
-        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
         sx[0] = d * (float)s0;
         sx[1] = d * (float)s1;
     }
 }
+
+// Lane t's A fragment of chunk c of one row, quantized here (`mq_quant8`), with the scale d
+// and, for weights with offsets, `mq_sx`. Every lane of the quad calls it.
+template <int OFF>
+__device__ __forceinline__ void mq_quant(const float* xr, const float* nw, int c, int t, bool on,
+                                         u32& lo, u32& hi, float& d, float* sx) {
+    int slo, shi;
+    mq_quant8(xr, nw, c, t, on, lo, hi, d, slo, shi);
+    if (OFF) mq_sx<OFF>(d, mq_quad_sum(slo), mq_quad_sum(shi), sx);
+}
+
+// A chunk of x quantized ahead (`mq_quantize`): the scale and the sums of q over values
+// 0..15 (low 16 bits, signed) and 16..31 (high 16 bits); |sum| <= 16 * 127 fits.
+struct MqMeta {
+    float d;
+    int s;
+};
+
+// Where the A fragments come from: x in f32, quantized by the warp that uses it (decode), or
+// quantized ahead by `mq_quantize` into bytes (rows x K) and one MqMeta per chunk (prompts).
+// Both give the same bytes, scales and sums.
+struct MqXf {
+    const float* x;
+    int xs;
+    const float* nw;
+    template <int OFF>
+    __device__ __forceinline__ void get(int r, int rows, int c, int t, u32& lo, u32& hi, float& d,
+                                        float* sx) const {
+        mq_quant<OFF>(x + (long)r * xs, nw, c, t, r < rows, lo, hi, d, sx);
+    }
+};
+struct MqXq {
+    const u8* q;
+    const MqMeta* m;
+    int K;
+    template <int OFF>
+    __device__ __forceinline__ void get(int r, int rows, int c, int t, u32& lo, u32& hi, float& d,
+                                        float* sx) const {
+        if (r < rows) {
+            const u8* p = q + (long)r * K + 32 * c + 4 * t;
+            lo = *(const u32*)p;
+            hi = *(const u32*)(p + 16);
+            const MqMeta mm = m[(long)r * (K >> 5) + c];
+            d = mm.d;
+            if (OFF) mq_sx<OFF>(d, (int)(short)(mm.s & 0xffff), mm.s >> 16, sx);
+        } else {
+            lo = hi = 0u;
+            d = 0.0f;
+            if (OFF) mq_sx<OFF>(0.0f, 0, 0, sx);
+        }
+    }
+};
 
 // A row's sum of squares (for the fused RMS norm), in one order for every kernel: lane l
 // takes the float4s l, l + 32, ... in turn, then the warp's butterfly sum. Whole warp.
@@ -258,11 +318,12 @@ __device__ __forceinline__ float mq_row_ss(const float* xr, int K) {
 
 // Chunks c0 .. c1 - 1 of one slice for MT row tiles (16 rows from r0 each) and NT column tiles
 // (lane's weight row wr[j] for column g of tile j): acc[i][j][e] as in the header comment,
-// starting from 0. Whole warp.
-template <int T, int MT, int NT>
-__device__ __forceinline__ void mmq_slice(const u8* const* wr, const float* x, int xs, int r0,
-                                          int rows, const float* nw, int c0, int c1,
-                                          float (*acc)[NT][4]) {
+// starting from 0. Chunks go in groups of G: a group's weight and activation loads are all
+// issued before its products (latency, not arithmetic, bounds a decode warp), which are then
+// taken chunk by chunk in order. Whole warp.
+template <int T, int MT, int NT, int G, class X>
+__device__ __forceinline__ void mmq_slice(const u8* const* wr, const X& xa, int r0, int rows,
+                                          int c0, int c1, float (*acc)[NT][4]) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int i = 0; i < MT; i++)
@@ -270,59 +331,79 @@ __device__ __forceinline__ void mmq_slice(const u8* const* wr, const float* x, i
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
-    for (int c = c0; c < c1; c++) {
-        MqB b[NT];
+    for (int cg = c0; cg < c1; cg += G) {
+        MqB b[G][NT];
+        u32 a[G][MT][4];
+        float dx[G][MT][2], sx[G][MT][2][2];
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-            mq_load<T>(wr[j] + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, t, b[j]);
-        u32 a[MT][4];
-        float dx[MT][2], sx[MT][2][2];
+        for (int k = 0; k < G; k++) {
+            const int c = cg + k;
+            if (G > 1 && c >= c1) break;  // the same for the whole warp
 #pragma unroll
-        for (int i = 0; i < MT; i++)
+            for (int j = 0; j < NT; j++)
+                mq_load<T>(wr[j] + (long)(c / QT<T>::SUBS) * QT<T>::BYTES, c % QT<T>::SUBS, t,
+                           b[k][j]);
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = r0 + 16 * i + g + 8 * h;
-                mq_quant<MQ<T>::OFF>(x + (long)r * xs, nw, c, t, r < rows, a[i][h], a[i][2 + h],
-                                     dx[i][h], sx[i][h]);
-            }
+            for (int i = 0; i < MT; i++)
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            // Scales of this lane's output columns 2t and 2t + 1 (held by lanes 8t, 8t + 4).
-            float sc[2][2], mc[2][2];
-#pragma unroll
-            for (int k = 0; k < 2; k++)
-#pragma unroll
-                for (int h = 0; h < MQ<T>::HALVES; h++) {
-                    sc[k][h] = __shfl_sync(0xffffffffu, b[j].s[h], 8 * t + 4 * k);
-                    if (MQ<T>::OFF) mc[k][h] = __shfl_sync(0xffffffffu, b[j].m[h], 8 * t + 4 * k);
+                for (int h = 0; h < 2; h++) {
+                    const int r = r0 + 16 * i + g + 8 * h;
+                    xa.template get<MQ<T>::OFF>(r, rows, c, t, a[k][i][h], a[k][i][2 + h],
+                                                dx[k][i][h], sx[k][i][h]);
                 }
+        }
 #pragma unroll
-            for (int i = 0; i < MT; i++) {
-                int d0[4], d1[4];
-                if (MQ<T>::HALVES == 1) {
-                    mma_i8_k32(a[i], b[j].lo, b[j].hi, d0);
-                } else {
-                    mma_i8_k16(a[i][0], a[i][1], b[j].lo, d0);
-                    mma_i8_k16(a[i][2], a[i][3], b[j].hi, d1);
-                }
+        for (int k = 0; k < G; k++) {
+            if (G > 1 && cg + k >= c1) break;
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int ri = e >> 1, ci = e & 1;
-                    float v = acc[i][j][e];
-                    v = fmaf((float)d0[e], sc[ci][0] * dx[i][ri], v);
-                    if (MQ<T>::HALVES == 2) v = fmaf((float)d1[e], sc[ci][1] * dx[i][ri], v);
-                    if (MQ<T>::OFF >= 1) v = fmaf(mc[ci][0], sx[i][ri][0], v);
-                    if (MQ<T>::OFF == 2) v = fmaf(mc[ci][1], sx[i][ri][1], v);
-                    acc[i][j][e] = v;
+            for (int j = 0; j < NT; j++) {
+                // Scales of this lane's output columns 2t and 2t + 1 (held by lanes 8t, 8t + 4).
+                float sc[2][2], mc[2][2];
+#pragma unroll
+                for (int q = 0; q < 2; q++)
+#pragma unroll
+                    for (int h = 0; h < MQ<T>::HALVES; h++) {
+                        sc[q][h] = __shfl_sync(0xffffffffu, b[k][j].s[h], 8 * t + 4 * q);
+                        if (MQ<T>::OFF)
+                            mc[q][h] = __shfl_sync(0xffffffffu, b[k][j].m[h], 8 * t + 4 * q);
+                    }
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    int d0[4], d1[4];
+                    if (MQ<T>::HALVES == 1) {
+                        mma_i8_k32(a[k][i], b[k][j].lo, b[k][j].hi, d0);
+                    } else {
+                        mma_i8_k16(a[k][i][0], a[k][i][1], b[k][j].lo, d0);
+                        mma_i8_k16(a[k][i][2], a[k][i][3], b[k][j].hi, d1);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int ri = e >> 1, ci = e & 1;
+                        float v = acc[i][j][e];
+                        v = fmaf((float)d0[e], sc[ci][0] * dx[k][i][ri], v);
+                        if (MQ<T>::HALVES == 2)
+                            v = fmaf((float)d1[e], sc[ci][1] * dx[k][i][ri], v);
+                        if (MQ<T>::OFF >= 1) v = fmaf(mc[ci][0], sx[k][i][ri][0], v);
+                        if (MQ<T>::OFF == 2) v = fmaf(mc[ci][1], sx[k][i][ri][1], v);
+                        acc[i][j][e] = v;
+                    }
                 }
             }
         }
     }
 }
 
-// Slices of a row of K values, and column tiles per decode block (enough units for 4 warps).
-__device__ __forceinline__ int mmq_slices(int K) { return ((K >> 5) + MMQ_SLICE - 1) / MMQ_SLICE; }
-__device__ __forceinline__ int mmq_tpc(int S) { return S >= 4 ? 1 : S >= 2 ? 2 : 4; }
+// Slices of a row of K values, column tiles per decode block (at least 4 units), and warps
+// per decode block: one per (tile, slice) unit, at most MMQ_DEC_MAXW (the host launches
+// blocks of 32 * mmq_dec_warps(K) threads).
+__host__ __device__ __forceinline__ int mmq_slices(int K) {
+    return ((K >> 5) + MMQ_SLICE - 1) / MMQ_SLICE;
+}
+__host__ __device__ __forceinline__ int mmq_tpc(int S) { return S >= 4 ? 1 : S >= 2 ? 2 : 4; }
+__host__ __device__ __forceinline__ int mmq_dec_warps(int K) {
+    const int S = mmq_slices(K), u = mmq_tpc(S) * S;
+    return u < MMQ_DEC_MAXW ? u : MMQ_DEC_MAXW;
+}
 
 // The finished value of one output: the RMS norm's scale (with `ss`), the bias, and the
 // residual sum (`accumulate`), as `mmv_store` does.
@@ -334,9 +415,10 @@ __device__ __forceinline__ void mmq_put(float v, const float* ss, int K, float e
 }
 
 // ---- Decode: up to 16 rows per block row (blockIdx.y), `mmq_tpc` tiles of 8 outputs per
-// block (block index `bx`). Units (tile, slice) go to the warps four at a time, in slice
-// order; after each round the block folds the round's partial sums (`part`, shared: 4 x NT x
-// 16 x 8) into `tot` (shared: tpc x NT x 16 x 8) in slice order. NT = 2 for gate/up pairs
+// block (block index `bx`). Units (tile, slice) go to the block's W warps (`mmq_dec_warps`:
+// one round unless there are more units), in slice order; after each round the block
+// folds the round's partial sums (`part`, shared: W x NT x 16 x 8) into `tot` (shared: tpc x
+// NT x 16 x 8) in slice order. NT = 2 for gate/up pairs
 // (tile j = 0 gate, 1 up, same outputs). With a norm weight `nw`, `ssm` (shared, 16) gets the
 // rows' sums of squares.
 template <int T, int NT>
@@ -345,13 +427,13 @@ __device__ __forceinline__ void mmq_dec_units(const u8* const* Wj, long row_byte
                                               int bx, float* part, float* tot, float* ssm) {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nb = K >> 5, S = mmq_slices(K), tpc = mmq_tpc(S), units = tpc * S;
-    const int r0 = blockIdx.y * 16;
+    const int W = blockDim.x >> 5, r0 = blockIdx.y * 16;
     if (nw)
-        for (int r = w; r < 16; r += MMQ_WARPS) {
+        for (int r = w; r < 16; r += W) {
             const float s = r0 + r < rows ? mq_row_ss(x + (long)(r0 + r) * xs, K) : 0.0f;
             if (lane == 0) ssm[r] = s;
         }
-    for (int base = 0; base < units; base += MMQ_WARPS) {
+    for (int base = 0; base < units; base += W) {
         const int u = base + w;
         if (u < units) {
             const int tile = u % tpc, s = u / tpc;
@@ -360,8 +442,8 @@ __device__ __forceinline__ void mmq_dec_units(const u8* const* Wj, long row_byte
 #pragma unroll
             for (int j = 0; j < NT; j++) wr[j] = Wj[j] + (long)min(o, N - 1) * row_bytes;
             float acc[1][NT][4];
-            mmq_slice<T, 1, NT>(wr, x, xs, r0, rows, nw, s * MMQ_SLICE,
-                                min(nb, (s + 1) * MMQ_SLICE), acc);
+            mmq_slice<T, 1, NT, NT == 1 ? 8 : 4>(wr, MqXf{x, xs, nw}, r0, rows, s * MMQ_SLICE,
+                                                 min(nb, (s + 1) * MMQ_SLICE), acc);
 #pragma unroll
             for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -372,7 +454,7 @@ __device__ __forceinline__ void mmq_dec_units(const u8* const* Wj, long row_byte
         __syncthreads();
         for (int idx = threadIdx.x; idx < tpc * NT * 128; idx += blockDim.x) {
             const int tile = idx / (NT * 128), rest = idx % (NT * 128);
-            for (int k = 0; k < MMQ_WARPS && base + k < units; k++) {
+            for (int k = 0; k < W && base + k < units; k++) {
                 const int uk = base + k;
                 if (uk % tpc != tile) continue;
                 const float v = part[k * NT * 128 + rest];
@@ -391,10 +473,10 @@ __device__ __forceinline__ void mmq_prefetch(const u8* W, long row_bytes, int o,
 }
 
 // Shared memory of the decode kernels (floats): part, tot, ssm.
-#define MMQ_DEC_SMEM(NT) (MMQ_WARPS * NT * 128 + 4 * NT * 128 + 16)
+#define MMQ_DEC_SMEM(NT) (MMQ_DEC_MAXW * NT * 128 + 4 * NT * 128 + 16)
 
 // y = W.x (+ bias) (accumulate: y += ...), with the RMS norm fused when `nw` is given. Block:
-// 4 warps; grid (ceil(N / 8 / tpc), ceil(rows / 16)).
+// mmq_dec_warps(K) warps; grid (ceil(N / 8 / tpc), ceil(rows / 16)).
 template <int T>
 __device__ __forceinline__ void mmq_dec(const u8* W, const float* x, float* y, int K, int N,
                                         int rows, int xs, int ys, const float* bias,
@@ -404,7 +486,7 @@ __device__ __forceinline__ void mmq_dec(const u8* W, const float* x, float* y, i
     const int tpc = mmq_tpc(mmq_slices(K));
     mmq_prefetch(W, row_bytes, bx * tpc * 8, tpc * 8, N);
     pdl_begin();
-    float *part = sm, *tot = sm + MMQ_WARPS * 128, *ssm = tot + 4 * 128;
+    float *part = sm, *tot = sm + MMQ_DEC_MAXW * 128, *ssm = tot + 4 * 128;
     const u8* Wj[1] = {W};
     mmq_dec_units<T, 1>(Wj, row_bytes, N, K, x, xs, rows, nw, bx, part, tot, ssm);
     const int r0 = blockIdx.y * 16;
@@ -427,7 +509,7 @@ __device__ __forceinline__ void mmq_glu_dec(const u8* Wg, const u8* Wu, const fl
     mmq_prefetch(Wg, row_bytes, bx * tpc * 8, tpc * 8, N);
     mmq_prefetch(Wu, row_bytes, bx * tpc * 8, tpc * 8, N);
     pdl_begin();
-    float *part = sm, *tot = sm + MMQ_WARPS * 256, *ssm = tot + 4 * 256;
+    float *part = sm, *tot = sm + MMQ_DEC_MAXW * 256, *ssm = tot + 4 * 256;
     const u8* Wj[2] = {Wg, Wu};
     mmq_dec_units<T, 2>(Wj, row_bytes, N, K, x, xs, rows, nw, bx, part, tot, ssm);
     const int r0 = blockIdx.y * 16;
@@ -445,18 +527,42 @@ __device__ __forceinline__ void mmq_glu_dec(const u8* Wg, const u8* Wu, const fl
     }
 }
 
-// ---- Prompts: each warp a tile of 16 * MT rows x 8 * NT outputs over all slices; a block is
-// MMQ_PRE_WR x (MMQ_WARPS / MMQ_PRE_WR) warps (rows x columns). `wr` gives each column tile's
-// weight row for this lane.
+// ---- Prompts: x is quantized ahead (`mq_quantize`, once per row and chunk instead of once
+// per warp that reads it); each warp a tile of 16 * MT rows x 8 * NT outputs over all
+// slices; a block is MMQ_PRE_WR x (MMQ_WARPS / MMQ_PRE_WR) warps (rows x columns). `wr`
+// gives each column tile's weight row for this lane.
+
+// x (rows x K, row stride xs; times the norm weight nw, if any) to bytes xq (rows x K) and
+// one MqMeta per chunk (xm), with `mq_quant8`: the bytes and scales the decode kernels
+// compute for themselves. Grid (ceil(K / 32 / 32), rows); 128 threads, a quad per chunk.
+#if KILN_IN(2)
+extern "C" __global__ void __launch_bounds__(128)
+    mq_quantize(const float* x, int xs, const float* nw, int K, int rows, u8* xq, MqMeta* xm) {
+    pdl_begin();
+    const int lane = threadIdx.x & 31, t = lane & 3;
+    const int c = blockIdx.x * 32 + (threadIdx.x >> 2), r = blockIdx.y, nb = K >> 5;
+    const bool on = c < nb && r < rows;
+    u32 lo, hi;
+    float d;
+    int slo, shi;
+    mq_quant8(x + (long)r * xs, nw, on ? c : 0, t, on, lo, hi, d, slo, shi);
+    const int s0 = mq_quad_sum(slo), s1 = mq_quad_sum(shi);
+    if (!on) return;
+    u8* p = xq + (long)r * K + 32 * c + 4 * t;
+    *(u32*)p = lo;
+    *(u32*)(p + 16) = hi;
+    if (t == 0) xm[(long)r * nb + c] = MqMeta{d, (int)(((u32)s0 & 0xffffu) | ((u32)s1 << 16))};
+}
+#endif
+
 template <int T, int MT, int NT>
-__device__ __forceinline__ void mmq_pre_tile(const u8* const* wr, const float* x, int xs, int r0,
-                                             int rows, const float* nw, int K,
-                                             float (*tot)[NT][4]) {
+__device__ __forceinline__ void mmq_pre_tile(const u8* const* wr, const MqXq& xa, int r0,
+                                             int rows, int K, float (*tot)[NT][4]) {
     const int nb = K >> 5, S = mmq_slices(K);
     for (int s = 0; s < S; s++) {
         float acc[MT][NT][4];
-        mmq_slice<T, MT, NT>(wr, x, xs, r0, rows, nw, s * MMQ_SLICE, min(nb, (s + 1) * MMQ_SLICE),
-                             acc);
+        mmq_slice<T, MT, NT, 1>(wr, xa, r0, rows, s * MMQ_SLICE, min(nb, (s + 1) * MMQ_SLICE),
+                                acc);
 #pragma unroll
         for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -490,7 +596,7 @@ template <int T>
 __device__ __forceinline__ void mmq_pre(const u8* W, const float* x, float* y, int K, int N,
                                         int rows, int xs, int ys, const float* bias,
                                         int accumulate, const float* nw, float eps, int bx,
-                                        float* ssm) {
+                                        float* ssm, const u8* xq, const MqMeta* xm) {
     pdl_begin();
     const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -502,7 +608,7 @@ __device__ __forceinline__ void mmq_pre(const u8* W, const float* x, float* y, i
 #pragma unroll
     for (int j = 0; j < MMQ_PRE_NT; j++) wr[j] = W + (long)min(o0 + 8 * j + g, N - 1) * row_bytes;
     float tot[MMQ_PRE_MT][MMQ_PRE_NT][4];
-    mmq_pre_tile<T, MMQ_PRE_MT, MMQ_PRE_NT>(wr, x, xs, r0, rows, nw, K, tot);
+    mmq_pre_tile<T, MMQ_PRE_MT, MMQ_PRE_NT>(wr, MqXq{xq, xm, K}, r0, rows, K, tot);
 #pragma unroll
     for (int i = 0; i < MMQ_PRE_MT; i++)
 #pragma unroll
@@ -522,7 +628,8 @@ __device__ __forceinline__ void mmq_pre(const u8* W, const float* x, float* y, i
 template <int T>
 __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const float* x, float* y,
                                             int K, int N, int rows, int xs, int ys, int act,
-                                            const float* nw, float eps, float* ssm) {
+                                            const float* nw, float eps, float* ssm, const u8* xq,
+                                            const MqMeta* xm) {
     pdl_begin();
     const int H = MMQ_PRE_NT / 2;
     const long row_bytes = (long)((K >> 5) / QT<T>::SUBS) * QT<T>::BYTES;
@@ -539,7 +646,7 @@ __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const fl
         wr[H + j] = Wu + at;
     }
     float tot[MMQ_PRE_MT][MMQ_PRE_NT][4];
-    mmq_pre_tile<T, MMQ_PRE_MT, MMQ_PRE_NT>(wr, x, xs, r0, rows, nw, K, tot);
+    mmq_pre_tile<T, MMQ_PRE_MT, MMQ_PRE_NT>(wr, MqXq{xq, xm, K}, r0, rows, K, tot);
 #pragma unroll
     for (int i = 0; i < MMQ_PRE_MT; i++)
 #pragma unroll
@@ -562,7 +669,7 @@ __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const fl
 // Kernels `mmq_{type}_{d,p}` and `mmq_glu_{type}_{d,p}`: d for few rows (16 per block row),
 // p for prompts; both give the same bits, so the host picks by the number of rows alone.
 #define MMQ_INST(NAME, T)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) mmq_##NAME##_d(                         \
+    extern "C" __global__ void __launch_bounds__(256) mmq_##NAME##_d(                         \
         const u8* W, const float* x, float* y, int K, int N, int rows, int xs, int ys,         \
         const float* bias, int accumulate) {                                                   \
         __shared__ float sm[MMQ_DEC_SMEM(1)];                                                  \
@@ -571,12 +678,12 @@ __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const fl
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) mmq_##NAME##_p(                         \
         const u8* W, const float* x, float* y, int K, int N, int rows, int xs, int ys,         \
-        const float* bias, int accumulate) {                                                   \
+        const float* bias, int accumulate, const u8* xq, const MqMeta* xm) {                   \
         __shared__ float ssm[MMQ_PRE_ROWS];                                                    \
         mmq_pre<T>(W, x, y, K, N, rows, xs, ys, bias, accumulate, nullptr, 0.0f, blockIdx.x,   \
-                   ssm);                                                                       \
+                   ssm, xq, xm);                                                               \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) mmq_glu_##NAME##_d(                     \
+    extern "C" __global__ void __launch_bounds__(256) mmq_glu_##NAME##_d(                     \
         const u8* Wg, const u8* Wu, const float* x, float* y, int K, int N, int rows, int xs,  \
         int ys, int act, const float* nw, float eps) {                                         \
         __shared__ float sm[MMQ_DEC_SMEM(2)];                                                  \
@@ -584,9 +691,9 @@ __device__ __forceinline__ void mmq_glu_pre(const u8* Wg, const u8* Wu, const fl
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) mmq_glu_##NAME##_p(                     \
         const u8* Wg, const u8* Wu, const float* x, float* y, int K, int N, int rows, int xs,  \
-        int ys, int act, const float* nw, float eps) {                                         \
+        int ys, int act, const float* nw, float eps, const u8* xq, const MqMeta* xm) {         \
         __shared__ float ssm[MMQ_PRE_ROWS];                                                    \
-        mmq_glu_pre<T>(Wg, Wu, x, y, K, N, rows, xs, ys, act, nw, eps, ssm);                   \
+        mmq_glu_pre<T>(Wg, Wu, x, y, K, N, rows, xs, ys, act, nw, eps, ssm, xq, xm);           \
     }
 
 #if KILN_IN(0)
@@ -641,7 +748,7 @@ MMQ_INST(q6_k, T_Q6_K)
     }
 
 #if KILN_IN(2)
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
     mmq_seg_d(const float* x, int K, int rows, int xs, const float* nw, float eps,
               MMQ_SEG_PARAMS(0), MMQ_SEG_PARAMS(1), MMQ_SEG_PARAMS(2)) {
     __shared__ float sm[MMQ_DEC_SMEM(1)];
@@ -653,10 +760,11 @@ extern "C" __global__ void __launch_bounds__(128)
 
 extern "C" __global__ void __launch_bounds__(128)
     mmq_seg_p(const float* x, int K, int rows, int xs, const float* nw, float eps,
-              MMQ_SEG_PARAMS(0), MMQ_SEG_PARAMS(1), MMQ_SEG_PARAMS(2)) {
+              MMQ_SEG_PARAMS(0), MMQ_SEG_PARAMS(1), MMQ_SEG_PARAMS(2), const u8* xq,
+              const MqMeta* xm) {
     __shared__ float ssm[MMQ_PRE_ROWS];
     MMQ_SEG_PICK
-#define MMQ_SEG_P(T) mmq_pre<T>(W, x, y, K, N, rows, xs, ys, bias, 0, nw, eps, bx, ssm)
+#define MMQ_SEG_P(T) mmq_pre<T>(W, x, y, K, N, rows, xs, ys, bias, 0, nw, eps, bx, ssm, xq, xm)
     MMQ_SEG_CASES(MMQ_SEG_P)
 #undef MMQ_SEG_P
 }

@@ -183,6 +183,13 @@ pub struct CudaExec {
     step_positions: (usize, usize, u64),
     step_rows: (usize, usize, u64),
     att_part: Option<DeviceBuffer>,
+    /// The prompt matmuls' input quantized ahead (`mq_quantize`): bytes for up to
+    /// `n_batch_max` rows of `max_cols`, then one 8-byte scale-and-sums record per 32 values;
+    /// none when the integer kernels are off or no step has prompt-sized batches.
+    mq_x: Option<DeviceBuffer>,
+    /// Most rows of a step and widest activation (the sizes of `mq_x`).
+    n_batch_max: usize,
+    max_cols: usize,
     /// Per (row, head) of an attention launch group: finished splits (zero between launches).
     att_cnt: Option<DeviceBuffer>,
     // Outputs.
@@ -637,6 +644,13 @@ impl Ops for CudaOps {
             step_positions: (0, 0, 0),
             step_rows: (0, 0, 0),
             att_part: None,
+            mq_x: if self.mmq && spec.n_batch_max > MMQ_DEC_ROWS {
+                Some(DeviceBuffer::alloc(spec.n_batch_max * spec.max_cols * 5 / 4).map_err(cu)?)
+            } else {
+                None
+            },
+            n_batch_max: spec.n_batch_max,
+            max_cols: spec.max_cols,
             att_cnt: None,
             n_vocab: spec.n_vocab,
             n_logit_rows: rows,
@@ -669,6 +683,7 @@ impl Ops for CudaOps {
             bytes: 0,
         };
         let bytes = (ex.stage_d.bytes()
+            + ex.mq_x.as_ref().map_or(0, |b| b.bytes())
             + ex.stats_d.bytes()
             + ex.part_d.bytes()
             + ex.hist_d.bytes()
@@ -1736,6 +1751,8 @@ fn mmv_split(k: usize, n: usize) -> usize {
 const MMQ_DEC_ROWS: usize = 16;
 /// Chunks of 32 values per K slice (`MMQ_SLICE` in `kernels/mmq.cu`).
 const MMQ_SLICE: usize = 16;
+/// Most warps per decode block (`MMQ_DEC_MAXW`).
+const MMQ_DEC_MAXW: usize = 8;
 /// Rows and outputs of one prompt-kernel block (`MMQ_PRE_ROWS`, `MMQ_PRE_COLS`).
 const MMQ_PRE_ROWS: usize = 64;
 const MMQ_PRE_COLS: usize = 64;
@@ -1754,14 +1771,38 @@ fn mmq_tpc(k: usize) -> usize {
     }
 }
 
-/// Kernel suffix and grid of an integer tensor-core matmul: `n_out` outputs of rows of `k`
-/// values, for `rows` rows (`glu`: gate and up pairs, half the outputs per prompt block).
-fn mmq_launch(k: usize, n_out: usize, rows: usize, glu: bool) -> (&'static str, u32, u32) {
+/// Threads per decode block (`mmq_dec_warps`): a warp per (tile, slice) unit, at most
+/// `MMQ_DEC_MAXW` warps.
+fn mmq_dec_threads(k: usize) -> u32 {
+    let units = mmq_tpc(k) * (k / 32).div_ceil(MMQ_SLICE);
+    32 * units.min(MMQ_DEC_MAXW) as u32
+}
+
+/// Launch shape of an integer tensor-core matmul: `n_out` outputs of rows of `k` values, for
+/// `rows` rows (`glu`: gate and up pairs, half the outputs per prompt block).
+struct MmqLaunch {
+    /// Kernel name suffix: `d` (decode) or `p` (prompt).
+    sfx: &'static str,
+    /// Blocks along the outputs and along the rows.
+    grid: (u32, u32),
+    /// Threads per block.
+    threads: u32,
+}
+
+fn mmq_launch(k: usize, n_out: usize, rows: usize, glu: bool) -> MmqLaunch {
     if rows <= MMQ_DEC_ROWS {
-        ("d", blocks(n_out, 8 * mmq_tpc(k)), blocks(rows, 16))
+        MmqLaunch {
+            sfx: "d",
+            grid: (blocks(n_out, 8 * mmq_tpc(k)), blocks(rows, 16)),
+            threads: mmq_dec_threads(k),
+        }
     } else {
         let cols = if glu { MMQ_PRE_COLS / 2 } else { MMQ_PRE_COLS };
-        ("p", blocks(n_out, cols), blocks(rows, MMQ_PRE_ROWS))
+        MmqLaunch {
+            sfx: "p",
+            grid: (blocks(n_out, cols), blocks(rows, MMQ_PRE_ROWS)),
+            threads: 128,
+        }
     }
 }
 
@@ -1778,6 +1819,36 @@ impl CudaOps {
     /// cannot serve both, and each must give the bits of its own `matmul`.
     fn mixed_kernels(&self, w: &[&CudaWeight; 3]) -> bool {
         self.mmq && w.iter().any(|w| mmq_type(w.ty)) && !w.iter().all(|w| mmq_type(w.ty))
+    }
+
+    /// Quantizes `x` (times the norm weight at `nw`, if not 0) ahead for a prompt kernel
+    /// (`mq_quantize`) and returns the addresses of its bytes and of its per-chunk records.
+    fn mq_prequant(&self, ex: &mut CudaExec, x: &CudaAct, nw: u64) -> Result<(u64, u64)> {
+        let (rows, k) = (x.rows, x.cols);
+        let buf = match &ex.mq_x {
+            Some(b) if rows <= ex.n_batch_max && k <= ex.max_cols => b.ptr(),
+            _ => {
+                return Err(BackendError::internal(
+                    "no room to quantize a prompt's input",
+                ))
+            }
+        };
+        let xm = buf + (ex.n_batch_max * ex.max_cols) as u64;
+        self.go(
+            ex,
+            "mq_quantize",
+            (blocks(k / 32, 32), rows as u32, 1),
+            128,
+            Args::new()
+                .u64(x.ptr())
+                .i32(x.cols as i32)
+                .u64(nw)
+                .i32(k as i32)
+                .i32(rows as i32)
+                .u64(buf)
+                .u64(xm),
+        )?;
+        Ok((buf, xm))
     }
 
     fn check_mmv(&self, x: &CudaAct, w: &CudaWeight, out: &CudaAct) -> Result<()> {
@@ -1823,25 +1894,30 @@ impl CudaOps {
         }
         let (np, eps) = self.norm_arg(norm, x.cols)?;
         if self.mmq && mmq_type(gate.ty) {
-            let (sfx, gx, gy) = mmq_launch(gate.cols, gate.rows, n, true);
+            let l = mmq_launch(gate.cols, gate.rows, n, true);
+            let mut args = Args::new()
+                .u64(gate.buf.ptr())
+                .u64(up.buf.ptr())
+                .u64(x.ptr())
+                .u64(out.ptr())
+                .i32(gate.cols as i32)
+                .i32(gate.rows as i32)
+                .i32(n as i32)
+                .i32(x.cols as i32)
+                .i32(out.cols as i32)
+                .i32(act_code(act))
+                .u64(np)
+                .f32(eps);
+            if l.sfx == "p" {
+                let (xq, xm) = self.mq_prequant(ex, x, np)?;
+                args = args.u64(xq).u64(xm);
+            }
             return self.go(
                 ex,
-                &format!("mmq_glu_{t}_{sfx}"),
-                (gx, gy, 1),
-                128,
-                Args::new()
-                    .u64(gate.buf.ptr())
-                    .u64(up.buf.ptr())
-                    .u64(x.ptr())
-                    .u64(out.ptr())
-                    .i32(gate.cols as i32)
-                    .i32(gate.rows as i32)
-                    .i32(n as i32)
-                    .i32(x.cols as i32)
-                    .i32(out.cols as i32)
-                    .i32(act_code(act))
-                    .u64(np)
-                    .f32(eps),
+                &format!("mmq_glu_{t}_{}", l.sfx),
+                (l.grid.0, l.grid.1, 1),
+                l.threads,
+                args,
             );
         }
         let split = mmv_split(gate.cols, gate.rows);
@@ -1909,7 +1985,7 @@ impl CudaOps {
             };
             kernel_type(w.ty).ok_or_else(|| shape_err("matmul type"))?;
             if int8 {
-                let (_, nblk, _) = mmq_launch(w.cols, w.rows, n, false);
+                let nblk = mmq_launch(w.cols, w.rows, n, false).grid.0;
                 nblk_total += nblk;
                 args = args
                     .u64(w.buf.ptr())
@@ -1938,12 +2014,16 @@ impl CudaOps {
             return Ok(());
         }
         if int8 {
-            let (sfx, _, gy) = mmq_launch(x.cols, 1, n, false);
+            let l = mmq_launch(x.cols, 1, n, false);
+            if l.sfx == "p" {
+                let (xq, xm) = self.mq_prequant(ex, x, np)?;
+                args = args.u64(xq).u64(xm);
+            }
             return self.go(
                 ex,
-                &format!("mmq_seg_{sfx}"),
-                (nblk_total, gy, 1),
-                128,
+                &format!("mmq_seg_{}", l.sfx),
+                (nblk_total, l.grid.1, 1),
+                l.threads,
                 args,
             );
         }
@@ -1977,7 +2057,7 @@ impl CudaOps {
             return Ok(());
         }
         // The parameters both kernel families share (`mmv` then takes its split).
-        let args = Args::new()
+        let mut args = Args::new()
             .u64(w.buf.ptr())
             .u64(x.ptr())
             .u64(out.ptr())
@@ -1989,8 +2069,18 @@ impl CudaOps {
             .u64(bp)
             .i32(accumulate as i32);
         if self.mmq && mmq_type(w.ty) {
-            let (sfx, gx, gy) = mmq_launch(w.cols, w.rows, n, false);
-            return self.go(ex, &format!("mmq_{t}_{sfx}"), (gx, gy, 1), 128, args);
+            let l = mmq_launch(w.cols, w.rows, n, false);
+            if l.sfx == "p" {
+                let (xq, xm) = self.mq_prequant(ex, x, 0)?;
+                args = args.u64(xq).u64(xm);
+            }
+            return self.go(
+                ex,
+                &format!("mmq_{t}_{}", l.sfx),
+                (l.grid.0, l.grid.1, 1),
+                l.threads,
+                args,
+            );
         }
         let split = mmv_split(w.cols, w.rows);
         let outs = mmv_outs(n, false);

@@ -273,9 +273,10 @@ fn integer_tensor_core_kernels_agree_and_are_batch_invariant() {
     for ty in
         kernel_types().filter(|t| !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
     {
-        // One slice of K (8 chunks), then three (40 chunks: the decode kernel folds them over
-        // rounds of units); 17 rows span two decode block rows.
-        for k in [256usize, 1280] {
+        // One slice of K (8 chunks), then nine (136 chunks, the last slice partial: more
+        // units than a decode block has warps, so it folds them over two rounds); 17 rows
+        // span two decode block rows.
+        for k in [256usize, 4352] {
             let rows = if k == 256 { 17 } else { 2 };
             let wg = random_tensor(ty, n * k, 0.5, &mut rng);
             let wu = random_tensor(ty, n * k, 0.5, &mut rng);

@@ -13,6 +13,7 @@ struct Idx { unsigned x, y, z; };
 static thread_local Idx threadIdx;
 static Idx blockIdx, gridDim, blockDim;
 #define __global__
+#define __host__
 #define __shared__ static
 #define __launch_bounds__(n)
 #define __restrict__

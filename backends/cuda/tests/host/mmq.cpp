@@ -17,35 +17,45 @@ template <int T>
 static void run(int mode, const u8* W, const u8* Wu, const float* x, const float* nw,
                 const float* bias, int K, int N, int rows, float* yd, float* yp) {
     const int S = mmq_slices(K), tpc = mmq_tpc(S);
+    const unsigned td = 32 * (unsigned)mmq_dec_warps(K);
     const unsigned gd = (unsigned)((N + 8 * tpc - 1) / (8 * tpc)), gdy = (unsigned)((rows + 15) / 16);
     const unsigned gpy = (unsigned)((rows + MMQ_PRE_ROWS - 1) / MMQ_PRE_ROWS);
+    // The prompt kernels read x quantized ahead (with the norm weight for modes 1 and 2).
+    std::vector<u8> xq((size_t)rows * K);
+    std::vector<MqMeta> xm((size_t)rows * (K / 32));
+    const float* qnw = mode == 0 ? nullptr : nw;
+    run_grid((unsigned)((K / 32 + 31) / 32), (unsigned)rows, 128,
+             [&] { mq_quantize(x, K, qnw, K, rows, xq.data(), xm.data()); });
     if (mode == 0) {
-        run_grid(gd, gdy, 128, [&] {
+        run_grid(gd, gdy, td, [&] {
             static float sm[MMQ_DEC_SMEM(1)];
             mmq_dec<T>(W, x, yd, K, N, rows, K, N, bias, 0, nullptr, 0.0f, blockIdx.x, sm);
         });
         run_grid((N + MMQ_PRE_COLS - 1) / MMQ_PRE_COLS, gpy, 128, [&] {
             static float ssm[MMQ_PRE_ROWS];
-            mmq_pre<T>(W, x, yp, K, N, rows, K, N, bias, 0, nullptr, 0.0f, blockIdx.x, ssm);
+            mmq_pre<T>(W, x, yp, K, N, rows, K, N, bias, 0, nullptr, 0.0f, blockIdx.x, ssm,
+                       xq.data(), xm.data());
         });
     } else if (mode == 1) {
-        run_grid(gd, gdy, 128, [&] {
+        run_grid(gd, gdy, td, [&] {
             static float sm[MMQ_DEC_SMEM(2)];
             mmq_glu_dec<T>(W, Wu, x, yd, K, N, rows, K, N, 0, nw, 1e-5f, sm);
         });
         run_grid((N + MMQ_PRE_COLS / 2 - 1) / (MMQ_PRE_COLS / 2), gpy, 128, [&] {
             static float ssm[MMQ_PRE_ROWS];
-            mmq_glu_pre<T>(W, Wu, x, yp, K, N, rows, K, N, 0, nw, 1e-5f, ssm);
+            mmq_glu_pre<T>(W, Wu, x, yp, K, N, rows, K, N, 0, nw, 1e-5f, ssm, xq.data(),
+                           xm.data());
         });
     } else {
         const int nbd = (int)gd, nbp = (N + MMQ_PRE_COLS - 1) / MMQ_PRE_COLS;
-        run_grid(gd, gdy, 128, [&] {
+        run_grid(gd, gdy, td, [&] {
             mmq_seg_d(x, K, rows, K, nw, 1e-5f, W, bias, yd, T, N, N, nbd, nullptr, nullptr,
                       nullptr, 0, 0, 0, 0, nullptr, nullptr, nullptr, 0, 0, 0, 0);
         });
         run_grid((unsigned)nbp, gpy, 128, [&] {
             mmq_seg_p(x, K, rows, K, nw, 1e-5f, W, bias, yp, T, N, N, nbp, nullptr, nullptr,
-                      nullptr, 0, 0, 0, 0, nullptr, nullptr, nullptr, 0, 0, 0, 0);
+                      nullptr, 0, 0, 0, 0, nullptr, nullptr, nullptr, 0, 0, 0, 0, xq.data(),
+                      xm.data());
         });
     }
 }
