@@ -1821,9 +1821,20 @@ impl CudaOps {
         self.mmq && w.iter().any(|w| mmq_type(w.ty)) && !w.iter().all(|w| mmq_type(w.ty))
     }
 
-    /// Quantizes `x` (times the norm weight at `nw`, if not 0) ahead for a prompt kernel
-    /// (`mq_quantize`) and returns the addresses of its bytes and of its per-chunk records.
-    fn mq_prequant(&self, ex: &mut CudaExec, x: &CudaAct, nw: u64) -> Result<(u64, u64)> {
+    /// The last kernel arguments of an integer matmul launch `l` on `x`: none for a decode
+    /// kernel; for a prompt kernel, `x` (times the norm weight at `nw`, if not 0) is quantized
+    /// ahead (`mq_quantize`) and the addresses of its bytes and per-chunk records follow.
+    fn mmq_input(
+        &self,
+        ex: &mut CudaExec,
+        l: &MmqLaunch,
+        x: &CudaAct,
+        nw: u64,
+        args: Args,
+    ) -> Result<Args> {
+        if l.sfx != "p" {
+            return Ok(args);
+        }
         let (rows, k) = (x.rows, x.cols);
         let buf = match &ex.mq_x {
             Some(b) if rows <= ex.n_batch_max && k <= ex.max_cols => b.ptr(),
@@ -1848,7 +1859,7 @@ impl CudaOps {
                 .u64(buf)
                 .u64(xm),
         )?;
-        Ok((buf, xm))
+        Ok(args.u64(buf).u64(xm))
     }
 
     fn check_mmv(&self, x: &CudaAct, w: &CudaWeight, out: &CudaAct) -> Result<()> {
@@ -1893,25 +1904,21 @@ impl CudaOps {
             return Ok(());
         }
         let (np, eps) = self.norm_arg(norm, x.cols)?;
+        // The parameters both kernel families share (`mmv_glu` then takes its split).
+        let args = Args::new()
+            .u64(gate.buf.ptr())
+            .u64(up.buf.ptr())
+            .u64(x.ptr())
+            .u64(out.ptr())
+            .i32(gate.cols as i32)
+            .i32(gate.rows as i32)
+            .i32(n as i32)
+            .i32(x.cols as i32)
+            .i32(out.cols as i32)
+            .i32(act_code(act));
         if self.mmq && mmq_type(gate.ty) {
             let l = mmq_launch(gate.cols, gate.rows, n, true);
-            let mut args = Args::new()
-                .u64(gate.buf.ptr())
-                .u64(up.buf.ptr())
-                .u64(x.ptr())
-                .u64(out.ptr())
-                .i32(gate.cols as i32)
-                .i32(gate.rows as i32)
-                .i32(n as i32)
-                .i32(x.cols as i32)
-                .i32(out.cols as i32)
-                .i32(act_code(act))
-                .u64(np)
-                .f32(eps);
-            if l.sfx == "p" {
-                let (xq, xm) = self.mq_prequant(ex, x, np)?;
-                args = args.u64(xq).u64(xm);
-            }
+            let args = self.mmq_input(ex, &l, x, np, args.u64(np).f32(eps))?;
             return self.go(
                 ex,
                 &format!("mmq_glu_{t}_{}", l.sfx),
@@ -1927,20 +1934,7 @@ impl CudaOps {
             &format!("mmv_glu_{t}_r{r}"),
             (blocks(gate.rows, 4 / split * outs), blocks(n, r), 1),
             128,
-            Args::new()
-                .u64(gate.buf.ptr())
-                .u64(up.buf.ptr())
-                .u64(x.ptr())
-                .u64(out.ptr())
-                .i32(gate.cols as i32)
-                .i32(gate.rows as i32)
-                .i32(n as i32)
-                .i32(x.cols as i32)
-                .i32(out.cols as i32)
-                .i32(act_code(act))
-                .i32(split as i32)
-                .u64(np)
-                .f32(eps),
+            args.i32(split as i32).u64(np).f32(eps),
         )
     }
 
@@ -2015,10 +2009,7 @@ impl CudaOps {
         }
         if int8 {
             let l = mmq_launch(x.cols, 1, n, false);
-            if l.sfx == "p" {
-                let (xq, xm) = self.mq_prequant(ex, x, np)?;
-                args = args.u64(xq).u64(xm);
-            }
+            let args = self.mmq_input(ex, &l, x, np, args)?;
             return self.go(
                 ex,
                 &format!("mmq_seg_{}", l.sfx),
@@ -2057,7 +2048,7 @@ impl CudaOps {
             return Ok(());
         }
         // The parameters both kernel families share (`mmv` then takes its split).
-        let mut args = Args::new()
+        let args = Args::new()
             .u64(w.buf.ptr())
             .u64(x.ptr())
             .u64(out.ptr())
@@ -2070,10 +2061,7 @@ impl CudaOps {
             .i32(accumulate as i32);
         if self.mmq && mmq_type(w.ty) {
             let l = mmq_launch(w.cols, w.rows, n, false);
-            if l.sfx == "p" {
-                let (xq, xm) = self.mq_prequant(ex, x, 0)?;
-                args = args.u64(xq).u64(xm);
-            }
+            let args = self.mmq_input(ex, &l, x, 0, args)?;
             return self.go(
                 ex,
                 &format!("mmq_{t}_{}", l.sfx),
